@@ -1,0 +1,316 @@
+"""`Client`: the SDK inference servers embed. Metadata through the master, bytes through transports.
+
+Every call is batch-shaped inside: one master round trip per phase for the whole batch, then
+transfers grouped per transport. A miss is `None`/`False`; every fault raises a typed error.
+"""
+from __future__ import annotations
+
+import dataclasses
+import time
+from typing import Iterable, Sequence
+
+import grpc
+
+from mooncake_client.transports import ShmTransport, TcpTransport, Transfer
+from mooncake_native import as_byte_view
+from mooncake_proto import mooncake_pb2 as pb
+from mooncake_proto import mooncake_pb2_grpc as pb_grpc
+from mooncake_proto import rpc
+from mooncake_proto.errors import (ErrorCode, InvalidArgumentError, LeaseExpiredError,
+                                   MooncakeError, TransferError, error_for_code)
+from mooncake_proto.identity import node_id
+
+KNOWN_TRANSPORTS = ("shm", "tcp")
+MISS_CODES = (ErrorCode.OBJECT_NOT_FOUND, ErrorCode.REPLICA_IS_NOT_READY)
+_TIER_NAMES = {pb.TIER_DRAM: "DRAM", pb.TIER_SSD: "SSD"}
+_STATE_NAMES = {pb.REPLICA_PENDING: "PENDING", pb.REPLICA_COMPLETE: "COMPLETE"}
+
+
+@dataclasses.dataclass(frozen=True)
+class ReplicaConfig:
+    replica_num: int = 1
+    preferred_worker: str | None = None
+    soft_pin: bool = False
+    hard_pin: bool = False
+
+
+@dataclasses.dataclass(frozen=True)
+class ReplicaInfo:
+    worker_id: str
+    tier: str          # "DRAM" or "SSD"
+    state: str         # "PENDING" or "COMPLETE"
+    segment_id: int
+    offset: int
+    length: int
+    data_addr: str
+
+
+class BatchError(MooncakeError):
+    """Some keys of a batch write failed; `errors` maps each failed key to its error."""
+
+    def __init__(self, errors: dict[str, MooncakeError]):
+        first = next(iter(errors.values()))
+        super().__init__(f"{len(errors)} key(s) failed, first: {first}", code=first.code)
+        self.errors = errors
+
+
+class Client:
+    def __init__(self, master: str | Sequence[str], transports: Iterable[str] = KNOWN_TRANSPORTS,
+                 rpc_timeout_s: float = 10.0, transfer_timeout_s: float = 10.0):
+        self.masters = [m.strip() for m in master.split(",")] if isinstance(master, str) \
+            else list(master)
+        if not self.masters or not all(self.masters):
+            raise InvalidArgumentError("Client needs at least one master address H:P")
+        self.transport_names = tuple(transports)
+        unknown = [t for t in self.transport_names if t not in KNOWN_TRANSPORTS]
+        if unknown or not self.transport_names:
+            raise InvalidArgumentError(
+                f"transports must be chosen from {KNOWN_TRANSPORTS} (rdma is not built into "
+                f"this version), got {self.transport_names}")
+        self.rpc_timeout_s = rpc_timeout_s
+        self.node_id = node_id()
+        self._transports = []
+        for name in self.transport_names:
+            self._transports.append(ShmTransport(self.node_id) if name == "shm"
+                                    else TcpTransport(transfer_timeout_s))
+        self._master_index = 0
+        self._channel = rpc.client_channel(self.masters[0])
+        self._stub = pb_grpc.MasterServiceStub(self._channel)
+
+    # ---- lifecycle ----
+
+    def close(self) -> None:
+        for transport in self._transports:
+            transport.close()
+        self._channel.close()
+
+    def __enter__(self) -> "Client":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    # ---- writes ----
+
+    def put(self, key: str, data, config: ReplicaConfig | None = None) -> None:
+        self.batch_put_from([key], [data], config)
+
+    def put_from(self, key: str, buffer, config: ReplicaConfig | None = None) -> int:
+        return self.batch_put_from([key], [buffer], config)[0]
+
+    def batch_put(self, keys: Sequence[str], values: Sequence, config: ReplicaConfig | None = None) -> None:
+        self.batch_put_from(keys, values, config)
+
+    def batch_put_from(self, keys: Sequence[str], buffers: Sequence,
+                       config: ReplicaConfig | None = None) -> list[int]:
+        """Writes each buffer under its key; an existing key counts as success (first writer wins).
+
+        Returns the byte counts. Keys that fail are revoked and raised together in a BatchError
+        (or as their own error for a single key) after the others are committed.
+        """
+        keys = list(keys)
+        if len(keys) != len(buffers):
+            raise InvalidArgumentError(f"{len(keys)} keys but {len(buffers)} buffers")
+        views = [as_byte_view(b) for b in buffers]
+        config = config or ReplicaConfig()
+        reply = self._call("PutStart", pb.PutStartRequest(
+            keys=keys, sizes=[v.nbytes for v in views], client_node_id=self.node_id,
+            config=pb.ReplicaConfig(replica_num=config.replica_num,
+                                    preferred_worker=config.preferred_worker or "",
+                                    soft_pin=config.soft_pin, hard_pin=config.hard_pin)))
+        errors: dict[str, MooncakeError] = {}
+        writes: dict[str, list[Transfer]] = {}
+        for key, view, item in zip(keys, views, reply.items):
+            if item.status.code == ErrorCode.OK:
+                writes[key] = [Transfer(r, view) for r in item.replicas]
+            elif item.status.code != ErrorCode.OBJECT_ALREADY_EXISTS:
+                errors[key] = error_for_code(item.status.code, f"put {key!r}: {item.status.message}")
+        failed_writes = self._write_all(writes)
+        if failed_writes:
+            self._call("PutRevoke", pb.KeysRequest(keys=list(failed_writes)))
+            errors.update(failed_writes)
+        committed = [k for k in writes if k not in failed_writes]
+        if committed:
+            for st in self._call("PutEnd", pb.KeysRequest(keys=committed)).statuses:
+                if st.code != ErrorCode.OK:
+                    errors[st.key] = error_for_code(st.code, f"put {st.key!r}: {st.message}")
+        if errors:
+            raise next(iter(errors.values())) if len(errors) == 1 and len(keys) == 1 \
+                else BatchError(errors)
+        return [v.nbytes for v in views]
+
+    def _write_all(self, writes: dict[str, list[Transfer]]) -> dict[str, MooncakeError]:
+        """Writes every replica of every key; returns the keys whose writes failed."""
+        failed: dict[str, MooncakeError] = {}
+        per_transport: dict[object, list[tuple[str, Transfer]]] = {}
+        for key, transfers in writes.items():
+            for t in transfers:
+                per_transport.setdefault(self._transport_for_write(t.replica), []).append((key, t))
+        for transport, items in per_transport.items():
+            try:
+                transport.write([t for _, t in items])
+            except MooncakeError:
+                # a batch failed somewhere: redo it key by key to learn exactly which keys lost
+                for key, t in items:
+                    if key in failed:
+                        continue
+                    try:
+                        transport.write([t])
+                    except MooncakeError as exc:
+                        failed[key] = exc
+        return failed
+
+    def _transport_for_write(self, replica: pb.ReplicaDescriptor):
+        for transport in self._transports:
+            if transport.usable(replica):
+                return transport
+        raise TransferError(f"no allowed transport ({', '.join(self.transport_names)}) "
+                            f"reaches worker {replica.worker_id}")
+
+    # ---- reads ----
+
+    def get(self, key: str) -> bytes | None:
+        """The object's bytes, or None on a miss."""
+        return self.batch_get([key])[0]
+
+    def get_into(self, key: str, buffer) -> int | None:
+        """Reads the object into buffer; returns its size, or None on a miss."""
+        return self.batch_get_into([key], [buffer])[0]
+
+    def batch_get(self, keys: Sequence[str]) -> list[bytes | None]:
+        return self._read(list(keys), None)
+
+    def batch_get_into(self, keys: Sequence[str], buffers: Sequence) -> list[int | None]:
+        keys = list(keys)
+        if len(keys) != len(buffers):
+            raise InvalidArgumentError(f"{len(keys)} keys but {len(buffers)} buffers")
+        views = [as_byte_view(b, writable=True) for b in buffers]
+        return self._read(keys, views)
+
+    def _read(self, keys: list[str], views: list[memoryview] | None):
+        started = time.monotonic()
+        reply = self._call("GetReplicas", pb.KeysRequest(keys=keys))
+        lease_deadline = started + reply.lease_ttl_ms / 1000
+        pending: list[tuple[int, list[pb.ReplicaDescriptor], Transfer]] = []
+        results: list = [None] * len(keys)
+        for i, (key, item) in enumerate(zip(keys, reply.items)):
+            if item.status.code in MISS_CODES:
+                continue
+            if item.status.code != ErrorCode.OK:
+                raise error_for_code(item.status.code, f"get {key!r}: {item.status.message}")
+            target = None
+            if views is not None:
+                if views[i].nbytes < item.size:
+                    raise InvalidArgumentError(f"get {key!r}: object has {item.size} bytes, "
+                                               f"buffer only {views[i].nbytes}")
+                target = views[i][:item.size]
+            candidates = self._ordered(item.replicas)
+            if not candidates:
+                raise TransferError(f"get {key!r}: no allowed transport "
+                                    f"({', '.join(self.transport_names)}) reaches any replica")
+            pending.append((i, candidates, Transfer(candidates[0][1], target)))
+        self._read_with_fallback(keys, pending)
+        if time.monotonic() > lease_deadline:
+            raise LeaseExpiredError(f"read of {len(pending)} object(s) finished after the "
+                                    f"{reply.lease_ttl_ms} ms lease; the bytes may be stale")
+        for i, _, transfer in pending:
+            results[i] = transfer.result if views is None else transfer.replica.length
+        return results
+
+    def _read_with_fallback(self, keys, pending) -> None:
+        """Reads each key from its best replica, moving to the next replica when one fails."""
+        attempt = 0
+        while pending:
+            by_transport: dict[object, list] = {}
+            for entry in pending:
+                transport, replica = entry[1][attempt]
+                entry[2].replica = replica
+                by_transport.setdefault(transport, []).append(entry)
+            retry = []
+            for transport, entries in by_transport.items():
+                try:
+                    transport.read([e[2] for e in entries])
+                except MooncakeError:
+                    for entry in entries:
+                        try:
+                            transport.read([entry[2]])
+                        except MooncakeError as exc:
+                            if attempt + 1 >= len(entry[1]):
+                                raise TransferError(
+                                    f"get {keys[entry[0]]!r}: every replica failed, last: {exc}",
+                                    code=exc.code) from exc
+                            retry.append(entry)
+            pending, attempt = retry, attempt + 1
+
+    def _ordered(self, replicas) -> list[tuple[object, pb.ReplicaDescriptor]]:
+        """Replica choice (DESIGN.md 4): local shm, then remote DRAM, then SSD; transports in the
+        order the caller allowed them."""
+        choices = []
+        for replica in replicas:
+            for rank, transport in enumerate(self._transports):
+                if transport.usable(replica):
+                    tier_rank = 0 if replica.tier == pb.TIER_DRAM else 1
+                    local_rank = 0 if transport.name == "shm" else 1
+                    choices.append(((local_rank, tier_rank, rank), transport, replica))
+                    break
+        choices.sort(key=lambda c: c[0])
+        return [(t, r) for _, t, r in choices]
+
+    # ---- metadata ----
+
+    def exists(self, key: str) -> bool:
+        return self.batch_exists([key])[0]
+
+    def batch_exists(self, keys: Sequence[str]) -> list[bool]:
+        statuses = self._call("Exists", pb.KeysRequest(keys=list(keys))).statuses
+        out = []
+        for st in statuses:
+            if st.code not in (ErrorCode.OK, *MISS_CODES):
+                raise error_for_code(st.code, f"exists {st.key!r}: {st.message}")
+            out.append(st.code == ErrorCode.OK)
+        return out
+
+    def remove(self, key: str, force: bool = False) -> bool:
+        """Removes key; False when it did not exist. HasLeaseError while leased, unless force."""
+        st = self._call("Remove", pb.RemoveRequest(keys=[key], force=force)).statuses[0]
+        if st.code == ErrorCode.OBJECT_NOT_FOUND:
+            return False
+        if st.code != ErrorCode.OK:
+            raise error_for_code(st.code, f"remove {key!r}: {st.message}")
+        return True
+
+    def remove_all(self, force: bool = False) -> int:
+        return self._call("RemoveAll", pb.RemoveAllRequest(force=force)).removed
+
+    def get_replicas(self, key: str) -> list[ReplicaInfo]:
+        """The replicas of key (empty on a miss), for tools and tests. Grants a read lease."""
+        item = self._call("GetReplicas", pb.KeysRequest(keys=[key])).items[0]
+        if item.status.code in MISS_CODES:
+            return []
+        if item.status.code != ErrorCode.OK:
+            raise error_for_code(item.status.code, f"get_replicas {key!r}: {item.status.message}")
+        return [ReplicaInfo(r.worker_id, _TIER_NAMES.get(r.tier, "?"),
+                            _STATE_NAMES.get(r.state, "?"), r.segment_id, r.offset, r.length,
+                            r.data_addr) for r in item.replicas]
+
+    # ---- master calls ----
+
+    def _call(self, method: str, request):
+        """One master RPC; on an unreachable master, tries the next address once around."""
+        last: grpc.RpcError | None = None
+        for _ in range(len(self.masters)):
+            target = self.masters[self._master_index % len(self.masters)]
+            try:
+                return getattr(self._stub, method)(request, timeout=self.rpc_timeout_s)
+            except grpc.RpcError as exc:
+                last = exc
+                if exc.code() != grpc.StatusCode.UNAVAILABLE or len(self.masters) == 1:
+                    break
+                self._switch_master()
+        raise rpc.error_from_rpc(last, f"master {target} {method}")
+
+    def _switch_master(self) -> None:
+        self._channel.close()
+        self._master_index += 1
+        self._channel = rpc.client_channel(self.masters[self._master_index % len(self.masters)])
+        self._stub = pb_grpc.MasterServiceStub(self._channel)

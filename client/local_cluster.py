@@ -1,0 +1,128 @@
+"""Starts a real master and workers as child processes on loopback and stops them.
+
+Used by `mooncake-bench --local` and by the cluster tests: port 0 everywhere and `--ready-file`
+readiness, so nothing waits on a fixed port or a sleep.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+
+READY_TIMEOUT_S = 30.0
+STOP_TIMEOUT_S = 10.0
+
+
+class ClusterError(RuntimeError):
+    pass
+
+
+@dataclasses.dataclass
+class Daemon:
+    name: str
+    proc: subprocess.Popen
+    ready_file: str
+    log_path: str
+    info: dict = dataclasses.field(default_factory=dict)
+
+    def wait_ready(self, timeout_s: float = READY_TIMEOUT_S) -> dict:
+        """Blocks until the daemon writes its ready file; raises with its log if it dies first."""
+        deadline = time.monotonic() + timeout_s
+        while not os.path.exists(self.ready_file):
+            if self.proc.poll() is not None:
+                raise ClusterError(f"{self.name} exited with {self.proc.returncode}:\n{self.log_tail()}")
+            if time.monotonic() > deadline:
+                raise ClusterError(f"{self.name} not ready after {timeout_s}s:\n{self.log_tail()}")
+            time.sleep(0.01)  # polling the readiness file, not waiting a guessed time
+        with open(self.ready_file, encoding="utf-8") as f:
+            self.info = json.load(f)
+        return self.info
+
+    def log_tail(self, lines: int = 40) -> str:
+        try:
+            with open(self.log_path, encoding="utf-8", errors="replace") as f:
+                return "".join(f.readlines()[-lines:])
+        except OSError:
+            return "(no log)"
+
+    def stop(self, sig: int = signal.SIGTERM, timeout_s: float = STOP_TIMEOUT_S) -> int:
+        if self.proc.poll() is None:
+            self.proc.send_signal(sig)
+            try:
+                self.proc.wait(timeout_s)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        return self.proc.returncode
+
+
+class LocalCluster:
+    """A master plus `workers` workers of `dram` each, all on 127.0.0.1."""
+
+    def __init__(self, workers: int = 2, dram: str = "256MiB", master_args: tuple = (),
+                 worker_args: tuple = (), workdir: str | None = None):
+        self.dir = workdir or tempfile.mkdtemp(prefix="mooncake-cluster-")
+        self._own_dir = workdir is None
+        self.shm_dir = os.path.join("/dev/shm", os.path.basename(self.dir))
+        os.makedirs(self.shm_dir, exist_ok=True)
+        self.n_workers, self.dram = workers, dram
+        self.master_args, self.worker_args = list(master_args), list(worker_args)
+        self.master: Daemon | None = None
+        self.workers: dict[str, Daemon] = {}
+
+    @property
+    def master_addr(self) -> str:
+        return self.master.info["grpc"]
+
+    def start(self) -> "LocalCluster":
+        try:
+            self.master = self._spawn("master", "mooncake_master",
+                                      ["--port", "0", "--http-port", "0"] + self.master_args)
+            self.master.wait_ready()
+            for i in range(self.n_workers):
+                self.start_worker(f"worker-{i}")
+        except BaseException:
+            self.stop()
+            raise
+        return self
+
+    def start_worker(self, worker_id: str, dram: str | None = None, extra: tuple = ()) -> Daemon:
+        daemon = self._spawn(worker_id, "mooncake_worker", [
+            "--master", self.master_addr, "--dram", dram or self.dram, "--worker-id", worker_id,
+            "--data-port", "0", "--grpc-port", "0", "--http-port", "0",
+            "--shm-dir", self.shm_dir] + self.worker_args + list(extra))
+        self.workers[worker_id] = daemon
+        daemon.wait_ready()
+        return daemon
+
+    def _spawn(self, name: str, module: str, args: list[str]) -> Daemon:
+        ready = os.path.join(self.dir, f"{name}.ready.json")
+        if os.path.exists(ready):
+            os.unlink(ready)
+        log_path = os.path.join(self.dir, f"{name}.log")
+        log = open(log_path, "ab")
+        proc = subprocess.Popen([sys.executable, "-m", module, *args, "--ready-file", ready],
+                                stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+        log.close()
+        return Daemon(name, proc, ready, log_path)
+
+    def stop(self) -> None:
+        for daemon in list(self.workers.values()):
+            daemon.stop()
+        if self.master is not None:
+            self.master.stop()
+        shutil.rmtree(self.shm_dir, ignore_errors=True)  # segment files: this cluster's only
+        if self._own_dir:
+            shutil.rmtree(self.dir, ignore_errors=True)
+
+    def __enter__(self) -> "LocalCluster":
+        return self.start()
+
+    def __exit__(self, *exc) -> None:
+        self.stop()

@@ -1,0 +1,5 @@
+import sys
+
+from mooncake_master.main import main
+
+sys.exit(main())

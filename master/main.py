@@ -1,0 +1,100 @@
+"""`mooncake-master`: parses options, serves MasterService and HTTP, ticks the state, stops on SIGTERM."""
+from __future__ import annotations
+
+import asyncio
+import logging
+import sys
+import time
+
+from mooncake_master.state import MasterConfig, MasterState
+from mooncake_master.servicer import MasterServicer
+from mooncake_proto import mooncake_pb2_grpc as pb_grpc
+from mooncake_proto import rpc
+from mooncake_proto.cli import DURATION, Option, load_settings
+from mooncake_proto.daemon import HttpServer, json_response, kv, setup_logging, stop_event, \
+    write_ready_file
+
+log = logging.getLogger("mooncake.master")
+
+TICK_INTERVAL_S = 0.1
+
+OPTIONS = [
+    Option("--host", "127.0.0.1", str, "address to listen on (0.0.0.0 for every interface)"),
+    Option("--port", 50051, int, "gRPC port (0 picks one)"),
+    Option("--http-port", 9003, int, "HTTP port for /health, /stats, /get_all_segments"),
+    Option("--lease-ttl", "10s", DURATION, "read lease granted by GetReplicas and Exists"),
+    Option("--worker-ttl", "10s", DURATION, "silence after which a worker is declared dead"),
+    Option("--put-timeout", "30s", DURATION, "a PENDING put older than this is revoked"),
+    Option("--ready-file", "", str, "write bound addresses here as JSON once serving"),
+    Option("--log-level", "info", str, "debug, info, warning or error"),
+]
+
+
+class MasterHttp:
+    """The master's HTTP endpoints (read-only views of the state)."""
+
+    def __init__(self, state: MasterState):
+        self.state = state
+        self.server = HttpServer({"/health": self.health, "/stats": self.stats,
+                                  "/get_all_segments": self.get_all_segments})
+
+    async def health(self, _query):
+        return 200, "application/json", b'{"status": "ok"}\n'
+
+    async def stats(self, _query):
+        return json_response(self.state.stats())
+
+    async def get_all_segments(self, _query):
+        # SGLang polls this for readiness: one registered segment name a line
+        names = [f"{w.worker_id}/{sid}" for w in self.state.workers.values() for sid in w.segments]
+        return 200, "text/plain", ("\n".join(names) + ("\n" if names else "")).encode()
+
+
+async def tick_loop(state: MasterState, stop: asyncio.Event) -> None:
+    while not stop.is_set():
+        try:
+            await asyncio.wait_for(stop.wait(), timeout=TICK_INTERVAL_S)
+        except asyncio.TimeoutError:
+            pass
+        report = state.tick(time.monotonic())
+        for worker_id in report.dead_workers:
+            log.warning(kv("worker_dead", worker_id=worker_id))
+        if report.revoked_keys:
+            log.warning(kv("puts_timed_out", count=len(report.revoked_keys)))
+        if report.lost_keys:
+            log.warning(kv("objects_lost", count=len(report.lost_keys)))
+
+
+async def serve(settings) -> int:
+    stop = stop_event()
+    state = MasterState(MasterConfig(lease_ttl_s=settings.lease_ttl,
+                                     worker_ttl_s=settings.worker_ttl,
+                                     put_timeout_s=settings.put_timeout))
+    servicer = MasterServicer(state)
+    server = rpc.aio_server()
+    pb_grpc.add_MasterServiceServicer_to_server(servicer, server)
+    grpc_addr = rpc.bind(server, settings.host, settings.port)
+    await server.start()
+    http = MasterHttp(state)
+    http_addr = await http.server.start(settings.host, settings.http_port)
+    log.warning(kv("no_authentication", detail="tokens are not implemented yet; run on a trusted network"))
+    log.info(kv("master_serving", master_id=servicer.master_id, grpc=grpc_addr, http=http_addr))
+    write_ready_file(settings.ready_file, {"grpc": grpc_addr, "http": http_addr})
+    ticker = asyncio.create_task(tick_loop(state, stop))
+    await stop.wait()
+    log.info(kv("master_stopping", master_id=servicer.master_id))
+    await ticker
+    await server.stop(grace=1.0)
+    await http.server.stop()
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    settings = load_settings("mooncake-master", "Assigns replicas and leases for the pool.",
+                             OPTIONS, argv)
+    setup_logging(settings.log_level)
+    return asyncio.run(serve(settings))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

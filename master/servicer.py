@@ -1,0 +1,134 @@
+"""MasterService over gRPC: decodes a request, calls MasterState, signs grants, encodes the answer.
+
+No metadata logic lives here (STYLE.md 1 and 5); domain errors leave through rpc.abort_with.
+"""
+from __future__ import annotations
+
+import logging
+import secrets
+import time
+import uuid
+
+from mooncake_master.state import MasterState, PlacementConfig, SegmentSpec
+from mooncake_proto import grants
+from mooncake_proto import mooncake_pb2 as pb
+from mooncake_proto import mooncake_pb2_grpc as pb_grpc
+from mooncake_proto.daemon import kv
+from mooncake_proto.errors import MooncakeError
+from mooncake_proto.rpc import abort_with
+
+log = logging.getLogger("mooncake.master")
+
+HEARTBEAT_INTERVAL_MS = 1000
+GRANT_SKEW_MARGIN_S = 2.0  # grants outlive leases a little: clocks of two nodes differ
+
+
+def _status(key: str, result) -> pb.KeyStatus:
+    return pb.KeyStatus(key=key, code=result.code, message=result.message)
+
+
+class MasterServicer(pb_grpc.MasterServiceServicer):
+    def __init__(self, state: MasterState, clock=time.monotonic, wall_clock=time.time):
+        self.state = state
+        self.clock = clock
+        self.wall_clock = wall_clock
+        self.master_id = uuid.uuid4().hex[:12]
+
+    # ---- workers ----
+
+    async def RegisterWorker(self, request, context):
+        key = secrets.token_bytes(grants.KEY_BYTES)
+        segments = [SegmentSpec(s.segment_id, s.tier, s.size_bytes, s.path) for s in request.segments]
+        try:
+            self.state.register_worker(request.worker_id, request.node_id, request.data_addr,
+                                       request.grpc_addr, request.http_addr, segments, key,
+                                       self.clock())
+        except MooncakeError as exc:
+            await abort_with(context, exc)
+        log.info(kv("worker_registered", worker_id=request.worker_id, data=request.data_addr,
+                    node=request.node_id, segments=len(segments)))
+        return pb.RegisterWorkerResponse(grant_key=key, master_id=self.master_id,
+                                         heartbeat_interval_ms=HEARTBEAT_INTERVAL_MS)
+
+    async def Heartbeat(self, request, context):
+        return pb.HeartbeatResponse(registered=self.state.heartbeat(request.worker_id, self.clock()))
+
+    # ---- objects ----
+
+    async def PutStart(self, request, context):
+        cfg = request.config
+        config = PlacementConfig(replica_num=cfg.replica_num or 1,
+                                 preferred_worker=cfg.preferred_worker, soft_pin=cfg.soft_pin,
+                                 hard_pin=cfg.hard_pin)
+        try:
+            results = self.state.put_start(list(request.keys), list(request.sizes), config,
+                                           request.client_node_id, self.clock())
+        except MooncakeError as exc:
+            await abort_with(context, exc)
+        expiry = self._expiry_ms(self.state.config.put_timeout_s)
+        return pb.PutStartResponse(items=[
+            pb.PutStartItem(status=_status(key, r),
+                            replicas=self._descriptors(r.replicas, grants.Op.WRITE, expiry))
+            for key, r in zip(request.keys, results)])
+
+    async def PutEnd(self, request, context):
+        return await self._keys_call(self.state.put_end, request, context)
+
+    async def PutRevoke(self, request, context):
+        return await self._keys_call(self.state.put_revoke, request, context)
+
+    async def GetReplicas(self, request, context):
+        try:
+            results = self.state.get_replicas(list(request.keys), self.clock())
+        except MooncakeError as exc:
+            await abort_with(context, exc)
+        ttl_s = self.state.config.lease_ttl_s
+        expiry = self._expiry_ms(ttl_s)
+        return pb.GetReplicasResponse(lease_ttl_ms=int(ttl_s * 1000), items=[
+            pb.GetReplicasItem(status=_status(key, r), size=r.size,
+                               replicas=self._descriptors(r.replicas, grants.Op.READ, expiry))
+            for key, r in zip(request.keys, results)])
+
+    async def Exists(self, request, context):
+        try:
+            results = self.state.exists(list(request.keys), self.clock())
+        except MooncakeError as exc:
+            await abort_with(context, exc)
+        return pb.ExistsResponse(statuses=[_status(k, r) for k, r in zip(request.keys, results)])
+
+    async def Remove(self, request, context):
+        try:
+            results = self.state.remove(list(request.keys), request.force, self.clock())
+        except MooncakeError as exc:
+            await abort_with(context, exc)
+        return pb.KeysResponse(statuses=[_status(k, r) for k, r in zip(request.keys, results)])
+
+    async def RemoveAll(self, request, context):
+        removed = self.state.remove_all(request.force, self.clock())
+        log.info(kv("remove_all", force=request.force, removed=removed))
+        return pb.RemoveAllResponse(removed=removed)
+
+    # ---- helpers ----
+
+    async def _keys_call(self, method, request, context):
+        try:
+            results = method(list(request.keys), self.clock())
+        except MooncakeError as exc:
+            await abort_with(context, exc)
+        return pb.KeysResponse(statuses=[_status(k, r) for k, r in zip(request.keys, results)])
+
+    def _expiry_ms(self, ttl_s: float) -> int:
+        return int((self.wall_clock() + ttl_s + GRANT_SKEW_MARGIN_S) * 1000)
+
+    def _descriptors(self, replicas, op: grants.Op, expiry_ms: int) -> list[pb.ReplicaDescriptor]:
+        out = []
+        for r in replicas:
+            worker = self.state.workers[r.worker_id]
+            segment = worker.segments[r.segment_id]
+            grant = grants.Grant(op, r.worker_id, r.segment_id, r.offset, r.length, expiry_ms)
+            out.append(pb.ReplicaDescriptor(
+                worker_id=r.worker_id, segment_id=r.segment_id, tier=r.tier, offset=r.offset,
+                length=r.length, state=r.state, data_addr=worker.data_addr,
+                node_id=worker.node_id, path=segment.path, segment_size=segment.size_bytes,
+                grant=grants.sign(worker.grant_key, grant)))
+        return out

@@ -1,0 +1,67 @@
+"""Data-plane grants: the master's HMAC-SHA256-signed permission to read or write one range.
+
+A grant names (op, worker, segment, offset, length, expiry). The master signs it with the key
+it gave that worker at registration; the worker checks it before touching its segment. The
+encoding is fixed-size fields then the worker id, then a 32-byte MAC over everything before it.
+"""
+from __future__ import annotations
+
+import dataclasses
+import enum
+import hashlib
+import hmac
+import struct
+
+GRANT_VERSION = 1
+KEY_BYTES = 32
+MAC_BYTES = 32
+_HEAD = struct.Struct("!BBIQQQH")  # version, op, segment_id, offset, length, expiry_ms, len(worker_id)
+MAX_GRANT_BYTES = _HEAD.size + 1024 + MAC_BYTES
+
+
+class Op(enum.IntEnum):
+    READ = 1
+    WRITE = 2
+
+
+class GrantError(ValueError):
+    """A grant that is malformed, forged, expired or does not cover the request."""
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Grant:
+    op: Op
+    worker_id: str
+    segment_id: int
+    offset: int
+    length: int
+    expiry_ms: int  # wall-clock milliseconds since the epoch
+
+    def covers(self, op: int, segment_id: int, offset: int, length: int) -> bool:
+        return (op == self.op and segment_id == self.segment_id and offset >= self.offset
+                and offset + length <= self.offset + self.length)
+
+
+def sign(key: bytes, grant: Grant) -> bytes:
+    wid = grant.worker_id.encode()
+    body = _HEAD.pack(GRANT_VERSION, grant.op, grant.segment_id, grant.offset, grant.length,
+                      grant.expiry_ms, len(wid)) + wid
+    return body + hmac.new(key, body, hashlib.sha256).digest()
+
+
+def verify(key: bytes, token: bytes, worker_id: str, now_ms: int) -> Grant:
+    """Returns the grant if `token` is authentic, for `worker_id` and unexpired; else raises."""
+    if len(token) < _HEAD.size + MAC_BYTES or len(token) > MAX_GRANT_BYTES:
+        raise GrantError("grant has a bad length")
+    body, mac = token[:-MAC_BYTES], token[-MAC_BYTES:]
+    if not hmac.compare_digest(hmac.new(key, body, hashlib.sha256).digest(), mac):
+        raise GrantError("grant signature is invalid")
+    version, op, segment_id, offset, length, expiry_ms, wid_len = _HEAD.unpack_from(body)
+    if version != GRANT_VERSION or len(body) != _HEAD.size + wid_len or op not in (1, 2):
+        raise GrantError("grant is malformed")
+    grant = Grant(Op(op), body[_HEAD.size:].decode(), segment_id, offset, length, expiry_ms)
+    if grant.worker_id != worker_id:
+        raise GrantError(f"grant is for worker {grant.worker_id!r}, not {worker_id!r}")
+    if expiry_ms < now_ms:
+        raise GrantError("grant has expired")
+    return grant

@@ -1,0 +1,224 @@
+from google.protobuf.internal import containers as _containers
+from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
+from google.protobuf import descriptor as _descriptor
+from google.protobuf import message as _message
+from collections.abc import Iterable as _Iterable, Mapping as _Mapping
+from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
+
+DESCRIPTOR: _descriptor.FileDescriptor
+
+class Tier(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    TIER_UNSPECIFIED: _ClassVar[Tier]
+    TIER_DRAM: _ClassVar[Tier]
+    TIER_SSD: _ClassVar[Tier]
+
+class ReplicaState(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    REPLICA_STATE_UNSPECIFIED: _ClassVar[ReplicaState]
+    REPLICA_PENDING: _ClassVar[ReplicaState]
+    REPLICA_COMPLETE: _ClassVar[ReplicaState]
+TIER_UNSPECIFIED: Tier
+TIER_DRAM: Tier
+TIER_SSD: Tier
+REPLICA_STATE_UNSPECIFIED: ReplicaState
+REPLICA_PENDING: ReplicaState
+REPLICA_COMPLETE: ReplicaState
+
+class SegmentInfo(_message.Message):
+    __slots__ = ("segment_id", "tier", "size_bytes", "path")
+    SEGMENT_ID_FIELD_NUMBER: _ClassVar[int]
+    TIER_FIELD_NUMBER: _ClassVar[int]
+    SIZE_BYTES_FIELD_NUMBER: _ClassVar[int]
+    PATH_FIELD_NUMBER: _ClassVar[int]
+    segment_id: int
+    tier: Tier
+    size_bytes: int
+    path: str
+    def __init__(self, segment_id: _Optional[int] = ..., tier: _Optional[_Union[Tier, str]] = ..., size_bytes: _Optional[int] = ..., path: _Optional[str] = ...) -> None: ...
+
+class ReplicaDescriptor(_message.Message):
+    __slots__ = ("worker_id", "segment_id", "tier", "offset", "length", "state", "data_addr", "node_id", "path", "segment_size", "grant")
+    WORKER_ID_FIELD_NUMBER: _ClassVar[int]
+    SEGMENT_ID_FIELD_NUMBER: _ClassVar[int]
+    TIER_FIELD_NUMBER: _ClassVar[int]
+    OFFSET_FIELD_NUMBER: _ClassVar[int]
+    LENGTH_FIELD_NUMBER: _ClassVar[int]
+    STATE_FIELD_NUMBER: _ClassVar[int]
+    DATA_ADDR_FIELD_NUMBER: _ClassVar[int]
+    NODE_ID_FIELD_NUMBER: _ClassVar[int]
+    PATH_FIELD_NUMBER: _ClassVar[int]
+    SEGMENT_SIZE_FIELD_NUMBER: _ClassVar[int]
+    GRANT_FIELD_NUMBER: _ClassVar[int]
+    worker_id: str
+    segment_id: int
+    tier: Tier
+    offset: int
+    length: int
+    state: ReplicaState
+    data_addr: str
+    node_id: str
+    path: str
+    segment_size: int
+    grant: bytes
+    def __init__(self, worker_id: _Optional[str] = ..., segment_id: _Optional[int] = ..., tier: _Optional[_Union[Tier, str]] = ..., offset: _Optional[int] = ..., length: _Optional[int] = ..., state: _Optional[_Union[ReplicaState, str]] = ..., data_addr: _Optional[str] = ..., node_id: _Optional[str] = ..., path: _Optional[str] = ..., segment_size: _Optional[int] = ..., grant: _Optional[bytes] = ...) -> None: ...
+
+class ReplicaConfig(_message.Message):
+    __slots__ = ("replica_num", "preferred_worker", "soft_pin", "hard_pin")
+    REPLICA_NUM_FIELD_NUMBER: _ClassVar[int]
+    PREFERRED_WORKER_FIELD_NUMBER: _ClassVar[int]
+    SOFT_PIN_FIELD_NUMBER: _ClassVar[int]
+    HARD_PIN_FIELD_NUMBER: _ClassVar[int]
+    replica_num: int
+    preferred_worker: str
+    soft_pin: bool
+    hard_pin: bool
+    def __init__(self, replica_num: _Optional[int] = ..., preferred_worker: _Optional[str] = ..., soft_pin: bool = ..., hard_pin: bool = ...) -> None: ...
+
+class KeyStatus(_message.Message):
+    __slots__ = ("key", "code", "message")
+    KEY_FIELD_NUMBER: _ClassVar[int]
+    CODE_FIELD_NUMBER: _ClassVar[int]
+    MESSAGE_FIELD_NUMBER: _ClassVar[int]
+    key: str
+    code: int
+    message: str
+    def __init__(self, key: _Optional[str] = ..., code: _Optional[int] = ..., message: _Optional[str] = ...) -> None: ...
+
+class RegisterWorkerRequest(_message.Message):
+    __slots__ = ("worker_id", "node_id", "data_addr", "grpc_addr", "http_addr", "segments")
+    WORKER_ID_FIELD_NUMBER: _ClassVar[int]
+    NODE_ID_FIELD_NUMBER: _ClassVar[int]
+    DATA_ADDR_FIELD_NUMBER: _ClassVar[int]
+    GRPC_ADDR_FIELD_NUMBER: _ClassVar[int]
+    HTTP_ADDR_FIELD_NUMBER: _ClassVar[int]
+    SEGMENTS_FIELD_NUMBER: _ClassVar[int]
+    worker_id: str
+    node_id: str
+    data_addr: str
+    grpc_addr: str
+    http_addr: str
+    segments: _containers.RepeatedCompositeFieldContainer[SegmentInfo]
+    def __init__(self, worker_id: _Optional[str] = ..., node_id: _Optional[str] = ..., data_addr: _Optional[str] = ..., grpc_addr: _Optional[str] = ..., http_addr: _Optional[str] = ..., segments: _Optional[_Iterable[_Union[SegmentInfo, _Mapping]]] = ...) -> None: ...
+
+class RegisterWorkerResponse(_message.Message):
+    __slots__ = ("grant_key", "heartbeat_interval_ms", "master_id")
+    GRANT_KEY_FIELD_NUMBER: _ClassVar[int]
+    HEARTBEAT_INTERVAL_MS_FIELD_NUMBER: _ClassVar[int]
+    MASTER_ID_FIELD_NUMBER: _ClassVar[int]
+    grant_key: bytes
+    heartbeat_interval_ms: int
+    master_id: str
+    def __init__(self, grant_key: _Optional[bytes] = ..., heartbeat_interval_ms: _Optional[int] = ..., master_id: _Optional[str] = ...) -> None: ...
+
+class HeartbeatRequest(_message.Message):
+    __slots__ = ("worker_id",)
+    WORKER_ID_FIELD_NUMBER: _ClassVar[int]
+    worker_id: str
+    def __init__(self, worker_id: _Optional[str] = ...) -> None: ...
+
+class HeartbeatResponse(_message.Message):
+    __slots__ = ("registered",)
+    REGISTERED_FIELD_NUMBER: _ClassVar[int]
+    registered: bool
+    def __init__(self, registered: bool = ...) -> None: ...
+
+class PutStartRequest(_message.Message):
+    __slots__ = ("keys", "sizes", "config", "client_node_id")
+    KEYS_FIELD_NUMBER: _ClassVar[int]
+    SIZES_FIELD_NUMBER: _ClassVar[int]
+    CONFIG_FIELD_NUMBER: _ClassVar[int]
+    CLIENT_NODE_ID_FIELD_NUMBER: _ClassVar[int]
+    keys: _containers.RepeatedScalarFieldContainer[str]
+    sizes: _containers.RepeatedScalarFieldContainer[int]
+    config: ReplicaConfig
+    client_node_id: str
+    def __init__(self, keys: _Optional[_Iterable[str]] = ..., sizes: _Optional[_Iterable[int]] = ..., config: _Optional[_Union[ReplicaConfig, _Mapping]] = ..., client_node_id: _Optional[str] = ...) -> None: ...
+
+class PutStartItem(_message.Message):
+    __slots__ = ("status", "replicas")
+    STATUS_FIELD_NUMBER: _ClassVar[int]
+    REPLICAS_FIELD_NUMBER: _ClassVar[int]
+    status: KeyStatus
+    replicas: _containers.RepeatedCompositeFieldContainer[ReplicaDescriptor]
+    def __init__(self, status: _Optional[_Union[KeyStatus, _Mapping]] = ..., replicas: _Optional[_Iterable[_Union[ReplicaDescriptor, _Mapping]]] = ...) -> None: ...
+
+class PutStartResponse(_message.Message):
+    __slots__ = ("items",)
+    ITEMS_FIELD_NUMBER: _ClassVar[int]
+    items: _containers.RepeatedCompositeFieldContainer[PutStartItem]
+    def __init__(self, items: _Optional[_Iterable[_Union[PutStartItem, _Mapping]]] = ...) -> None: ...
+
+class KeysRequest(_message.Message):
+    __slots__ = ("keys",)
+    KEYS_FIELD_NUMBER: _ClassVar[int]
+    keys: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, keys: _Optional[_Iterable[str]] = ...) -> None: ...
+
+class KeysResponse(_message.Message):
+    __slots__ = ("statuses",)
+    STATUSES_FIELD_NUMBER: _ClassVar[int]
+    statuses: _containers.RepeatedCompositeFieldContainer[KeyStatus]
+    def __init__(self, statuses: _Optional[_Iterable[_Union[KeyStatus, _Mapping]]] = ...) -> None: ...
+
+class GetReplicasItem(_message.Message):
+    __slots__ = ("status", "size", "replicas")
+    STATUS_FIELD_NUMBER: _ClassVar[int]
+    SIZE_FIELD_NUMBER: _ClassVar[int]
+    REPLICAS_FIELD_NUMBER: _ClassVar[int]
+    status: KeyStatus
+    size: int
+    replicas: _containers.RepeatedCompositeFieldContainer[ReplicaDescriptor]
+    def __init__(self, status: _Optional[_Union[KeyStatus, _Mapping]] = ..., size: _Optional[int] = ..., replicas: _Optional[_Iterable[_Union[ReplicaDescriptor, _Mapping]]] = ...) -> None: ...
+
+class GetReplicasResponse(_message.Message):
+    __slots__ = ("items", "lease_ttl_ms")
+    ITEMS_FIELD_NUMBER: _ClassVar[int]
+    LEASE_TTL_MS_FIELD_NUMBER: _ClassVar[int]
+    items: _containers.RepeatedCompositeFieldContainer[GetReplicasItem]
+    lease_ttl_ms: int
+    def __init__(self, items: _Optional[_Iterable[_Union[GetReplicasItem, _Mapping]]] = ..., lease_ttl_ms: _Optional[int] = ...) -> None: ...
+
+class ExistsResponse(_message.Message):
+    __slots__ = ("statuses",)
+    STATUSES_FIELD_NUMBER: _ClassVar[int]
+    statuses: _containers.RepeatedCompositeFieldContainer[KeyStatus]
+    def __init__(self, statuses: _Optional[_Iterable[_Union[KeyStatus, _Mapping]]] = ...) -> None: ...
+
+class RemoveRequest(_message.Message):
+    __slots__ = ("keys", "force")
+    KEYS_FIELD_NUMBER: _ClassVar[int]
+    FORCE_FIELD_NUMBER: _ClassVar[int]
+    keys: _containers.RepeatedScalarFieldContainer[str]
+    force: bool
+    def __init__(self, keys: _Optional[_Iterable[str]] = ..., force: bool = ...) -> None: ...
+
+class RemoveAllRequest(_message.Message):
+    __slots__ = ("force",)
+    FORCE_FIELD_NUMBER: _ClassVar[int]
+    force: bool
+    def __init__(self, force: bool = ...) -> None: ...
+
+class RemoveAllResponse(_message.Message):
+    __slots__ = ("removed",)
+    REMOVED_FIELD_NUMBER: _ClassVar[int]
+    removed: int
+    def __init__(self, removed: _Optional[int] = ...) -> None: ...
+
+class DescribeRequest(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class DescribeResponse(_message.Message):
+    __slots__ = ("worker_id", "node_id", "data_addr", "segments", "registered")
+    WORKER_ID_FIELD_NUMBER: _ClassVar[int]
+    NODE_ID_FIELD_NUMBER: _ClassVar[int]
+    DATA_ADDR_FIELD_NUMBER: _ClassVar[int]
+    SEGMENTS_FIELD_NUMBER: _ClassVar[int]
+    REGISTERED_FIELD_NUMBER: _ClassVar[int]
+    worker_id: str
+    node_id: str
+    data_addr: str
+    segments: _containers.RepeatedCompositeFieldContainer[SegmentInfo]
+    registered: bool
+    def __init__(self, worker_id: _Optional[str] = ..., node_id: _Optional[str] = ..., data_addr: _Optional[str] = ..., segments: _Optional[_Iterable[_Union[SegmentInfo, _Mapping]]] = ..., registered: bool = ...) -> None: ...

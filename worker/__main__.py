@@ -1,0 +1,5 @@
+import sys
+
+from mooncake_worker.main import main
+
+sys.exit(main())

@@ -1,0 +1,72 @@
+"""`mooncake-worker`: parses options, starts a WorkerNode, registers, heartbeats, stops on SIGTERM."""
+from __future__ import annotations
+
+import asyncio
+import logging
+import sys
+
+from mooncake_proto.cli import DURATION, SIZE, Option, load_settings
+from mooncake_proto.daemon import kv, setup_logging, stop_event, write_ready_file
+from mooncake_proto.identity import default_worker_id
+from mooncake_worker.node import WorkerNode
+
+log = logging.getLogger("mooncake.worker")
+
+
+def _masters(text: str) -> list[str]:
+    masters = [m.strip() for m in str(text).split(",") if m.strip()]
+    if not masters:
+        raise ValueError("give at least one master address H:P")
+    return masters
+
+
+OPTIONS = [
+    Option("--master", None, _masters, "master address(es) H:P[,H:P...] (required)"),
+    Option("--dram", None, SIZE, "DRAM segment size, e.g. 4GiB (required)"),
+    Option("--host", "127.0.0.1", str, "address to listen on and advertise"),
+    Option("--data-port", 0, int, "TCP data-plane port (0 picks one)"),
+    Option("--grpc-port", 0, int, "WorkerService gRPC port (0 picks one)"),
+    Option("--http-port", 9300, int, "HTTP port for /health and /stats (0 picks one)"),
+    Option("--worker-id", "", str, "stable identity (default: host name + data directories)"),
+    Option("--shm-dir", "/dev/shm", str, "directory of the DRAM segment file"),
+    Option("--ready-file", "", str, "write bound addresses here as JSON once registered"),
+    Option("--log-level", "info", str, "debug, info, warning or error"),
+]
+
+
+async def serve(settings) -> int:
+    stop = stop_event()
+    worker_id = settings.worker_id or default_worker_id(settings.shm_dir)
+    node = WorkerNode(worker_id, settings.master, settings.dram, settings.shm_dir)
+    await node.start(settings.host, settings.data_port, settings.grpc_port, settings.http_port)
+    log.info(kv("worker_listening", worker_id=worker_id, data=node.data_addr,
+                grpc=node.grpc_addr, http=node.http_addr, dram_bytes=settings.dram,
+                segment=node.dram.path))
+    heartbeats = None
+    try:
+        if await node.register(stop):
+            write_ready_file(settings.ready_file, {
+                "worker_id": worker_id, "data": node.data_addr, "grpc": node.grpc_addr,
+                "http": node.http_addr, "node_id": node.node_id})
+            heartbeats = asyncio.create_task(node.heartbeat_loop(stop))
+            await stop.wait()
+    finally:
+        log.info(kv("worker_stopping", worker_id=worker_id))
+        if heartbeats is not None:
+            await heartbeats
+        await node.stop()
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    settings = load_settings("mooncake-worker", "Contributes DRAM to the pool and moves bytes.",
+                             OPTIONS, argv)
+    if not settings.master or not settings.dram:
+        print("mooncake-worker: --master and --dram are required", file=sys.stderr)
+        return 2
+    setup_logging(settings.log_level)
+    return asyncio.run(serve(settings))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

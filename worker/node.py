@@ -1,0 +1,143 @@
+"""The worker's running state: its segments, data server, gRPC and HTTP listeners, master link."""
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import random
+
+import grpc
+
+from mooncake_native import SegmentMapping
+from mooncake_proto import mooncake_pb2 as pb
+from mooncake_proto import mooncake_pb2_grpc as pb_grpc
+from mooncake_proto import rpc
+from mooncake_proto.daemon import HttpServer, json_response, kv
+from mooncake_proto.identity import node_id
+from mooncake_worker.data_server import DataServer
+from mooncake_worker.servicer import WorkerServicer
+
+log = logging.getLogger("mooncake.worker")
+
+DRAM_SEGMENT_ID = 0
+REGISTER_BACKOFF_MAX_S = 2.0
+RPC_TIMEOUT_S = 5.0
+
+
+def dram_segment_path(shm_dir: str, worker_id: str) -> str:
+    safe = "".join(c if c.isalnum() or c in "-_." else "_" for c in worker_id)
+    return os.path.join(shm_dir, f"mooncake-{safe}-dram")
+
+
+class WorkerNode:
+    def __init__(self, worker_id: str, masters: list[str], dram_bytes: int, shm_dir: str):
+        self.worker_id = worker_id
+        self.node_id = node_id()
+        self.masters = masters
+        self.dram = SegmentMapping(dram_segment_path(shm_dir, worker_id), dram_bytes, create=True)
+        self.data_server = DataServer(worker_id, {DRAM_SEGMENT_ID: self.dram.view})
+        self.data_addr = self.grpc_addr = self.http_addr = ""
+        self.registered = False
+        self.heartbeat_interval_s = 1.0
+        self._grpc_server: grpc.aio.Server | None = None
+        self._http = HttpServer({"/health": self._health, "/stats": self._stats})
+        self._master_index = 0
+        self._channel: grpc.aio.Channel | None = None
+
+    def _master_stub(self) -> tuple[str, pb_grpc.MasterServiceStub]:
+        master = self.masters[self._master_index % len(self.masters)]
+        if self._channel is None:
+            self._channel = rpc.aio_channel(master)
+        return master, pb_grpc.MasterServiceStub(self._channel)
+
+    async def _next_master(self) -> None:
+        """Moves to the next master address (a standby, or the same one restarted)."""
+        if self._channel is not None:
+            await self._channel.close()
+            self._channel = None
+        self._master_index += 1
+
+    def segment_infos(self) -> list[pb.SegmentInfo]:
+        return [pb.SegmentInfo(segment_id=DRAM_SEGMENT_ID, tier=pb.TIER_DRAM,
+                               size_bytes=self.dram.size_bytes, path=self.dram.path)]
+
+    async def start(self, host: str, data_port: int, grpc_port: int, http_port: int) -> None:
+        self.data_addr = self.data_server.start(host, data_port)
+        self._grpc_server = rpc.aio_server()
+        pb_grpc.add_WorkerServiceServicer_to_server(WorkerServicer(self), self._grpc_server)
+        self.grpc_addr = rpc.bind(self._grpc_server, host, grpc_port)
+        await self._grpc_server.start()
+        self.http_addr = await self._http.start(host, http_port)
+
+    async def stop(self) -> None:
+        if self._channel is not None:
+            await self._channel.close()
+        self.data_server.stop()
+        await self._http.stop()
+        if self._grpc_server is not None:
+            await self._grpc_server.stop(grace=1.0)
+        self.dram.close()  # the file stays: a restarted worker finds its bytes there
+
+    async def register(self, stop: asyncio.Event) -> bool:
+        """Registers with the first master that accepts, retrying with backoff until stopped."""
+        delay = 0.05
+        request = pb.RegisterWorkerRequest(
+            worker_id=self.worker_id, node_id=self.node_id, data_addr=self.data_addr,
+            grpc_addr=self.grpc_addr, http_addr=self.http_addr, segments=self.segment_infos())
+        while not stop.is_set():
+            master, stub = self._master_stub()
+            try:
+                reply = await stub.RegisterWorker(request, timeout=RPC_TIMEOUT_S)
+                self.data_server.grant_key = reply.grant_key
+                self.heartbeat_interval_s = max(reply.heartbeat_interval_ms, 50) / 1000
+                self.registered = True
+                log.info(kv("registered", worker_id=self.worker_id, master=master,
+                            master_id=reply.master_id, data=self.data_addr))
+                return True
+            except grpc.aio.AioRpcError as exc:
+                log.warning(kv("register_failed", master=master, code=exc.code().name,
+                               detail=exc.details(), retry_in_s=f"{delay:.2f}"))
+                await self._next_master()
+            try:
+                await asyncio.wait_for(stop.wait(), timeout=delay * (0.5 + random.random()))
+            except asyncio.TimeoutError:
+                pass
+            delay = min(delay * 2, REGISTER_BACKOFF_MAX_S)
+        return False
+
+    async def heartbeat_loop(self, stop: asyncio.Event) -> None:
+        """Heartbeats the master; registers again when the master no longer knows us."""
+        failing = False
+        while not stop.is_set():
+            try:
+                await asyncio.wait_for(stop.wait(), timeout=self.heartbeat_interval_s)
+                return
+            except asyncio.TimeoutError:
+                pass
+            master, stub = self._master_stub()
+            try:
+                reply = await stub.Heartbeat(pb.HeartbeatRequest(worker_id=self.worker_id),
+                                             timeout=RPC_TIMEOUT_S)
+                if failing:
+                    log.info(kv("heartbeat_restored", master=master))
+                failing = False
+                if not reply.registered:
+                    log.warning(kv("master_forgot_us", master=master))
+                    self.registered = False
+                    await self.register(stop)
+            except grpc.aio.AioRpcError as exc:
+                if not failing:
+                    log.warning(kv("heartbeat_failed", master=master, code=exc.code().name))
+                failing = True
+                await self._next_master()
+
+    async def _health(self, _query: str):
+        status = 200 if self.registered else 503
+        return status, "application/json", (b'{"status": "ok"}\n' if self.registered
+                                             else b'{"status": "registering"}\n')
+
+    async def _stats(self, _query: str):
+        ds = self.data_server
+        return json_response({"worker_id": self.worker_id, "registered": self.registered,
+                              "bytes_in": ds.bytes_in, "bytes_out": ds.bytes_out,
+                              "requests_refused": ds.refused, "dram_bytes": self.dram.size_bytes})
