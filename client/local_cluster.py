@@ -68,6 +68,7 @@ class LocalCluster:
     def __init__(self, workers: int = 2, dram: str = "256MiB", master_args: tuple = (),
                  worker_args: tuple = (), workdir: str | None = None):
         self.dir = workdir or tempfile.mkdtemp(prefix="mooncake-cluster-")
+        os.makedirs(self.dir, exist_ok=True)
         self._own_dir = workdir is None
         self.shm_dir = os.path.join("/dev/shm", os.path.basename(self.dir))
         os.makedirs(self.shm_dir, exist_ok=True)

@@ -19,6 +19,9 @@ from mooncake_proto.grants import GrantError, verify
 
 log = logging.getLogger("mooncake.worker.data")
 
+LINGER_S = 1.0
+LINGER_MAX_BYTES = 16 << 20
+
 
 class RequestRefused(Exception):
     def __init__(self, code: int, reason: str):
@@ -81,16 +84,30 @@ class DataServer:
             self.refused += 1
             log.warning(kv("data_request_refused", peer=f"{peer[0]}:{peer[1]}", code=exc.code,
                            reason=str(exc)))
-            try:
-                conn.sendall(wire.RESPONSE.pack(exc.code, 0))
-            except OSError:
-                pass
+            self._refuse(conn, exc.code)
         except OSError as exc:
             log.info(kv("data_connection_lost", peer=f"{peer[0]}:{peer[1]}", error=exc))
         finally:
             with self._lock:
                 self._conns.discard(conn)
             conn.close()
+
+    @staticmethod
+    def _refuse(conn: socket.socket, code: int) -> None:
+        """Sends the error, then a lingering close: closing with unread input would send RST and
+        the peer would lose the error reply."""
+        try:
+            conn.sendall(wire.RESPONSE.pack(code, 0))
+            conn.shutdown(socket.SHUT_WR)
+            conn.settimeout(LINGER_S)
+            drained = 0
+            while drained < LINGER_MAX_BYTES:
+                chunk = conn.recv(65536)
+                if not chunk:
+                    break
+                drained += len(chunk)
+        except OSError:
+            pass
 
     def _handle(self, conn: socket.socket, header: bytearray) -> None:
         magic, op, _flags, grant_len, segment_id, offset, length = wire.REQUEST.unpack(header)

@@ -1,0 +1,20 @@
+"""mooncake-bench runs end to end (performance is read from its output, never asserted here)."""
+import json
+import subprocess
+import sys
+
+
+def test_bench_local_prints_a_table_and_writes_json(tmp_path):
+    out = tmp_path / "bench.json"
+    proc = subprocess.run(
+        [sys.executable, "-m", "mooncake_client.bench", "--local", "--sizes", "4KiB,1MiB",
+         "--volume", "2MiB", "--max-count", "20", "--dram", "64MiB", "--json", str(out)],
+        capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    assert "GB/s" in proc.stdout and "p99 us" in proc.stdout
+    assert "[" in proc.stderr and "4/4" in proc.stderr  # the progress bar reached the end
+    rows = json.loads(out.read_text())["rows"]
+    assert {(r["op"], r["transport"], r["size_bytes"]) for r in rows} == {
+        (op, t, s) for op in ("put", "get", "put_from", "get_into")
+        for t in ("shm", "tcp") for s in (4096, 1 << 20)}
+    assert all(r["gb_per_s"] > 0 and r["p50_us"] > 0 and r["count"] >= 2 for r in rows)

@@ -1,0 +1,80 @@
+"""Faults through real daemons: a full pool, a dead worker, bad input; each a typed error."""
+import os
+import signal
+
+import pytest
+
+from mooncake_client import Client
+from mooncake_proto.errors import (ErrorCode, InvalidArgumentError, NoSpaceError,
+                                   TransferError, UnavailableError)
+
+
+@pytest.mark.parametrize("key", ["", "k" * 5000])
+def test_bad_keys_are_invalid_argument(client, key):
+    with pytest.raises(InvalidArgumentError) as info:
+        client.put(key, b"data")
+    assert info.value.code == ErrorCode.INVALID_PARAMS
+    with pytest.raises(InvalidArgumentError):
+        client.get(key)
+    with pytest.raises(InvalidArgumentError):
+        client.exists(key)
+
+
+def test_negative_size_is_invalid_argument(cluster):
+    # the SDK takes sizes from buffers, so send a raw PutStart as a buggy client would
+    from mooncake_proto import mooncake_pb2 as pb
+    from mooncake_proto.errors import error_for_code
+    with Client(cluster.master_addr) as c:
+        reply = c._call("PutStart", pb.PutStartRequest(keys=["neg"], sizes=[-5]))
+        assert reply.items[0].status.code == ErrorCode.INVALID_PARAMS
+        assert isinstance(error_for_code(reply.items[0].status.code), InvalidArgumentError)
+        assert c.exists("neg") is False
+
+
+def test_key_of_4096_bytes_is_fine(client):
+    key = "é" * 2048  # 4096 bytes of UTF-8
+    client.put(key, b"ok")
+    assert client.get(key) == b"ok"
+
+
+def test_pool_full_raises_no_space_and_damages_nothing(fresh_cluster):
+    cluster = fresh_cluster(workers=2, dram="4MiB")
+    with Client(cluster.master_addr) as c:
+        stored = {}
+        with pytest.raises(NoSpaceError) as info:
+            for i in range(100):
+                data = os.urandom(512 * 1024)
+                c.put(f"fill/{i}", data)
+                stored[f"fill/{i}"] = data
+        assert info.value.code == -200
+        assert 10 <= len(stored) <= 16  # 8 MiB of pool, 512 KiB objects
+        unread = stored.pop("fill/0")  # reads grant leases; this one stays unleased
+        for key, data in stored.items():
+            assert c.get(key) == data
+        with pytest.raises(NoSpaceError):
+            c.put("too-big", b"x" * (5 << 20))  # larger than any segment
+        assert len(unread) and c.remove("fill/0") is True  # unleased: freed at once
+        c.put("fits-again", b"y" * (512 * 1024))  # freed space is reusable
+        assert c.get("fits-again") == b"y" * (512 * 1024)
+
+
+def test_dead_worker_gives_a_clear_error_not_a_hang(fresh_cluster):
+    cluster = fresh_cluster(workers=1, dram="16MiB")
+    with Client(cluster.master_addr, transports=("tcp",), transfer_timeout_s=5) as c:
+        c.put("on-the-dead", b"d" * 10_000)
+        cluster.workers["worker-0"].stop(signal.SIGKILL)
+        with pytest.raises(TransferError, match="worker-0"):
+            c.get("on-the-dead")
+        with pytest.raises(TransferError, match="worker-0"):
+            c.put("to-the-dead", b"x")
+        assert c.exists("to-the-dead") is False  # the failed put was revoked
+
+
+def test_unreachable_master_is_unavailable(tmp_path):
+    import socket
+    with socket.socket() as s:  # a port that was free a moment ago: nobody listens there
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    with Client(f"127.0.0.1:{port}", rpc_timeout_s=2) as c:
+        with pytest.raises(UnavailableError):
+            c.get("anything")
