@@ -5,7 +5,7 @@ import signal
 import pytest
 
 from mooncake_client import Client
-from mooncake_proto.errors import (ErrorCode, InvalidArgumentError, NoSpaceError,
+from mooncake_proto.errors import (ErrorCode, InvalidArgumentError, LeaseExpiredError, NoSpaceError,
                                    TransferError, UnavailableError)
 
 
@@ -78,3 +78,13 @@ def test_unreachable_master_is_unavailable(tmp_path):
     with Client(f"127.0.0.1:{port}", rpc_timeout_s=2) as c:
         with pytest.raises(UnavailableError):
             c.get("anything")
+
+
+def test_read_finishing_after_its_lease_raises_lease_expired(fresh_cluster):
+    # a 1 ms lease: an 8 MiB read over TCP cannot finish inside it (about 3 ms here)
+    cluster = fresh_cluster(workers=1, dram="32MiB", master_args=("--lease-ttl", "1ms"))
+    with Client(cluster.master_addr, transports=("tcp",)) as c:
+        c.put("short-lease", b"L" * (8 << 20))
+        with pytest.raises(LeaseExpiredError) as info:
+            c.get("short-lease")
+        assert info.value.code == -707

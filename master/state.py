@@ -1,0 +1,564 @@
+"""The master's metadata: workers and their segments, objects and replicas, leases, pending frees.
+
+Pure synchronous state with no I/O, no threads and no clock: every method takes `now`
+(monotonic seconds) and randomness comes from the injected `random.Random`. The gRPC servicer
+decodes a request, calls one method here and encodes the answer. `validate()` checks every
+cross-index invariant; tests call it after every step.
+"""
+from __future__ import annotations
+
+import dataclasses
+import random
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+from mooncake_master.allocator import OffsetAllocator, align_up
+from mooncake_proto.errors import ErrorCode, InvalidArgumentError
+
+# Values of the proto enums Tier and ReplicaState.
+TIER_DRAM = 1
+TIER_SSD = 2
+PENDING = 1
+COMPLETE = 2
+
+TIER_NAMES = {TIER_DRAM: "DRAM", TIER_SSD: "SSD"}
+MAX_REPLICA_NUM = 64
+
+
+@dataclass(slots=True)
+class MasterConfig:
+    lease_ttl_s: float = 10.0
+    worker_ttl_s: float = 10.0
+    put_timeout_s: float = 30.0
+    max_batch: int = 4096
+    max_key_bytes: int = 4096
+    placement_sample: int = 4
+
+
+@dataclass(slots=True)
+class SegmentSpec:
+    segment_id: int
+    tier: int
+    size_bytes: int
+    path: str
+
+
+@dataclass(slots=True)
+class Segment:
+    worker_id: str
+    segment_id: int
+    tier: int
+    size_bytes: int
+    path: str
+    allocator: OffsetAllocator
+
+    @property
+    def free_ratio(self) -> float:
+        return self.allocator.free_bytes / self.size_bytes
+
+
+@dataclass(slots=True)
+class WorkerInfo:
+    worker_id: str
+    node_id: str
+    data_addr: str
+    grpc_addr: str
+    http_addr: str
+    segments: dict[int, Segment]
+    grant_key: bytes
+    last_heartbeat: float
+    registered_at: float
+
+
+@dataclass(slots=True)
+class Replica:
+    worker_id: str
+    segment_id: int
+    tier: int
+    offset: int
+    length: int
+    state: int
+
+
+@dataclass(slots=True)
+class ObjectMeta:
+    key: str
+    size: int
+    state: int
+    replicas: list[Replica]
+    replica_num: int
+    lease_until: float
+    soft_pin: bool
+    hard_pin: bool
+    last_access: float
+    put_started_at: float
+
+
+@dataclass(slots=True)
+class PlacementConfig:
+    replica_num: int = 1
+    preferred_worker: str = ""
+    soft_pin: bool = False
+    hard_pin: bool = False
+
+
+@dataclass(slots=True)
+class KeyResult:
+    code: int = 0
+    message: str = ""
+    size: int = 0
+    replicas: list[Replica] = field(default_factory=list)
+
+
+@dataclass(slots=True)
+class TickReport:
+    revoked_keys: list[str] = field(default_factory=list)
+    dead_workers: list[str] = field(default_factory=list)
+    lost_keys: list[str] = field(default_factory=list)
+    freed_ranges: int = 0
+
+
+@dataclass(slots=True)
+class PendingFree:
+    """A range of a force-removed object, held until the last read lease on it ends."""
+    worker_id: str
+    segment_id: int
+    offset: int
+    length: int
+    free_at: float
+
+
+def _fail(code: ErrorCode, message: str) -> KeyResult:
+    return KeyResult(code=int(code), message=message)
+
+
+def _copy_replicas(replicas: list[Replica]) -> list[Replica]:
+    # Callers get copies so that nothing outside can mutate the state behind validate().
+    return [dataclasses.replace(r) for r in replicas]
+
+
+class MasterState:
+    """Every piece of metadata the master holds, and the only code that changes it."""
+
+    def __init__(self, config: MasterConfig | None = None, rng: random.Random | None = None):
+        self.config = config if config is not None else MasterConfig()
+        self.rng = rng if rng is not None else random.Random()
+        self.workers: dict[str, WorkerInfo] = {}
+        self.objects: dict[str, ObjectMeta] = {}
+        self.pending_frees: list[PendingFree] = []
+
+    # -- workers --------------------------------------------------------------------------
+
+    def register_worker(self, worker_id: str, node_id: str, data_addr: str, grpc_addr: str,
+                        http_addr: str, segments: list[SegmentSpec], grant_key: bytes,
+                        now: float) -> WorkerInfo:
+        """Add a worker; a known id is a restart: its old replicas go first, as on death."""
+        self._check_segments(worker_id, segments)
+        if worker_id in self.workers:
+            self._drop_worker(worker_id)
+        worker = WorkerInfo(
+            worker_id=worker_id, node_id=node_id, data_addr=data_addr, grpc_addr=grpc_addr,
+            http_addr=http_addr, grant_key=grant_key, last_heartbeat=now, registered_at=now,
+            segments={
+                spec.segment_id: Segment(
+                    worker_id=worker_id, segment_id=spec.segment_id, tier=spec.tier,
+                    size_bytes=spec.size_bytes, path=spec.path,
+                    allocator=OffsetAllocator(spec.size_bytes))
+                for spec in segments
+            },
+        )
+        self.workers[worker_id] = worker
+        return worker
+
+    @staticmethod
+    def _check_segments(worker_id: str, segments: list[SegmentSpec]) -> None:
+        if not isinstance(worker_id, str) or not worker_id:
+            raise InvalidArgumentError("worker_id must be a non-empty string")
+        if not segments:
+            raise InvalidArgumentError(f"worker {worker_id} registers no segment")
+        seen: set[int] = set()
+        for spec in segments:
+            if not isinstance(spec.size_bytes, int) or spec.size_bytes < 1:
+                raise InvalidArgumentError(
+                    f"segment {spec.segment_id} of {worker_id}: size {spec.size_bytes} must be > 0")
+            if spec.tier not in TIER_NAMES:
+                raise InvalidArgumentError(
+                    f"segment {spec.segment_id} of {worker_id}: unknown tier {spec.tier}")
+            if spec.segment_id in seen:
+                raise InvalidArgumentError(
+                    f"worker {worker_id} registers segment id {spec.segment_id} twice")
+            seen.add(spec.segment_id)
+
+    def heartbeat(self, worker_id: str, now: float) -> bool:
+        """Refresh a worker's liveness; False when unknown (it must register again)."""
+        worker = self.workers.get(worker_id)
+        if worker is None:
+            return False
+        worker.last_heartbeat = now
+        return True
+
+    def _drop_worker(self, worker_id: str) -> list[str]:
+        """Forget a worker, its replicas and its pending frees; the keys left with no replica."""
+        del self.workers[worker_id]
+        self.pending_frees = [p for p in self.pending_frees if p.worker_id != worker_id]
+        lost: list[str] = []
+        for key, obj in list(self.objects.items()):
+            kept = [r for r in obj.replicas if r.worker_id != worker_id]
+            if len(kept) == len(obj.replicas):
+                continue
+            obj.replicas = kept
+            if not kept:
+                del self.objects[key]
+                lost.append(key)
+        return lost
+
+    # -- validation of requests -----------------------------------------------------------
+
+    def _check_batch(self, keys: Sequence[str]) -> None:
+        if len(keys) > self.config.max_batch:
+            raise InvalidArgumentError(
+                f"batch of {len(keys)} keys is over the limit of {self.config.max_batch}")
+
+    def _key_error(self, key: object) -> KeyResult | None:
+        if not isinstance(key, str):
+            return _fail(ErrorCode.INVALID_PARAMS,
+                         f"key must be a string, got {type(key).__name__}")
+        if not key:
+            return _fail(ErrorCode.INVALID_PARAMS, "key is empty")
+        try:
+            n = len(key.encode("utf-8"))
+        except UnicodeEncodeError:
+            return _fail(ErrorCode.INVALID_PARAMS, "key is not valid UTF-8")
+        if n > self.config.max_key_bytes:
+            return _fail(ErrorCode.INVALID_PARAMS,
+                         f"key is {n} bytes; the limit is {self.config.max_key_bytes}")
+        return None
+
+    # -- put ------------------------------------------------------------------------------
+
+    def put_start(self, keys: Sequence[str], sizes: Sequence[int],
+                  config: PlacementConfig | None, client_node_id: str,
+                  now: float) -> list[KeyResult]:
+        """Allocate replicas for each new key; first writer wins on existing keys."""
+        config = config if config is not None else PlacementConfig()
+        self._check_batch(keys)
+        if len(keys) != len(sizes):
+            raise InvalidArgumentError(f"{len(keys)} keys but {len(sizes)} sizes")
+        if config.replica_num > MAX_REPLICA_NUM:
+            raise InvalidArgumentError(
+                f"replica_num {config.replica_num} is over the limit of {MAX_REPLICA_NUM}")
+        results: list[KeyResult] = []
+        failed_in_batch: dict[str, KeyResult] = {}
+        for key, size in zip(keys, sizes):
+            result = self._put_start_one(key, size, config, client_node_id, now, failed_in_batch)
+            if result.code != ErrorCode.OK and isinstance(key, str):
+                failed_in_batch.setdefault(key, result)
+            results.append(result)
+        return results
+
+    def _put_start_one(self, key: str, size: int, config: PlacementConfig,
+                       client_node_id: str, now: float,
+                       failed_in_batch: dict[str, KeyResult]) -> KeyResult:
+        error = self._key_error(key)
+        if error is not None:
+            return error
+        if not isinstance(size, int) or isinstance(size, bool) or size < 1:
+            return _fail(ErrorCode.INVALID_PARAMS, f"size must be a positive int, got {size!r}")
+        if key in self.objects:
+            return _fail(ErrorCode.OBJECT_ALREADY_EXISTS, f"key {key!r} already exists")
+        if key in failed_in_batch:
+            # The first occurrence decides; "already exists" would pass a failure off as success.
+            return dataclasses.replace(failed_in_batch[key])
+        replica_num = max(1, config.replica_num)
+        replicas = self._place(size, replica_num, config.preferred_worker, client_node_id)
+        if not replicas:
+            largest = max((s.size_bytes for s in self._dram_segments()), default=0)
+            return _fail(ErrorCode.NO_AVAILABLE_HANDLE,
+                         f"no segment has room for {size} bytes "
+                         f"(largest DRAM segment: {largest} bytes)")
+        self.objects[key] = ObjectMeta(
+            key=key, size=size, state=PENDING, replicas=replicas, replica_num=replica_num,
+            lease_until=0.0, soft_pin=config.soft_pin, hard_pin=config.hard_pin,
+            last_access=now, put_started_at=now)
+        return KeyResult(code=int(ErrorCode.OK), size=size, replicas=_copy_replicas(replicas))
+
+    def put_end(self, keys: Sequence[str], now: float) -> list[KeyResult]:
+        """Make PENDING objects COMPLETE and visible; idempotent on COMPLETE ones."""
+        self._check_batch(keys)
+        results = []
+        for key in keys:
+            obj, error = self._lookup(key)
+            if error is None:
+                if obj.state == PENDING:
+                    obj.state = COMPLETE
+                    obj.last_access = now
+                    for replica in obj.replicas:
+                        replica.state = COMPLETE
+                error = KeyResult(code=int(ErrorCode.OK), size=obj.size)
+            results.append(error)
+        return results
+
+    def put_revoke(self, keys: Sequence[str], now: float) -> list[KeyResult]:
+        """Free and forget PENDING objects whose write failed."""
+        self._check_batch(keys)
+        results = []
+        for key in keys:
+            obj, error = self._lookup(key)
+            if error is None:
+                if obj.state != PENDING:
+                    error = _fail(ErrorCode.INVALID_PARAMS, "object is committed; use remove")
+                else:
+                    self._delete(obj, now)
+                    error = KeyResult(code=int(ErrorCode.OK))
+            results.append(error)
+        return results
+
+    # -- reads ----------------------------------------------------------------------------
+
+    def get_replicas(self, keys: Sequence[str], now: float) -> list[KeyResult]:
+        """COMPLETE replicas of each key, granting or extending its read lease."""
+        self._check_batch(keys)
+        results = []
+        for key in keys:
+            obj, error = self._lookup(key)
+            if error is None:
+                if obj.state != COMPLETE:
+                    error = _fail(ErrorCode.REPLICA_IS_NOT_READY, f"key {key!r} is being written")
+                else:
+                    self._grant_lease(obj, now)
+                    ready = [r for r in obj.replicas if r.state == COMPLETE]
+                    error = KeyResult(code=int(ErrorCode.OK), size=obj.size,
+                                      replicas=_copy_replicas(ready))
+            results.append(error)
+        return results
+
+    def exists(self, keys: Sequence[str], now: float) -> list[KeyResult]:
+        """OK for each COMPLETE key (and a lease, as a get tends to follow); else NOT_FOUND."""
+        self._check_batch(keys)
+        results = []
+        for key in keys:
+            obj, error = self._lookup(key)
+            if error is None:
+                # A PENDING object is not visible yet: a get right after would not find it.
+                if obj.state != COMPLETE:
+                    error = _fail(ErrorCode.OBJECT_NOT_FOUND, f"key {key!r} is being written")
+                else:
+                    self._grant_lease(obj, now)
+                    error = KeyResult(code=int(ErrorCode.OK), size=obj.size)
+            results.append(error)
+        return results
+
+    def _grant_lease(self, obj: ObjectMeta, now: float) -> None:
+        obj.lease_until = max(obj.lease_until, now + self.config.lease_ttl_s)
+        obj.last_access = now
+
+    def _lookup(self, key: str) -> tuple[ObjectMeta | None, KeyResult | None]:
+        error = self._key_error(key)
+        if error is not None:
+            return None, error
+        obj = self.objects.get(key)
+        if obj is None:
+            return None, _fail(ErrorCode.OBJECT_NOT_FOUND, f"key {key!r} not found")
+        return obj, None
+
+    # -- removal --------------------------------------------------------------------------
+
+    def remove(self, keys: Sequence[str], force: bool, now: float) -> list[KeyResult]:
+        """Forget COMPLETE objects; leased ones only with force (their ranges wait the lease)."""
+        self._check_batch(keys)
+        results = []
+        for key in keys:
+            obj, error = self._lookup(key)
+            if error is None:
+                if obj.state != COMPLETE:
+                    error = _fail(ErrorCode.REPLICA_IS_NOT_READY, f"key {key!r} is being written")
+                elif obj.lease_until > now and not force:
+                    error = _fail(ErrorCode.OBJECT_HAS_LEASE,
+                                  f"key {key!r} is leased for {obj.lease_until - now:.3f}s more")
+                else:
+                    self._delete(obj, now)
+                    error = KeyResult(code=int(ErrorCode.OK))
+            results.append(error)
+        return results
+
+    def remove_all(self, force: bool, now: float) -> int:
+        """Remove every COMPLETE object (leased ones only with force); how many went."""
+        doomed = [obj for obj in self.objects.values()
+                  if obj.state == COMPLETE and (force or obj.lease_until <= now)]
+        for obj in doomed:
+            self._delete(obj, now)
+        return len(doomed)
+
+    def _delete(self, obj: ObjectMeta, now: float) -> None:
+        del self.objects[obj.key]
+        for replica in obj.replicas:
+            if obj.lease_until > now:
+                # A reader may still be copying out of this range until its lease ends.
+                self.pending_frees.append(PendingFree(
+                    worker_id=replica.worker_id, segment_id=replica.segment_id,
+                    offset=replica.offset, length=replica.length, free_at=obj.lease_until))
+            else:
+                self._free_range(replica.worker_id, replica.segment_id, replica.offset)
+
+    def _free_range(self, worker_id: str, segment_id: int, offset: int) -> None:
+        self.workers[worker_id].segments[segment_id].allocator.free(offset)
+
+    # -- time -----------------------------------------------------------------------------
+
+    def tick(self, now: float) -> TickReport:
+        """Revoke stalled puts, bury silent workers, and free ranges whose leases ended."""
+        report = TickReport()
+        stalled = [obj for obj in self.objects.values()
+                   if obj.state == PENDING and now - obj.put_started_at > self.config.put_timeout_s]
+        for obj in stalled:
+            self._delete(obj, now)
+            report.revoked_keys.append(obj.key)
+        dead = [w.worker_id for w in self.workers.values()
+                if now - w.last_heartbeat > self.config.worker_ttl_s]
+        for worker_id in dead:
+            report.lost_keys.extend(self._drop_worker(worker_id))
+            report.dead_workers.append(worker_id)
+        due = [p for p in self.pending_frees if p.free_at <= now]
+        if due:
+            self.pending_frees = [p for p in self.pending_frees if p.free_at > now]
+            for pending in due:
+                self._free_range(pending.worker_id, pending.segment_id, pending.offset)
+            report.freed_ranges = len(due)
+        return report
+
+    # -- placement ------------------------------------------------------------------------
+
+    def _dram_segments(self) -> list[Segment]:
+        return [seg for worker in self.workers.values() for seg in worker.segments.values()
+                if seg.tier == TIER_DRAM]
+
+    @staticmethod
+    def _free_ratio(worker: WorkerInfo) -> float:
+        return max((s.free_ratio for s in worker.segments.values() if s.tier == TIER_DRAM),
+                   default=-1.0)
+
+    @staticmethod
+    def _has_dram(worker: WorkerInfo) -> bool:
+        return any(s.tier == TIER_DRAM for s in worker.segments.values())
+
+    def _allocate_on(self, worker: WorkerInfo, size: int) -> Replica | None:
+        segments = sorted((s for s in worker.segments.values() if s.tier == TIER_DRAM),
+                          key=lambda s: (-s.free_ratio, s.segment_id))
+        for seg in segments:
+            offset = seg.allocator.allocate(size)
+            if offset is not None:
+                return Replica(worker_id=worker.worker_id, segment_id=seg.segment_id,
+                               tier=TIER_DRAM, offset=offset, length=size, state=PENDING)
+        return None
+
+    def _preferred(self, preferred_worker: str, client_node_id: str) -> WorkerInfo | None:
+        worker = self.workers.get(preferred_worker)
+        if worker is not None:
+            return worker
+        if not client_node_id:
+            return None
+        local = [w for w in self.workers.values()
+                 if w.node_id == client_node_id and self._has_dram(w)]
+        if not local:
+            return None
+        return min(local, key=lambda w: (-self._free_ratio(w), w.worker_id))
+
+    def _place(self, size: int, replica_num: int, preferred_worker: str,
+               client_node_id: str) -> list[Replica]:
+        """Up to replica_num PENDING replicas on distinct workers, preferred (local) one first."""
+        replicas: list[Replica] = []
+        first = self._preferred(preferred_worker, client_node_id)
+        if first is not None:
+            replica = self._allocate_on(first, size)
+            if replica is not None:
+                replicas.append(replica)
+        # Sorted so that the injected rng alone decides the sample.
+        rest = sorted(wid for wid, w in self.workers.items()
+                      if (first is None or wid != first.worker_id) and self._has_dram(w))
+        sample_size = max(1, self.config.placement_sample)
+        while len(replicas) < replica_num and rest:
+            sample = self.rng.sample(rest, min(sample_size, len(rest)))
+            sampled = set(sample)
+            rest = [wid for wid in rest if wid not in sampled]
+            sample.sort(key=lambda wid: -self._free_ratio(self.workers[wid]))
+            for wid in sample:
+                if len(replicas) == replica_num:
+                    break
+                replica = self._allocate_on(self.workers[wid], size)
+                if replica is not None:
+                    replicas.append(replica)
+        return replicas
+
+    # -- invariants and reporting ---------------------------------------------------------
+
+    def validate(self) -> None:
+        """Raise AssertionError on any broken cross-index invariant."""
+        expected: dict[tuple[str, int], dict[int, int]] = {}
+        for worker_id, worker in self.workers.items():
+            assert worker.worker_id == worker_id, f"worker {worker.worker_id} under {worker_id}"
+            for segment_id, seg in worker.segments.items():
+                assert seg.segment_id == segment_id and seg.worker_id == worker_id, \
+                    f"segment {seg.worker_id}/{seg.segment_id} under {worker_id}/{segment_id}"
+                assert seg.allocator.size_bytes == seg.size_bytes, \
+                    f"segment {worker_id}/{segment_id} allocator size differs"
+                seg.allocator.validate()
+                expected[(worker_id, segment_id)] = {}
+        for key, obj in self.objects.items():
+            self._validate_object(key, obj, expected)
+        for pending in self.pending_frees:
+            self._expect_range(expected, pending.worker_id, pending.segment_id, pending.offset,
+                               pending.length, f"pending free at {pending.free_at}")
+        for (worker_id, segment_id), blocks in expected.items():
+            allocated = self.workers[worker_id].segments[segment_id].allocator.allocated_blocks()
+            assert allocated == blocks, (
+                f"segment {worker_id}/{segment_id}: allocator holds {sorted(allocated.items())}, "
+                f"replicas and pending frees account for {sorted(blocks.items())}")
+
+    def _validate_object(self, key: str, obj: ObjectMeta,
+                         expected: dict[tuple[str, int], dict[int, int]]) -> None:
+        assert obj.key == key, f"object {obj.key!r} stored under {key!r}"
+        assert obj.state in (PENDING, COMPLETE), f"{key!r}: bad state {obj.state}"
+        assert obj.replicas, f"{key!r} has no replica"
+        workers = [r.worker_id for r in obj.replicas]
+        assert len(set(workers)) == len(workers), f"{key!r} has two replicas on one worker"
+        for replica in obj.replicas:
+            assert replica.length == obj.size, \
+                f"{key!r}: replica length {replica.length} != size {obj.size}"
+            assert replica.state in (PENDING, COMPLETE), f"{key!r}: bad replica state"
+            if obj.state == COMPLETE:
+                assert replica.state == COMPLETE, f"{key!r} is COMPLETE with a PENDING replica"
+            else:
+                assert replica.state == PENDING, f"{key!r} is PENDING with a COMPLETE replica"
+            seg = self.workers.get(replica.worker_id, None)
+            seg = seg.segments.get(replica.segment_id) if seg is not None else None
+            assert seg is not None and seg.tier == replica.tier, \
+                f"{key!r}: replica on {replica.worker_id}/{replica.segment_id}, no such segment"
+            self._expect_range(expected, replica.worker_id, replica.segment_id, replica.offset,
+                               replica.length, f"replica of {key!r}")
+
+    def _expect_range(self, expected: dict[tuple[str, int], dict[int, int]], worker_id: str,
+                      segment_id: int, offset: int, length: int, what: str) -> None:
+        blocks = expected.get((worker_id, segment_id))
+        assert blocks is not None, f"{what} is on unknown segment {worker_id}/{segment_id}"
+        assert offset not in blocks, f"{what}: range {worker_id}/{segment_id}@{offset} used twice"
+        alignment = self.workers[worker_id].segments[segment_id].allocator.alignment
+        blocks[offset] = align_up(length, alignment)
+
+    def stats(self) -> dict:
+        """A JSON-able summary for /stats and the metrics endpoint."""
+        tiers = {name: {"total_bytes": 0, "used_bytes": 0} for name in TIER_NAMES.values()}
+        workers = []
+        for worker in self.workers.values():
+            segments = []
+            for seg in worker.segments.values():
+                used = seg.allocator.used_bytes
+                tiers[TIER_NAMES[seg.tier]]["total_bytes"] += seg.size_bytes
+                tiers[TIER_NAMES[seg.tier]]["used_bytes"] += used
+                segments.append({"segment_id": seg.segment_id, "tier": seg.tier,
+                                 "size_bytes": seg.size_bytes, "used_bytes": used,
+                                 "fragmentation": seg.allocator.fragmentation})
+            workers.append({"worker_id": worker.worker_id, "node_id": worker.node_id,
+                            "data_addr": worker.data_addr, "segments": segments})
+        pending = sum(1 for obj in self.objects.values() if obj.state == PENDING)
+        return {"objects": len(self.objects), "pending": pending,
+                "pending_frees": len(self.pending_frees), "workers": workers, "tiers": tiers}
