@@ -39,12 +39,9 @@ class MasterServicer(pb_grpc.MasterServiceServicer):
     async def RegisterWorker(self, request, context):
         key = secrets.token_bytes(grants.KEY_BYTES)
         segments = [SegmentSpec(s.segment_id, s.tier, s.size_bytes, s.path) for s in request.segments]
-        try:
-            self.state.register_worker(request.worker_id, request.node_id, request.data_addr,
-                                       request.grpc_addr, request.http_addr, segments, key,
-                                       self.clock())
-        except MooncakeError as exc:
-            await abort_with(context, exc)
+        await self._run(context, self.state.register_worker, request.worker_id, request.node_id,
+                        request.data_addr, request.grpc_addr, request.http_addr, segments, key,
+                        self.clock())
         log.info(kv("worker_registered", worker_id=request.worker_id, data=request.data_addr,
                     node=request.node_id, segments=len(segments)))
         return pb.RegisterWorkerResponse(grant_key=key, master_id=self.master_id,
@@ -60,11 +57,8 @@ class MasterServicer(pb_grpc.MasterServiceServicer):
         config = PlacementConfig(replica_num=cfg.replica_num or 1,
                                  preferred_worker=cfg.preferred_worker, soft_pin=cfg.soft_pin,
                                  hard_pin=cfg.hard_pin)
-        try:
-            results = self.state.put_start(list(request.keys), list(request.sizes), config,
-                                           request.client_node_id, self.clock())
-        except MooncakeError as exc:
-            await abort_with(context, exc)
+        results = await self._run(context, self.state.put_start, list(request.keys),
+                                  list(request.sizes), config, request.client_node_id, self.clock())
         expiry = self._expiry_ms(self.state.config.put_timeout_s)
         return pb.PutStartResponse(items=[
             pb.PutStartItem(status=_status(key, r),
@@ -78,10 +72,8 @@ class MasterServicer(pb_grpc.MasterServiceServicer):
         return await self._keys_call(self.state.put_revoke, request, context)
 
     async def GetReplicas(self, request, context):
-        try:
-            results = self.state.get_replicas(list(request.keys), self.clock())
-        except MooncakeError as exc:
-            await abort_with(context, exc)
+        results = await self._run(context, self.state.get_replicas, list(request.keys),
+                                  self.clock())
         ttl_s = self.state.config.lease_ttl_s
         expiry = self._expiry_ms(ttl_s)
         return pb.GetReplicasResponse(lease_ttl_ms=int(ttl_s * 1000), items=[
@@ -90,17 +82,12 @@ class MasterServicer(pb_grpc.MasterServiceServicer):
             for key, r in zip(request.keys, results)])
 
     async def Exists(self, request, context):
-        try:
-            results = self.state.exists(list(request.keys), self.clock())
-        except MooncakeError as exc:
-            await abort_with(context, exc)
+        results = await self._run(context, self.state.exists, list(request.keys), self.clock())
         return pb.ExistsResponse(statuses=[_status(k, r) for k, r in zip(request.keys, results)])
 
     async def Remove(self, request, context):
-        try:
-            results = self.state.remove(list(request.keys), request.force, self.clock())
-        except MooncakeError as exc:
-            await abort_with(context, exc)
+        results = await self._run(context, self.state.remove, list(request.keys), request.force,
+                                  self.clock())
         return pb.KeysResponse(statuses=[_status(k, r) for k, r in zip(request.keys, results)])
 
     async def RemoveAll(self, request, context):
@@ -110,11 +97,16 @@ class MasterServicer(pb_grpc.MasterServiceServicer):
 
     # ---- helpers ----
 
-    async def _keys_call(self, method, request, context):
+    @staticmethod
+    async def _run(context, method, *args):
+        """Calls a state method; a whole-call domain error ends the RPC with its status and code."""
         try:
-            results = method(list(request.keys), self.clock())
+            return method(*args)
         except MooncakeError as exc:
             await abort_with(context, exc)
+
+    async def _keys_call(self, method, request, context):
+        results = await self._run(context, method, list(request.keys), self.clock())
         return pb.KeysResponse(statuses=[_status(k, r) for k, r in zip(request.keys, results)])
 
     def _expiry_ms(self, ttl_s: float) -> int:

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import random
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 from mooncake_master.allocator import OffsetAllocator, align_up
@@ -284,68 +284,54 @@ class MasterState:
 
     def put_end(self, keys: Sequence[str], now: float) -> list[KeyResult]:
         """Make PENDING objects COMPLETE and visible; idempotent on COMPLETE ones."""
-        self._check_batch(keys)
-        results = []
-        for key in keys:
-            obj, error = self._lookup(key)
-            if error is None:
-                if obj.state == PENDING:
-                    obj.state = COMPLETE
-                    obj.last_access = now
-                    for replica in obj.replicas:
-                        replica.state = COMPLETE
-                error = KeyResult(code=int(ErrorCode.OK), size=obj.size)
-            results.append(error)
-        return results
+        def end(obj: ObjectMeta) -> KeyResult:
+            if obj.state == PENDING:
+                obj.state = COMPLETE
+                obj.last_access = now
+                for replica in obj.replicas:
+                    replica.state = COMPLETE
+            return KeyResult(code=int(ErrorCode.OK), size=obj.size)
+        return self._for_each_object(keys, end)
 
     def put_revoke(self, keys: Sequence[str], now: float) -> list[KeyResult]:
         """Free and forget PENDING objects whose write failed."""
-        self._check_batch(keys)
-        results = []
-        for key in keys:
-            obj, error = self._lookup(key)
-            if error is None:
-                if obj.state != PENDING:
-                    error = _fail(ErrorCode.INVALID_PARAMS, "object is committed; use remove")
-                else:
-                    self._delete(obj, now)
-                    error = KeyResult(code=int(ErrorCode.OK))
-            results.append(error)
-        return results
+        def revoke(obj: ObjectMeta) -> KeyResult:
+            if obj.state != PENDING:
+                return _fail(ErrorCode.INVALID_PARAMS, "object is committed; use remove")
+            self._delete(obj, now)
+            return KeyResult(code=int(ErrorCode.OK))
+        return self._for_each_object(keys, revoke)
 
     # -- reads ----------------------------------------------------------------------------
 
     def get_replicas(self, keys: Sequence[str], now: float) -> list[KeyResult]:
         """COMPLETE replicas of each key, granting or extending its read lease."""
-        self._check_batch(keys)
-        results = []
-        for key in keys:
-            obj, error = self._lookup(key)
-            if error is None:
-                if obj.state != COMPLETE:
-                    error = _fail(ErrorCode.REPLICA_IS_NOT_READY, f"key {key!r} is being written")
-                else:
-                    self._grant_lease(obj, now)
-                    ready = [r for r in obj.replicas if r.state == COMPLETE]
-                    error = KeyResult(code=int(ErrorCode.OK), size=obj.size,
-                                      replicas=_copy_replicas(ready))
-            results.append(error)
-        return results
+        def replicas_of(obj: ObjectMeta) -> KeyResult:
+            if obj.state != COMPLETE:
+                return _fail(ErrorCode.REPLICA_IS_NOT_READY, f"key {obj.key!r} is being written")
+            self._grant_lease(obj, now)
+            ready = [r for r in obj.replicas if r.state == COMPLETE]
+            return KeyResult(code=int(ErrorCode.OK), size=obj.size, replicas=_copy_replicas(ready))
+        return self._for_each_object(keys, replicas_of)
 
     def exists(self, keys: Sequence[str], now: float) -> list[KeyResult]:
         """OK for each COMPLETE key (and a lease, as a get tends to follow); else NOT_FOUND."""
+        def present(obj: ObjectMeta) -> KeyResult:
+            # A PENDING object is not visible yet: a get right after would not find it.
+            if obj.state != COMPLETE:
+                return _fail(ErrorCode.OBJECT_NOT_FOUND, f"key {obj.key!r} is being written")
+            self._grant_lease(obj, now)
+            return KeyResult(code=int(ErrorCode.OK), size=obj.size)
+        return self._for_each_object(keys, present)
+
+    def _for_each_object(self, keys: Sequence[str],
+                         handle: Callable[[ObjectMeta], KeyResult]) -> list[KeyResult]:
+        """Validates the batch, then per key: its error (invalid, not found) or handle(object)."""
         self._check_batch(keys)
         results = []
         for key in keys:
             obj, error = self._lookup(key)
-            if error is None:
-                # A PENDING object is not visible yet: a get right after would not find it.
-                if obj.state != COMPLETE:
-                    error = _fail(ErrorCode.OBJECT_NOT_FOUND, f"key {key!r} is being written")
-                else:
-                    self._grant_lease(obj, now)
-                    error = KeyResult(code=int(ErrorCode.OK), size=obj.size)
-            results.append(error)
+            results.append(error if error is not None else handle(obj))
         return results
 
     def _grant_lease(self, obj: ObjectMeta, now: float) -> None:
@@ -365,21 +351,15 @@ class MasterState:
 
     def remove(self, keys: Sequence[str], force: bool, now: float) -> list[KeyResult]:
         """Forget COMPLETE objects; leased ones only with force (their ranges wait the lease)."""
-        self._check_batch(keys)
-        results = []
-        for key in keys:
-            obj, error = self._lookup(key)
-            if error is None:
-                if obj.state != COMPLETE:
-                    error = _fail(ErrorCode.REPLICA_IS_NOT_READY, f"key {key!r} is being written")
-                elif obj.lease_until > now and not force:
-                    error = _fail(ErrorCode.OBJECT_HAS_LEASE,
-                                  f"key {key!r} is leased for {obj.lease_until - now:.3f}s more")
-                else:
-                    self._delete(obj, now)
-                    error = KeyResult(code=int(ErrorCode.OK))
-            results.append(error)
-        return results
+        def remove_one(obj: ObjectMeta) -> KeyResult:
+            if obj.state != COMPLETE:
+                return _fail(ErrorCode.REPLICA_IS_NOT_READY, f"key {obj.key!r} is being written")
+            if obj.lease_until > now and not force:
+                return _fail(ErrorCode.OBJECT_HAS_LEASE,
+                             f"key {obj.key!r} is leased for {obj.lease_until - now:.3f}s more")
+            self._delete(obj, now)
+            return KeyResult(code=int(ErrorCode.OK))
+        return self._for_each_object(keys, remove_one)
 
     def remove_all(self, force: bool, now: float) -> int:
         """Remove every COMPLETE object (leased ones only with force); how many went."""
