@@ -113,25 +113,33 @@ class Client:
             raise InvalidArgumentError(f"{len(keys)} keys but {len(buffers)} buffers")
         views = [as_byte_view(b) for b in buffers]
         config = config or ReplicaConfig()
+        started = time.monotonic()
         reply = self._call("PutStart", pb.PutStartRequest(
             keys=keys, sizes=[v.nbytes for v in views], client_node_id=self.node_id,
             config=pb.ReplicaConfig(replica_num=config.replica_num,
                                     preferred_worker=config.preferred_worker or "",
                                     soft_pin=config.soft_pin, hard_pin=config.hard_pin)))
+        deadline = started + reply.put_timeout_ms / 1000
         errors: dict[str, MooncakeError] = {}
-        writes: dict[str, list[Transfer]] = {}
+        started_puts: dict[str, tuple[int, list[Transfer]]] = {}
         for key, view, item in zip(keys, views, reply.items):
             if item.status.code == ErrorCode.OK:
-                writes[key] = [Transfer(r, view) for r in item.replicas]
+                started_puts[key] = (item.put_id, [Transfer(r, view, deadline) for r in item.replicas])
             elif item.status.code != ErrorCode.OBJECT_ALREADY_EXISTS:
                 errors[key] = error_for_code(item.status.code, f"put {key!r}: {item.status.message}")
-        failed_writes = self._write_all(writes)
-        if failed_writes:
-            self._call("PutRevoke", pb.KeysRequest(keys=list(failed_writes)))
-            errors.update(failed_writes)
-        committed = [k for k in writes if k not in failed_writes]
+        try:
+            failed = self._write_all(started_puts)
+        except BaseException:
+            self._revoke_quietly(started_puts, started_puts)  # nothing may stay PENDING for us
+            raise
+        if failed:
+            self._revoke_quietly(started_puts, failed)
+            errors.update(failed)
+        committed = [k for k in started_puts if k not in failed]
         if committed:
-            for st in self._call("PutEnd", pb.KeysRequest(keys=committed)).statuses:
+            finish = pb.PutFinishRequest(keys=committed,
+                                         put_ids=[started_puts[k][0] for k in committed])
+            for st in self._call("PutEnd", finish).statuses:
                 if st.code != ErrorCode.OK:
                     errors[st.key] = error_for_code(st.code, f"put {st.key!r}: {st.message}")
         if errors:
@@ -139,33 +147,42 @@ class Client:
                 else BatchError(errors)
         return [v.nbytes for v in views]
 
-    def _write_all(self, writes: dict[str, list[Transfer]]) -> dict[str, MooncakeError]:
+    def _write_all(self, started_puts) -> dict[str, MooncakeError]:
         """Writes every replica of every key; returns the keys whose writes failed."""
+        per_transport: dict[object, list[Transfer]] = {}
+        owner: dict[int, str] = {}
         failed: dict[str, MooncakeError] = {}
-        per_transport: dict[object, list[tuple[str, Transfer]]] = {}
-        for key, transfers in writes.items():
+        for key, (_, transfers) in started_puts.items():
             for t in transfers:
-                per_transport.setdefault(self._transport_for_write(t.replica), []).append((key, t))
-        for transport, items in per_transport.items():
-            try:
-                transport.write([t for _, t in items])
-            except MooncakeError:
-                # a batch failed somewhere: redo it key by key to learn exactly which keys lost
-                for key, t in items:
-                    if key in failed:
-                        continue
-                    try:
-                        transport.write([t])
-                    except MooncakeError as exc:
-                        failed[key] = exc
+                transport = self._transport_for(t.replica)
+                if transport is None:
+                    failed[key] = TransferError(
+                        f"put {key!r}: no allowed transport ({', '.join(self.transport_names)}) "
+                        f"reaches worker {t.replica.worker_id}")
+                    continue
+                per_transport.setdefault(transport, []).append(t)
+                owner[id(t)] = key
+        for transport, transfers in per_transport.items():
+            transport.write(transfers)
+            for t in transfers:
+                if t.error is not None:
+                    failed.setdefault(owner[id(t)], t.error)
         return failed
 
-    def _transport_for_write(self, replica: pb.ReplicaDescriptor):
+    def _revoke_quietly(self, started_puts, keys) -> None:
+        """Revokes keys' PENDING puts; a failure here only delays the master's own timeout."""
+        keys = list(keys)
+        try:
+            self._call("PutRevoke", pb.PutFinishRequest(
+                keys=keys, put_ids=[started_puts[k][0] for k in keys]))
+        except MooncakeError:
+            pass
+
+    def _transport_for(self, replica: pb.ReplicaDescriptor):
         for transport in self._transports:
             if transport.usable(replica):
                 return transport
-        raise TransferError(f"no allowed transport ({', '.join(self.transport_names)}) "
-                            f"reaches worker {replica.worker_id}")
+        return None
 
     # ---- reads ----
 
@@ -224,22 +241,19 @@ class Client:
             by_transport: dict[object, list] = {}
             for entry in pending:
                 transport, replica = entry[1][attempt]
-                entry[2].replica = replica
+                entry[2].reset(replica)
                 by_transport.setdefault(transport, []).append(entry)
             retry = []
             for transport, entries in by_transport.items():
-                try:
-                    transport.read([e[2] for e in entries])
-                except MooncakeError:
-                    for entry in entries:
-                        try:
-                            transport.read([entry[2]])
-                        except MooncakeError as exc:
-                            if attempt + 1 >= len(entry[1]):
-                                raise TransferError(
-                                    f"get {keys[entry[0]]!r}: every replica failed, last: {exc}",
-                                    code=exc.code) from exc
-                            retry.append(entry)
+                transport.read([e[2] for e in entries])
+                for entry in entries:
+                    error = entry[2].error
+                    if error is None:
+                        continue
+                    if attempt + 1 >= len(entry[1]):
+                        raise TransferError(f"get {keys[entry[0]]!r}: every replica failed, "
+                                            f"last: {error}", code=error.code) from error
+                    retry.append(entry)
             pending, attempt = retry, attempt + 1
 
     def _ordered(self, replicas) -> list[tuple[object, pb.ReplicaDescriptor]]:

@@ -17,6 +17,7 @@ import time
 
 READY_TIMEOUT_S = 30.0
 STOP_TIMEOUT_S = 10.0
+SHM_ROOT = "/dev/shm" if os.path.isdir("/dev/shm") else None
 
 
 class ClusterError(RuntimeError):
@@ -70,8 +71,8 @@ class LocalCluster:
         self.dir = workdir or tempfile.mkdtemp(prefix="mooncake-cluster-")
         os.makedirs(self.dir, exist_ok=True)
         self._own_dir = workdir is None
-        self.shm_dir = os.path.join("/dev/shm", os.path.basename(self.dir))
-        os.makedirs(self.shm_dir, exist_ok=True)
+        # a directory of its own for segment files: stop() deletes exactly this one
+        self.shm_dir = tempfile.mkdtemp(prefix="mooncake-cluster-", dir=SHM_ROOT)
         self.n_workers, self.dram = workers, dram
         self.master_args, self.worker_args = list(master_args), list(worker_args)
         self.master: Daemon | None = None

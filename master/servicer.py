@@ -20,7 +20,6 @@ from mooncake_proto.rpc import abort_with
 log = logging.getLogger("mooncake.master")
 
 HEARTBEAT_INTERVAL_MS = 1000
-GRANT_SKEW_MARGIN_S = 2.0  # grants outlive leases a little: clocks of two nodes differ
 
 
 def _status(key: str, result) -> pb.KeyStatus:
@@ -59,17 +58,18 @@ class MasterServicer(pb_grpc.MasterServiceServicer):
                                  hard_pin=cfg.hard_pin)
         results = await self._run(context, self.state.put_start, list(request.keys),
                                   list(request.sizes), config, request.client_node_id, self.clock())
-        expiry = self._expiry_ms(self.state.config.put_timeout_s)
-        return pb.PutStartResponse(items=[
-            pb.PutStartItem(status=_status(key, r),
+        timeout_s = self.state.config.put_timeout_s
+        expiry = self._expiry_ms(timeout_s)
+        return pb.PutStartResponse(put_timeout_ms=int(timeout_s * 1000), items=[
+            pb.PutStartItem(status=_status(key, r), put_id=r.put_id,
                             replicas=self._descriptors(r.replicas, grants.Op.WRITE, expiry))
             for key, r in zip(request.keys, results)])
 
     async def PutEnd(self, request, context):
-        return await self._keys_call(self.state.put_end, request, context)
+        return await self._finish_call(self.state.put_end, request, context)
 
     async def PutRevoke(self, request, context):
-        return await self._keys_call(self.state.put_revoke, request, context)
+        return await self._finish_call(self.state.put_revoke, request, context)
 
     async def GetReplicas(self, request, context):
         results = await self._run(context, self.state.get_replicas, list(request.keys),
@@ -105,12 +105,13 @@ class MasterServicer(pb_grpc.MasterServiceServicer):
         except MooncakeError as exc:
             await abort_with(context, exc)
 
-    async def _keys_call(self, method, request, context):
-        results = await self._run(context, method, list(request.keys), self.clock())
+    async def _finish_call(self, method, request, context):
+        put_ids = list(request.put_ids) if request.put_ids else None
+        results = await self._run(context, method, list(request.keys), self.clock(), put_ids)
         return pb.KeysResponse(statuses=[_status(k, r) for k, r in zip(request.keys, results)])
 
     def _expiry_ms(self, ttl_s: float) -> int:
-        return int((self.wall_clock() + ttl_s + GRANT_SKEW_MARGIN_S) * 1000)
+        return int((self.wall_clock() + ttl_s + self.state.config.grant_margin_s) * 1000)
 
     def _descriptors(self, replicas, op: grants.Op, expiry_ms: int) -> list[pb.ReplicaDescriptor]:
         out = []

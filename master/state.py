@@ -30,6 +30,9 @@ class MasterConfig:
     lease_ttl_s: float = 10.0
     worker_ttl_s: float = 10.0
     put_timeout_s: float = 30.0
+    # grants outlive leases and put timeouts by this much (two nodes' clocks differ); a range
+    # is reused only once every grant on it has expired
+    grant_margin_s: float = 2.0
     max_batch: int = 4096
     max_key_bytes: int = 4096
     placement_sample: int = 4
@@ -92,6 +95,7 @@ class ObjectMeta:
     hard_pin: bool
     last_access: float
     put_started_at: float
+    put_id: int = 0  # ties PutEnd/PutRevoke to the PutStart that allocated the ranges
 
 
 @dataclass(slots=True)
@@ -108,6 +112,7 @@ class KeyResult:
     message: str = ""
     size: int = 0
     replicas: list[Replica] = field(default_factory=list)
+    put_id: int = 0
 
 
 @dataclass(slots=True)
@@ -120,7 +125,7 @@ class TickReport:
 
 @dataclass(slots=True)
 class PendingFree:
-    """A range of a force-removed object, held until the last read lease on it ends."""
+    """A range of a deleted object, held until the last grant that covers it has expired."""
     worker_id: str
     segment_id: int
     offset: int
@@ -146,6 +151,7 @@ class MasterState:
         self.workers: dict[str, WorkerInfo] = {}
         self.objects: dict[str, ObjectMeta] = {}
         self.pending_frees: list[PendingFree] = []
+        self._next_put_id = 1
 
     # -- workers --------------------------------------------------------------------------
 
@@ -279,11 +285,17 @@ class MasterState:
         self.objects[key] = ObjectMeta(
             key=key, size=size, state=PENDING, replicas=replicas, replica_num=replica_num,
             lease_until=0.0, soft_pin=config.soft_pin, hard_pin=config.hard_pin,
-            last_access=now, put_started_at=now)
-        return KeyResult(code=int(ErrorCode.OK), size=size, replicas=_copy_replicas(replicas))
+            last_access=now, put_started_at=now, put_id=self._next_put_id)
+        self._next_put_id += 1
+        return KeyResult(code=int(ErrorCode.OK), size=size, replicas=_copy_replicas(replicas),
+                         put_id=self.objects[key].put_id)
 
-    def put_end(self, keys: Sequence[str], now: float) -> list[KeyResult]:
-        """Make PENDING objects COMPLETE and visible; idempotent on COMPLETE ones."""
+    def put_end(self, keys: Sequence[str], now: float,
+                put_ids: Sequence[int] | None = None) -> list[KeyResult]:
+        """Make PENDING objects COMPLETE and visible; idempotent on COMPLETE ones.
+
+        With put_ids, each key must still belong to the PutStart that returned that id: a
+        writer whose put was revoked must not commit a newer writer's ranges."""
         def end(obj: ObjectMeta) -> KeyResult:
             if obj.state == PENDING:
                 obj.state = COMPLETE
@@ -291,16 +303,17 @@ class MasterState:
                 for replica in obj.replicas:
                     replica.state = COMPLETE
             return KeyResult(code=int(ErrorCode.OK), size=obj.size)
-        return self._for_each_object(keys, end)
+        return self._for_each_object(keys, end, put_ids)
 
-    def put_revoke(self, keys: Sequence[str], now: float) -> list[KeyResult]:
-        """Free and forget PENDING objects whose write failed."""
+    def put_revoke(self, keys: Sequence[str], now: float,
+                   put_ids: Sequence[int] | None = None) -> list[KeyResult]:
+        """Free and forget PENDING objects whose write failed (put_ids as for put_end)."""
         def revoke(obj: ObjectMeta) -> KeyResult:
             if obj.state != PENDING:
                 return _fail(ErrorCode.INVALID_PARAMS, "object is committed; use remove")
             self._delete(obj, now)
             return KeyResult(code=int(ErrorCode.OK))
-        return self._for_each_object(keys, revoke)
+        return self._for_each_object(keys, revoke, put_ids)
 
     # -- reads ----------------------------------------------------------------------------
 
@@ -324,13 +337,19 @@ class MasterState:
             return KeyResult(code=int(ErrorCode.OK), size=obj.size)
         return self._for_each_object(keys, present)
 
-    def _for_each_object(self, keys: Sequence[str],
-                         handle: Callable[[ObjectMeta], KeyResult]) -> list[KeyResult]:
-        """Validates the batch, then per key: its error (invalid, not found) or handle(object)."""
+    def _for_each_object(self, keys: Sequence[str], handle: Callable[[ObjectMeta], KeyResult],
+                         put_ids: Sequence[int] | None = None) -> list[KeyResult]:
+        """Validates the batch, then per key: its error (invalid, not found, another put's
+        object) or handle(object)."""
         self._check_batch(keys)
+        if put_ids is not None and len(put_ids) != len(keys):
+            raise InvalidArgumentError(f"{len(keys)} keys but {len(put_ids)} put ids")
         results = []
-        for key in keys:
+        for i, key in enumerate(keys):
             obj, error = self._lookup(key)
+            if error is None and put_ids is not None and put_ids[i] != obj.put_id:
+                error = _fail(ErrorCode.OBJECT_NOT_FOUND,
+                              f"key {key!r}: this put was revoked; the key belongs to another put")
             results.append(error if error is not None else handle(obj))
         return results
 
@@ -371,14 +390,25 @@ class MasterState:
 
     def _delete(self, obj: ObjectMeta, now: float) -> None:
         del self.objects[obj.key]
+        free_at = self._grants_expire_at(obj)
         for replica in obj.replicas:
-            if obj.lease_until > now:
-                # A reader may still be copying out of this range until its lease ends.
+            if free_at > now:
                 self.pending_frees.append(PendingFree(
                     worker_id=replica.worker_id, segment_id=replica.segment_id,
-                    offset=replica.offset, length=replica.length, free_at=obj.lease_until))
+                    offset=replica.offset, length=replica.length, free_at=free_at))
             else:
                 self._free_range(replica.worker_id, replica.segment_id, replica.offset)
+
+    def _grants_expire_at(self, obj: ObjectMeta) -> float:
+        """When no grant on obj's ranges can still be used: a reader may copy until its lease
+        (plus margin) ends; an uncommitted put's writes may still arrive until its write grant
+        expires. A committed object's writer is done, so only read grants count then."""
+        # grants carry one margin for clock skew; holding a second one means a worker whose
+        # clock runs behind by up to a margin still stops honouring them before reuse
+        margin = 2 * self.config.grant_margin_s
+        if obj.state == PENDING:
+            return obj.put_started_at + self.config.put_timeout_s + margin
+        return obj.lease_until + margin if obj.lease_until > 0 else 0.0
 
     def _free_range(self, worker_id: str, segment_id: int, offset: int) -> None:
         self.workers[worker_id].segments[segment_id].allocator.free(offset)

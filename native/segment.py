@@ -9,8 +9,10 @@ from __future__ import annotations
 import errno
 import mmap
 import os
+import stat
 
 SEGMENT_FILE_MODE = 0o660  # the worker's user and group only (DESIGN.md section 5)
+SEGMENT_FILE_PREFIX = "mooncake-"
 
 
 class SegmentMapping:
@@ -19,13 +21,19 @@ class SegmentMapping:
     def __init__(self, path: str, size_bytes: int, create: bool = False):
         self.path = path
         self.size_bytes = size_bytes
-        flags = os.O_RDWR | (os.O_CREAT if create else 0)
+        # O_NOFOLLOW and the regular-file check: a path from elsewhere must not make us map
+        # (and write) something that merely has the segment's name
+        flags = os.O_RDWR | os.O_NOFOLLOW | (os.O_CREAT if create else 0)
         fd = os.open(path, flags, SEGMENT_FILE_MODE)
         try:
+            st = os.fstat(fd)
+            if not stat.S_ISREG(st.st_mode):
+                raise ValueError(f"segment file {path} is not a regular file")
             if create:
                 self._size_file(fd, size_bytes)
-            elif os.fstat(fd).st_size < size_bytes:
+            elif st.st_size < size_bytes:
                 raise ValueError(f"segment file {path} is smaller than {size_bytes} bytes")
+            self.identity = (st.st_dev, st.st_ino, size_bytes)
             self.mmap = mmap.mmap(fd, size_bytes, flags=mmap.MAP_SHARED | mmap.MAP_POPULATE)
         finally:
             os.close(fd)

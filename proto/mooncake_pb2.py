@@ -24,17 +24,17 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1dmooncake_proto/mooncake.proto\x12\x0bmooncake.v1\"d\n\x0bSegmentInfo\x12\x12\n\nsegment_id\x18\x01 \x01(\r\x12\x1f\n\x04tier\x18\x02 \x01(\x0e\x32\x11.mooncake.v1.Tier\x12\x12\n\nsize_bytes\x18\x03 \x01(\x04\x12\x0c\n\x04path\x18\x04 \x01(\t\"\xfc\x01\n\x11ReplicaDescriptor\x12\x11\n\tworker_id\x18\x01 \x01(\t\x12\x12\n\nsegment_id\x18\x02 \x01(\r\x12\x1f\n\x04tier\x18\x03 \x01(\x0e\x32\x11.mooncake.v1.Tier\x12\x0e\n\x06offset\x18\x04 \x01(\x04\x12\x0e\n\x06length\x18\x05 \x01(\x04\x12(\n\x05state\x18\x06 \x01(\x0e\x32\x19.mooncake.v1.ReplicaState\x12\x11\n\tdata_addr\x18\x07 \x01(\t\x12\x0f\n\x07node_id\x18\x08 \x01(\t\x12\x0c\n\x04path\x18\t \x01(\t\x12\x14\n\x0csegment_size\x18\n \x01(\x04\x12\r\n\x05grant\x18\x0b \x01(\x0c\"b\n\rReplicaConfig\x12\x13\n\x0breplica_num\x18\x01 \x01(\r\x12\x18\n\x10preferred_worker\x18\x02 \x01(\t\x12\x10\n\x08soft_pin\x18\x03 \x01(\x08\x12\x10\n\x08hard_pin\x18\x04 \x01(\x08\"7\n\tKeyStatus\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\x0c\n\x04\x63ode\x18\x02 \x01(\x11\x12\x0f\n\x07message\x18\x03 \x01(\t\"\xa0\x01\n\x15RegisterWorkerRequest\x12\x11\n\tworker_id\x18\x01 \x01(\t\x12\x0f\n\x07node_id\x18\x02 \x01(\t\x12\x11\n\tdata_addr\x18\x03 \x01(\t\x12\x11\n\tgrpc_addr\x18\x04 \x01(\t\x12\x11\n\thttp_addr\x18\x05 \x01(\t\x12*\n\x08segments\x18\x06 \x03(\x0b\x32\x18.mooncake.v1.SegmentInfo\"]\n\x16RegisterWorkerResponse\x12\x11\n\tgrant_key\x18\x01 \x01(\x0c\x12\x1d\n\x15heartbeat_interval_ms\x18\x02 \x01(\r\x12\x11\n\tmaster_id\x18\x03 \x01(\t\"%\n\x10HeartbeatRequest\x12\x11\n\tworker_id\x18\x01 \x01(\t\"\'\n\x11HeartbeatResponse\x12\x12\n\nregistered\x18\x01 \x01(\x08\"r\n\x0fPutStartRequest\x12\x0c\n\x04keys\x18\x01 \x03(\t\x12\r\n\x05sizes\x18\x02 \x03(\x03\x12*\n\x06\x63onfig\x18\x03 \x01(\x0b\x32\x1a.mooncake.v1.ReplicaConfig\x12\x16\n\x0e\x63lient_node_id\x18\x04 \x01(\t\"h\n\x0cPutStartItem\x12&\n\x06status\x18\x01 \x01(\x0b\x32\x16.mooncake.v1.KeyStatus\x12\x30\n\x08replicas\x18\x02 \x03(\x0b\x32\x1e.mooncake.v1.ReplicaDescriptor\"<\n\x10PutStartResponse\x12(\n\x05items\x18\x01 \x03(\x0b\x32\x19.mooncake.v1.PutStartItem\"\x1b\n\x0bKeysRequest\x12\x0c\n\x04keys\x18\x01 \x03(\t\"8\n\x0cKeysResponse\x12(\n\x08statuses\x18\x01 \x03(\x0b\x32\x16.mooncake.v1.KeyStatus\"y\n\x0fGetReplicasItem\x12&\n\x06status\x18\x01 \x01(\x0b\x32\x16.mooncake.v1.KeyStatus\x12\x0c\n\x04size\x18\x02 \x01(\x04\x12\x30\n\x08replicas\x18\x03 \x03(\x0b\x32\x1e.mooncake.v1.ReplicaDescriptor\"X\n\x13GetReplicasResponse\x12+\n\x05items\x18\x01 \x03(\x0b\x32\x1c.mooncake.v1.GetReplicasItem\x12\x14\n\x0clease_ttl_ms\x18\x02 \x01(\r\":\n\x0e\x45xistsResponse\x12(\n\x08statuses\x18\x01 \x03(\x0b\x32\x16.mooncake.v1.KeyStatus\",\n\rRemoveRequest\x12\x0c\n\x04keys\x18\x01 \x03(\t\x12\r\n\x05\x66orce\x18\x02 \x01(\x08\"!\n\x10RemoveAllRequest\x12\r\n\x05\x66orce\x18\x01 \x01(\x08\"$\n\x11RemoveAllResponse\x12\x0f\n\x07removed\x18\x01 \x01(\x04\"\x11\n\x0f\x44\x65scribeRequest\"\x89\x01\n\x10\x44\x65scribeResponse\x12\x11\n\tworker_id\x18\x01 \x01(\t\x12\x0f\n\x07node_id\x18\x02 \x01(\t\x12\x11\n\tdata_addr\x18\x03 \x01(\t\x12*\n\x08segments\x18\x04 \x03(\x0b\x32\x18.mooncake.v1.SegmentInfo\x12\x12\n\nregistered\x18\x05 \x01(\x08*9\n\x04Tier\x12\x14\n\x10TIER_UNSPECIFIED\x10\x00\x12\r\n\tTIER_DRAM\x10\x01\x12\x0c\n\x08TIER_SSD\x10\x02*X\n\x0cReplicaState\x12\x1d\n\x19REPLICA_STATE_UNSPECIFIED\x10\x00\x12\x13\n\x0fREPLICA_PENDING\x10\x01\x12\x14\n\x10REPLICA_COMPLETE\x10\x02\x32\x99\x05\n\rMasterService\x12Y\n\x0eRegisterWorker\x12\".mooncake.v1.RegisterWorkerRequest\x1a#.mooncake.v1.RegisterWorkerResponse\x12J\n\tHeartbeat\x12\x1d.mooncake.v1.HeartbeatRequest\x1a\x1e.mooncake.v1.HeartbeatResponse\x12G\n\x08PutStart\x12\x1c.mooncake.v1.PutStartRequest\x1a\x1d.mooncake.v1.PutStartResponse\x12=\n\x06PutEnd\x12\x18.mooncake.v1.KeysRequest\x1a\x19.mooncake.v1.KeysResponse\x12@\n\tPutRevoke\x12\x18.mooncake.v1.KeysRequest\x1a\x19.mooncake.v1.KeysResponse\x12I\n\x0bGetReplicas\x12\x18.mooncake.v1.KeysRequest\x1a .mooncake.v1.GetReplicasResponse\x12?\n\x06\x45xists\x12\x18.mooncake.v1.KeysRequest\x1a\x1b.mooncake.v1.ExistsResponse\x12?\n\x06Remove\x12\x1a.mooncake.v1.RemoveRequest\x1a\x19.mooncake.v1.KeysResponse\x12J\n\tRemoveAll\x12\x1d.mooncake.v1.RemoveAllRequest\x1a\x1e.mooncake.v1.RemoveAllResponse2X\n\rWorkerService\x12G\n\x08\x44\x65scribe\x12\x1c.mooncake.v1.DescribeRequest\x1a\x1d.mooncake.v1.DescribeResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1dmooncake_proto/mooncake.proto\x12\x0bmooncake.v1\"d\n\x0bSegmentInfo\x12\x12\n\nsegment_id\x18\x01 \x01(\r\x12\x1f\n\x04tier\x18\x02 \x01(\x0e\x32\x11.mooncake.v1.Tier\x12\x12\n\nsize_bytes\x18\x03 \x01(\x04\x12\x0c\n\x04path\x18\x04 \x01(\t\"\xfc\x01\n\x11ReplicaDescriptor\x12\x11\n\tworker_id\x18\x01 \x01(\t\x12\x12\n\nsegment_id\x18\x02 \x01(\r\x12\x1f\n\x04tier\x18\x03 \x01(\x0e\x32\x11.mooncake.v1.Tier\x12\x0e\n\x06offset\x18\x04 \x01(\x04\x12\x0e\n\x06length\x18\x05 \x01(\x04\x12(\n\x05state\x18\x06 \x01(\x0e\x32\x19.mooncake.v1.ReplicaState\x12\x11\n\tdata_addr\x18\x07 \x01(\t\x12\x0f\n\x07node_id\x18\x08 \x01(\t\x12\x0c\n\x04path\x18\t \x01(\t\x12\x14\n\x0csegment_size\x18\n \x01(\x04\x12\r\n\x05grant\x18\x0b \x01(\x0c\"b\n\rReplicaConfig\x12\x13\n\x0breplica_num\x18\x01 \x01(\r\x12\x18\n\x10preferred_worker\x18\x02 \x01(\t\x12\x10\n\x08soft_pin\x18\x03 \x01(\x08\x12\x10\n\x08hard_pin\x18\x04 \x01(\x08\"7\n\tKeyStatus\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\x0c\n\x04\x63ode\x18\x02 \x01(\x11\x12\x0f\n\x07message\x18\x03 \x01(\t\"\xa0\x01\n\x15RegisterWorkerRequest\x12\x11\n\tworker_id\x18\x01 \x01(\t\x12\x0f\n\x07node_id\x18\x02 \x01(\t\x12\x11\n\tdata_addr\x18\x03 \x01(\t\x12\x11\n\tgrpc_addr\x18\x04 \x01(\t\x12\x11\n\thttp_addr\x18\x05 \x01(\t\x12*\n\x08segments\x18\x06 \x03(\x0b\x32\x18.mooncake.v1.SegmentInfo\"]\n\x16RegisterWorkerResponse\x12\x11\n\tgrant_key\x18\x01 \x01(\x0c\x12\x1d\n\x15heartbeat_interval_ms\x18\x02 \x01(\r\x12\x11\n\tmaster_id\x18\x03 \x01(\t\"%\n\x10HeartbeatRequest\x12\x11\n\tworker_id\x18\x01 \x01(\t\"\'\n\x11HeartbeatResponse\x12\x12\n\nregistered\x18\x01 \x01(\x08\"r\n\x0fPutStartRequest\x12\x0c\n\x04keys\x18\x01 \x03(\t\x12\r\n\x05sizes\x18\x02 \x03(\x03\x12*\n\x06\x63onfig\x18\x03 \x01(\x0b\x32\x1a.mooncake.v1.ReplicaConfig\x12\x16\n\x0e\x63lient_node_id\x18\x04 \x01(\t\"x\n\x0cPutStartItem\x12&\n\x06status\x18\x01 \x01(\x0b\x32\x16.mooncake.v1.KeyStatus\x12\x30\n\x08replicas\x18\x02 \x03(\x0b\x32\x1e.mooncake.v1.ReplicaDescriptor\x12\x0e\n\x06put_id\x18\x03 \x01(\x04\"T\n\x10PutStartResponse\x12(\n\x05items\x18\x01 \x03(\x0b\x32\x19.mooncake.v1.PutStartItem\x12\x16\n\x0eput_timeout_ms\x18\x02 \x01(\r\"1\n\x10PutFinishRequest\x12\x0c\n\x04keys\x18\x01 \x03(\t\x12\x0f\n\x07put_ids\x18\x02 \x03(\x04\"\x1b\n\x0bKeysRequest\x12\x0c\n\x04keys\x18\x01 \x03(\t\"8\n\x0cKeysResponse\x12(\n\x08statuses\x18\x01 \x03(\x0b\x32\x16.mooncake.v1.KeyStatus\"y\n\x0fGetReplicasItem\x12&\n\x06status\x18\x01 \x01(\x0b\x32\x16.mooncake.v1.KeyStatus\x12\x0c\n\x04size\x18\x02 \x01(\x04\x12\x30\n\x08replicas\x18\x03 \x03(\x0b\x32\x1e.mooncake.v1.ReplicaDescriptor\"X\n\x13GetReplicasResponse\x12+\n\x05items\x18\x01 \x03(\x0b\x32\x1c.mooncake.v1.GetReplicasItem\x12\x14\n\x0clease_ttl_ms\x18\x02 \x01(\r\":\n\x0e\x45xistsResponse\x12(\n\x08statuses\x18\x01 \x03(\x0b\x32\x16.mooncake.v1.KeyStatus\",\n\rRemoveRequest\x12\x0c\n\x04keys\x18\x01 \x03(\t\x12\r\n\x05\x66orce\x18\x02 \x01(\x08\"!\n\x10RemoveAllRequest\x12\r\n\x05\x66orce\x18\x01 \x01(\x08\"$\n\x11RemoveAllResponse\x12\x0f\n\x07removed\x18\x01 \x01(\x04\"\x11\n\x0f\x44\x65scribeRequest\"\x89\x01\n\x10\x44\x65scribeResponse\x12\x11\n\tworker_id\x18\x01 \x01(\t\x12\x0f\n\x07node_id\x18\x02 \x01(\t\x12\x11\n\tdata_addr\x18\x03 \x01(\t\x12*\n\x08segments\x18\x04 \x03(\x0b\x32\x18.mooncake.v1.SegmentInfo\x12\x12\n\nregistered\x18\x05 \x01(\x08*9\n\x04Tier\x12\x14\n\x10TIER_UNSPECIFIED\x10\x00\x12\r\n\tTIER_DRAM\x10\x01\x12\x0c\n\x08TIER_SSD\x10\x02*X\n\x0cReplicaState\x12\x1d\n\x19REPLICA_STATE_UNSPECIFIED\x10\x00\x12\x13\n\x0fREPLICA_PENDING\x10\x01\x12\x14\n\x10REPLICA_COMPLETE\x10\x02\x32\xa3\x05\n\rMasterService\x12Y\n\x0eRegisterWorker\x12\".mooncake.v1.RegisterWorkerRequest\x1a#.mooncake.v1.RegisterWorkerResponse\x12J\n\tHeartbeat\x12\x1d.mooncake.v1.HeartbeatRequest\x1a\x1e.mooncake.v1.HeartbeatResponse\x12G\n\x08PutStart\x12\x1c.mooncake.v1.PutStartRequest\x1a\x1d.mooncake.v1.PutStartResponse\x12\x42\n\x06PutEnd\x12\x1d.mooncake.v1.PutFinishRequest\x1a\x19.mooncake.v1.KeysResponse\x12\x45\n\tPutRevoke\x12\x1d.mooncake.v1.PutFinishRequest\x1a\x19.mooncake.v1.KeysResponse\x12I\n\x0bGetReplicas\x12\x18.mooncake.v1.KeysRequest\x1a .mooncake.v1.GetReplicasResponse\x12?\n\x06\x45xists\x12\x18.mooncake.v1.KeysRequest\x1a\x1b.mooncake.v1.ExistsResponse\x12?\n\x06Remove\x12\x1a.mooncake.v1.RemoveRequest\x1a\x19.mooncake.v1.KeysResponse\x12J\n\tRemoveAll\x12\x1d.mooncake.v1.RemoveAllRequest\x1a\x1e.mooncake.v1.RemoveAllResponse2X\n\rWorkerService\x12G\n\x08\x44\x65scribe\x12\x1c.mooncake.v1.DescribeRequest\x1a\x1d.mooncake.v1.DescribeResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'mooncake_proto.mooncake_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_TIER']._serialized_start=1820
-  _globals['_TIER']._serialized_end=1877
-  _globals['_REPLICASTATE']._serialized_start=1879
-  _globals['_REPLICASTATE']._serialized_end=1967
+  _globals['_TIER']._serialized_start=1911
+  _globals['_TIER']._serialized_end=1968
+  _globals['_REPLICASTATE']._serialized_start=1970
+  _globals['_REPLICASTATE']._serialized_end=2058
   _globals['_SEGMENTINFO']._serialized_start=46
   _globals['_SEGMENTINFO']._serialized_end=146
   _globals['_REPLICADESCRIPTOR']._serialized_start=149
@@ -54,31 +54,33 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_PUTSTARTREQUEST']._serialized_start=898
   _globals['_PUTSTARTREQUEST']._serialized_end=1012
   _globals['_PUTSTARTITEM']._serialized_start=1014
-  _globals['_PUTSTARTITEM']._serialized_end=1118
-  _globals['_PUTSTARTRESPONSE']._serialized_start=1120
-  _globals['_PUTSTARTRESPONSE']._serialized_end=1180
-  _globals['_KEYSREQUEST']._serialized_start=1182
-  _globals['_KEYSREQUEST']._serialized_end=1209
-  _globals['_KEYSRESPONSE']._serialized_start=1211
-  _globals['_KEYSRESPONSE']._serialized_end=1267
-  _globals['_GETREPLICASITEM']._serialized_start=1269
-  _globals['_GETREPLICASITEM']._serialized_end=1390
-  _globals['_GETREPLICASRESPONSE']._serialized_start=1392
-  _globals['_GETREPLICASRESPONSE']._serialized_end=1480
-  _globals['_EXISTSRESPONSE']._serialized_start=1482
-  _globals['_EXISTSRESPONSE']._serialized_end=1540
-  _globals['_REMOVEREQUEST']._serialized_start=1542
-  _globals['_REMOVEREQUEST']._serialized_end=1586
-  _globals['_REMOVEALLREQUEST']._serialized_start=1588
-  _globals['_REMOVEALLREQUEST']._serialized_end=1621
-  _globals['_REMOVEALLRESPONSE']._serialized_start=1623
-  _globals['_REMOVEALLRESPONSE']._serialized_end=1659
-  _globals['_DESCRIBEREQUEST']._serialized_start=1661
-  _globals['_DESCRIBEREQUEST']._serialized_end=1678
-  _globals['_DESCRIBERESPONSE']._serialized_start=1681
-  _globals['_DESCRIBERESPONSE']._serialized_end=1818
-  _globals['_MASTERSERVICE']._serialized_start=1970
-  _globals['_MASTERSERVICE']._serialized_end=2635
-  _globals['_WORKERSERVICE']._serialized_start=2637
-  _globals['_WORKERSERVICE']._serialized_end=2725
+  _globals['_PUTSTARTITEM']._serialized_end=1134
+  _globals['_PUTSTARTRESPONSE']._serialized_start=1136
+  _globals['_PUTSTARTRESPONSE']._serialized_end=1220
+  _globals['_PUTFINISHREQUEST']._serialized_start=1222
+  _globals['_PUTFINISHREQUEST']._serialized_end=1271
+  _globals['_KEYSREQUEST']._serialized_start=1273
+  _globals['_KEYSREQUEST']._serialized_end=1300
+  _globals['_KEYSRESPONSE']._serialized_start=1302
+  _globals['_KEYSRESPONSE']._serialized_end=1358
+  _globals['_GETREPLICASITEM']._serialized_start=1360
+  _globals['_GETREPLICASITEM']._serialized_end=1481
+  _globals['_GETREPLICASRESPONSE']._serialized_start=1483
+  _globals['_GETREPLICASRESPONSE']._serialized_end=1571
+  _globals['_EXISTSRESPONSE']._serialized_start=1573
+  _globals['_EXISTSRESPONSE']._serialized_end=1631
+  _globals['_REMOVEREQUEST']._serialized_start=1633
+  _globals['_REMOVEREQUEST']._serialized_end=1677
+  _globals['_REMOVEALLREQUEST']._serialized_start=1679
+  _globals['_REMOVEALLREQUEST']._serialized_end=1712
+  _globals['_REMOVEALLRESPONSE']._serialized_start=1714
+  _globals['_REMOVEALLRESPONSE']._serialized_end=1750
+  _globals['_DESCRIBEREQUEST']._serialized_start=1752
+  _globals['_DESCRIBEREQUEST']._serialized_end=1769
+  _globals['_DESCRIBERESPONSE']._serialized_start=1772
+  _globals['_DESCRIBERESPONSE']._serialized_end=1909
+  _globals['_MASTERSERVICE']._serialized_start=2061
+  _globals['_MASTERSERVICE']._serialized_end=2736
+  _globals['_WORKERSERVICE']._serialized_start=2738
+  _globals['_WORKERSERVICE']._serialized_end=2826
 # @@protoc_insertion_point(module_scope)

@@ -136,18 +136,30 @@ class PutStartRequest(_message.Message):
     def __init__(self, keys: _Optional[_Iterable[str]] = ..., sizes: _Optional[_Iterable[int]] = ..., config: _Optional[_Union[ReplicaConfig, _Mapping]] = ..., client_node_id: _Optional[str] = ...) -> None: ...
 
 class PutStartItem(_message.Message):
-    __slots__ = ("status", "replicas")
+    __slots__ = ("status", "replicas", "put_id")
     STATUS_FIELD_NUMBER: _ClassVar[int]
     REPLICAS_FIELD_NUMBER: _ClassVar[int]
+    PUT_ID_FIELD_NUMBER: _ClassVar[int]
     status: KeyStatus
     replicas: _containers.RepeatedCompositeFieldContainer[ReplicaDescriptor]
-    def __init__(self, status: _Optional[_Union[KeyStatus, _Mapping]] = ..., replicas: _Optional[_Iterable[_Union[ReplicaDescriptor, _Mapping]]] = ...) -> None: ...
+    put_id: int
+    def __init__(self, status: _Optional[_Union[KeyStatus, _Mapping]] = ..., replicas: _Optional[_Iterable[_Union[ReplicaDescriptor, _Mapping]]] = ..., put_id: _Optional[int] = ...) -> None: ...
 
 class PutStartResponse(_message.Message):
-    __slots__ = ("items",)
+    __slots__ = ("items", "put_timeout_ms")
     ITEMS_FIELD_NUMBER: _ClassVar[int]
+    PUT_TIMEOUT_MS_FIELD_NUMBER: _ClassVar[int]
     items: _containers.RepeatedCompositeFieldContainer[PutStartItem]
-    def __init__(self, items: _Optional[_Iterable[_Union[PutStartItem, _Mapping]]] = ...) -> None: ...
+    put_timeout_ms: int
+    def __init__(self, items: _Optional[_Iterable[_Union[PutStartItem, _Mapping]]] = ..., put_timeout_ms: _Optional[int] = ...) -> None: ...
+
+class PutFinishRequest(_message.Message):
+    __slots__ = ("keys", "put_ids")
+    KEYS_FIELD_NUMBER: _ClassVar[int]
+    PUT_IDS_FIELD_NUMBER: _ClassVar[int]
+    keys: _containers.RepeatedScalarFieldContainer[str]
+    put_ids: _containers.RepeatedScalarFieldContainer[int]
+    def __init__(self, keys: _Optional[_Iterable[str]] = ..., put_ids: _Optional[_Iterable[int]] = ...) -> None: ...
 
 class KeysRequest(_message.Message):
     __slots__ = ("keys",)

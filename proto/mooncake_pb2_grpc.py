@@ -51,12 +51,12 @@ class MasterServiceStub(object):
                 _registered_method=True)
         self.PutEnd = channel.unary_unary(
                 '/mooncake.v1.MasterService/PutEnd',
-                request_serializer=mooncake__proto_dot_mooncake__pb2.KeysRequest.SerializeToString,
+                request_serializer=mooncake__proto_dot_mooncake__pb2.PutFinishRequest.SerializeToString,
                 response_deserializer=mooncake__proto_dot_mooncake__pb2.KeysResponse.FromString,
                 _registered_method=True)
         self.PutRevoke = channel.unary_unary(
                 '/mooncake.v1.MasterService/PutRevoke',
-                request_serializer=mooncake__proto_dot_mooncake__pb2.KeysRequest.SerializeToString,
+                request_serializer=mooncake__proto_dot_mooncake__pb2.PutFinishRequest.SerializeToString,
                 response_deserializer=mooncake__proto_dot_mooncake__pb2.KeysResponse.FromString,
                 _registered_method=True)
         self.GetReplicas = channel.unary_unary(
@@ -158,12 +158,12 @@ def add_MasterServiceServicer_to_server(servicer, server):
             ),
             'PutEnd': grpc.unary_unary_rpc_method_handler(
                     servicer.PutEnd,
-                    request_deserializer=mooncake__proto_dot_mooncake__pb2.KeysRequest.FromString,
+                    request_deserializer=mooncake__proto_dot_mooncake__pb2.PutFinishRequest.FromString,
                     response_serializer=mooncake__proto_dot_mooncake__pb2.KeysResponse.SerializeToString,
             ),
             'PutRevoke': grpc.unary_unary_rpc_method_handler(
                     servicer.PutRevoke,
-                    request_deserializer=mooncake__proto_dot_mooncake__pb2.KeysRequest.FromString,
+                    request_deserializer=mooncake__proto_dot_mooncake__pb2.PutFinishRequest.FromString,
                     response_serializer=mooncake__proto_dot_mooncake__pb2.KeysResponse.SerializeToString,
             ),
             'GetReplicas': grpc.unary_unary_rpc_method_handler(
@@ -293,7 +293,7 @@ class MasterService(object):
             request,
             target,
             '/mooncake.v1.MasterService/PutEnd',
-            mooncake__proto_dot_mooncake__pb2.KeysRequest.SerializeToString,
+            mooncake__proto_dot_mooncake__pb2.PutFinishRequest.SerializeToString,
             mooncake__proto_dot_mooncake__pb2.KeysResponse.FromString,
             options,
             channel_credentials,
@@ -320,7 +320,7 @@ class MasterService(object):
             request,
             target,
             '/mooncake.v1.MasterService/PutRevoke',
-            mooncake__proto_dot_mooncake__pb2.KeysRequest.SerializeToString,
+            mooncake__proto_dot_mooncake__pb2.PutFinishRequest.SerializeToString,
             mooncake__proto_dot_mooncake__pb2.KeysResponse.FromString,
             options,
             channel_credentials,

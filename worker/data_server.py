@@ -19,8 +19,9 @@ from mooncake_proto.grants import GrantError, verify
 
 log = logging.getLogger("mooncake.worker.data")
 
-LINGER_S = 1.0
-LINGER_MAX_BYTES = 16 << 20
+LINGER_S = 1.0               # total time a refused connection may keep sending before close
+IDLE_TIMEOUT_S = 300.0       # a connection silent this long (also mid-request) is dropped
+MAX_CONNECTIONS = 1024       # each holds a thread; more are refused at accept
 
 
 class RequestRefused(Exception):
@@ -51,6 +52,10 @@ class DataServer:
     def stop(self) -> None:
         self._stopping = True
         if self._listener is not None:
+            try:
+                self._listener.shutdown(socket.SHUT_RDWR)  # wakes the blocked accept()
+            except OSError:
+                pass
             self._listener.close()
         with self._lock:
             for conn in list(self._conns):
@@ -63,13 +68,30 @@ class DataServer:
         while not self._stopping:
             try:
                 conn, peer = self._listener.accept()
-            except OSError:
-                return
-            conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-            with self._lock:
-                self._conns.add(conn)
-            threading.Thread(target=self._serve, args=(conn, peer), name="data-conn",
-                             daemon=True).start()
+            except OSError as exc:
+                if self._stopping:
+                    return
+                log.error(kv("data_accept_failed", error=exc))  # e.g. EMFILE: keep serving
+                time.sleep(0.05)
+                continue
+            try:
+                self._start_connection(conn, peer)
+            except Exception as exc:  # one connection's failure must not end the accept loop
+                log.error(kv("data_connection_refused", peer=f"{peer[0]}:{peer[1]}", error=exc))
+                with self._lock:
+                    self._conns.discard(conn)
+                conn.close()
+
+    def _start_connection(self, conn: socket.socket, peer) -> None:
+        with self._lock:
+            if len(self._conns) >= MAX_CONNECTIONS:
+                raise RuntimeError(f"{MAX_CONNECTIONS} connections already open")
+            self._conns.add(conn)
+        conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        conn.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
+        conn.settimeout(IDLE_TIMEOUT_S)
+        threading.Thread(target=self._serve, args=(conn, peer), name="data-conn",
+                         daemon=True).start()
 
     def _serve(self, conn: socket.socket, peer) -> None:
         header = bytearray(wire.REQUEST.size)
@@ -99,13 +121,11 @@ class DataServer:
         try:
             conn.sendall(wire.RESPONSE.pack(code, 0))
             conn.shutdown(socket.SHUT_WR)
-            conn.settimeout(LINGER_S)
-            drained = 0
-            while drained < LINGER_MAX_BYTES:
-                chunk = conn.recv(65536)
-                if not chunk:
+            deadline = time.monotonic() + LINGER_S
+            while (left := deadline - time.monotonic()) > 0:
+                conn.settimeout(left)
+                if not conn.recv(1 << 20):
                     break
-                drained += len(chunk)
         except OSError:
             pass
 
@@ -117,17 +137,29 @@ class DataServer:
             raise RequestRefused(ErrorCode.INVALID_PARAMS, f"grant of {grant_len} bytes")
         grant = bytearray(grant_len)
         wire.recv_exact_into(conn, memoryview(grant))
-        target = self._authorize(bytes(grant), op, segment_id, offset, length)
+        expiry_ms, target = self._authorize(bytes(grant), op, segment_id, offset, length)
         if op == wire.OP_WRITE:
-            wire.recv_exact_into(conn, target)
+            self._receive_payload(conn, target, expiry_ms)
             self.bytes_in += length
             conn.sendall(wire.RESPONSE.pack(0, length))
         else:
             wire.send_parts(conn, [wire.RESPONSE.pack(0, length), target])
             self.bytes_out += length
 
+    @staticmethod
+    def _receive_payload(conn: socket.socket, target: memoryview, expiry_ms: int) -> None:
+        """recv_into the segment, stopping when the grant expires: after that the master may
+        have handed the range to another object, so no late byte may land in it."""
+        while target.nbytes:
+            if time.time() * 1000 > expiry_ms:
+                raise RequestRefused(ErrorCode.LEASE_EXPIRED, "write grant expired mid-payload")
+            n = conn.recv_into(target)
+            if n == 0:
+                raise ConnectionError("peer closed mid-payload")
+            target = target[n:]
+
     def _authorize(self, token: bytes, op: int, segment_id: int, offset: int,
-                   length: int) -> memoryview:
+                   length: int) -> tuple[int, memoryview]:
         if self.grant_key is None:
             raise RequestRefused(ErrorCode.UNAVAILABLE_IN_CURRENT_STATUS, "worker not registered yet")
         try:
@@ -139,4 +171,4 @@ class DataServer:
         segment = self.segments.get(segment_id)
         if segment is None or offset + length > segment.nbytes:
             raise RequestRefused(ErrorCode.INVALID_PARAMS, "range is outside the segment")
-        return segment[offset:offset + length]
+        return grant.expiry_ms, segment[offset:offset + length]

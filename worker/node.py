@@ -8,7 +8,7 @@ import random
 
 import grpc
 
-from mooncake_native import SegmentMapping
+from mooncake_native.segment import SEGMENT_FILE_PREFIX, SegmentMapping
 from mooncake_proto import mooncake_pb2 as pb
 from mooncake_proto import mooncake_pb2_grpc as pb_grpc
 from mooncake_proto import rpc
@@ -26,7 +26,7 @@ RPC_TIMEOUT_S = 5.0
 
 def dram_segment_path(shm_dir: str, worker_id: str) -> str:
     safe = "".join(c if c.isalnum() or c in "-_." else "_" for c in worker_id)
-    return os.path.join(shm_dir, f"mooncake-{safe}-dram")
+    return os.path.join(shm_dir, f"{SEGMENT_FILE_PREFIX}{safe}-dram")
 
 
 class WorkerNode:

@@ -142,6 +142,9 @@ def test_data_port_refuses_forged_out_of_range_and_misdirected_grants(cluster, t
         "before": wire.encode_request(wire.OP_READ, r.segment_id, r.offset - 64, 64, r.grant)
         if r.offset >= 64 else wire.encode_request(wire.OP_READ, 1, r.offset, 1, r.grant),
         "write": wire.encode_request(wire.OP_WRITE, r.segment_id, r.offset, 4, r.grant) + b"evil",
+        # a refused large write still gets its refusal, not a broken pipe
+        "big write": wire.encode_request(wire.OP_WRITE, r.segment_id, 0, 40 << 20, r.grant)
+        + bytes(40 << 20),
     }
     for name, request in cases.items():
         assert status_of(raw_request(addr, request)) == ErrorCode.PERMISSION_DENIED, name

@@ -167,9 +167,13 @@ def test_put_revoke_frees_pending_and_refuses_committed():
     assert used(state, "w0") == 2048
     assert call(state, "put_revoke", ["a"], 1.0) == [OK]
     assert "a" not in state.objects
-    assert used(state, "w0") == 1024
+    # the revoked put's write grant (put_timeout + margin from PutStart) may still be in use; held two margins
+    assert used(state, "w0") == 2048 and state.pending_frees[0].free_at == 34.0
     assert call(state, "put_end", ["a"], 1.0) == [ErrorCode.OBJECT_NOT_FOUND]
     assert call(state, "put_end", ["b"], 1.0) == [OK]
+    heartbeat_all(state, 34.0)
+    assert state.tick(34.0).freed_ranges == 1
+    assert used(state, "w0") == 1024
     [refused] = state.put_revoke(["b"], 2.0)
     assert refused.code == ErrorCode.INVALID_PARAMS
     assert "remove" in refused.message
@@ -232,7 +236,10 @@ def test_no_space_when_full_and_other_keys_still_proceed():
                               ErrorCode.NO_AVAILABLE_HANDLE]
     assert {r.replicas[0].worker_id for r in results[:2]} == {"w0", "w1"}
     state.put_revoke(["a"], 0.0)
-    assert codes(put(state, ["c"], [1])) == [OK]
+    assert codes(put(state, ["c"], [1])) == [ErrorCode.NO_AVAILABLE_HANDLE]  # grant still live
+    heartbeat_all(state, 34.0)
+    state.tick(34.0)
+    assert codes(put(state, ["c"], [1], now=34.0)) == [OK]
 
 
 def test_replicas_go_to_distinct_workers():
@@ -352,6 +359,10 @@ def test_lease_blocks_remove_until_it_ends():
     assert call(state, "remove", ["a"], False, 14.9) == [ErrorCode.OBJECT_HAS_LEASE]
     assert call(state, "remove", ["a"], False, 15.0) == [OK]
     assert "a" not in state.objects
+    # read grants outlive the lease by grant_margin_s; the range waits two margins
+    assert [p.free_at for p in state.pending_frees] == [19.0]
+    heartbeat_all(state, 19.0)
+    state.tick(19.0)
     assert total_used(state) == 0
     assert state.pending_frees == []
 
@@ -379,16 +390,16 @@ def test_force_remove_of_leased_object_holds_its_range_until_the_lease_ends():
     assert call(state, "remove", ["a"], True, 1.0) == [OK]
     assert "a" not in state.objects
     assert call(state, "exists", ["a"], 1.0) == [ErrorCode.OBJECT_NOT_FOUND]
-    assert len(state.pending_frees) == 1 and state.pending_frees[0].free_at == 10.0
+    assert len(state.pending_frees) == 1 and state.pending_frees[0].free_at == 14.0
     assert used(state, "w0") == 4096
     assert codes(put(state, ["b"], [1], now=2.0)) == [ErrorCode.NO_AVAILABLE_HANDLE]
-    assert state.tick(9.9).freed_ranges == 0
+    assert state.tick(13.9).freed_ranges == 0
     state.validate()
-    assert codes(put(state, ["b"], [1], now=9.9)) == [ErrorCode.NO_AVAILABLE_HANDLE]
-    assert state.tick(10.0).freed_ranges == 1
+    assert codes(put(state, ["b"], [1], now=13.9)) == [ErrorCode.NO_AVAILABLE_HANDLE]
+    assert state.tick(14.0).freed_ranges == 1
     state.validate()
     assert state.pending_frees == [] and used(state, "w0") == 0
-    [result] = put(state, ["b"], [4096], now=10.0)
+    [result] = put(state, ["b"], [4096], now=14.0)
     assert (result.code, result.replicas[0].offset) == (OK, 0)
 
 
@@ -433,8 +444,11 @@ def test_stalled_put_is_revoked_by_tick():
     assert report.revoked_keys == ["a"]
     assert (report.dead_workers, report.lost_keys, report.freed_ranges) == ([], [], 0)
     assert sorted(state.objects) == ["b", "c"]
-    assert total_used(state) == 128 + 1024
+    assert total_used(state) == 128 + 128 + 1024  # a's range waits for its write grant
     assert call(state, "put_end", ["a"], 31.0) == [ErrorCode.OBJECT_NOT_FOUND]
+    heartbeat_all(state, 34.0)
+    assert state.tick(34.0).freed_ranges == 1
+    assert total_used(state) == 128 + 1024
 
 
 def test_silent_worker_dies_and_its_replicas_go():
@@ -470,8 +484,10 @@ def test_pending_frees_on_a_dead_worker_are_discarded():
     state.validate()
     assert report.dead_workers == ["w0"] and report.freed_ranges == 0
     assert [p.worker_id for p in state.pending_frees] == ["w1"]
-    heartbeat_all(state, 100.0)
-    assert state.tick(100.0).freed_ranges == 1
+    heartbeat_all(state, 103.9)
+    assert state.tick(103.9).freed_ranges == 0  # lease 100 + 2 grant margins of 2 s
+    heartbeat_all(state, 104.0)
+    assert state.tick(104.0).freed_ranges == 1
     state.validate()
     assert total_used(state) == 0
 
@@ -794,3 +810,21 @@ MasterMachine.TestCase.settings = settings(
     max_examples=400, stateful_step_count=50, deadline=None,
     suppress_health_check=[HealthCheck.too_slow])
 TestMasterMachine = MasterMachine.TestCase
+
+
+def test_put_end_and_revoke_belong_to_their_put_start():
+    state = make_state(workers=1, put_timeout_s=1.0)
+    [first] = put(state, ["k"], [100], now=0.0)
+    heartbeat_all(state, 1.5)
+    assert state.tick(1.5).revoked_keys == ["k"]  # the first writer stalled
+    [second] = put(state, ["k"], [100], now=1.5)
+    assert second.put_id != first.put_id
+    # the stalled writer wakes up: neither its commit nor its revoke touches the new put
+    assert codes(state.put_end(["k"], 1.6, [first.put_id])) == [ErrorCode.OBJECT_NOT_FOUND]
+    assert codes(state.put_revoke(["k"], 1.6, [first.put_id])) == [ErrorCode.OBJECT_NOT_FOUND]
+    assert state.objects["k"].state == PENDING
+    assert codes(state.put_end(["k"], 1.7, [second.put_id])) == [OK]
+    assert state.objects["k"].state == COMPLETE
+    state.validate()
+    with pytest.raises(InvalidArgumentError):
+        state.put_end(["k"], 1.8, [])
