@@ -89,6 +89,26 @@ class OffsetAllocator:
         self._used_bytes += size
         return offset
 
+    def reserve(self, offset: int, length: int) -> None:
+        """Reserve exactly [offset, offset + align_up(length)): for ranges that must keep their
+        place in a fresh allocator (a re-registered worker's ranges that grants still cover).
+        ValueError unless the range is aligned, inside the segment and entirely free."""
+        size = align_up(length, self.alignment)
+        if length < 1 or offset < 0 or offset % self.alignment or offset + size > self.size_bytes:
+            raise ValueError(f"cannot reserve {length} bytes at offset {offset}")
+        # O(free blocks): reservations happen at registration, never on the data path
+        block = next((start for start, block_size in self._free_by_offset.items()
+                      if start <= offset and offset + size <= start + block_size), None)
+        if block is None:
+            raise ValueError(f"range [{offset}, {offset + size}) is not free")
+        block_end = block + self._remove_free(block)
+        if offset > block:
+            self._insert_free(block, offset - block)
+        if block_end > offset + size:
+            self._insert_free(offset + size, block_end - offset - size)
+        self._allocated[offset] = size
+        self._used_bytes += size
+
     def free(self, offset: int) -> None:
         """Free the block allocated at `offset`; ValueError on an unknown offset or double free."""
         size = self._allocated.pop(offset, None)

@@ -151,6 +151,9 @@ class MasterState:
         self.workers: dict[str, WorkerInfo] = {}
         self.objects: dict[str, ObjectMeta] = {}
         self.pending_frees: list[PendingFree] = []
+        # ranges of dropped workers that grants may still cover: if the worker registers
+        # again (same segment file), they stay reserved until then
+        self._held_after_drop: dict[str, list[PendingFree]] = {}
         self._next_put_id = 1
 
     # -- workers --------------------------------------------------------------------------
@@ -174,7 +177,21 @@ class MasterState:
             },
         )
         self.workers[worker_id] = worker
+        self._restore_held_ranges(worker, now)
         return worker
+
+    def _restore_held_ranges(self, worker: WorkerInfo, now: float) -> None:
+        """A worker back with the same segment files: ranges that a client may still read
+        (through shm, under a live lease) or write (an old grant) are not handed out yet."""
+        for held in self._held_after_drop.pop(worker.worker_id, []):
+            segment = worker.segments.get(held.segment_id)
+            if held.free_at <= now or segment is None:
+                continue
+            try:
+                segment.allocator.reserve(held.offset, held.length)
+            except ValueError:
+                continue  # outside a smaller new segment: nothing there to protect
+            self.pending_frees.append(held)
 
     @staticmethod
     def _check_segments(worker_id: str, segments: list[SegmentSpec]) -> None:
@@ -206,16 +223,21 @@ class MasterState:
     def _drop_worker(self, worker_id: str) -> list[str]:
         """Forget a worker, its replicas and its pending frees; the keys left with no replica."""
         del self.workers[worker_id]
+        held = [p for p in self.pending_frees if p.worker_id == worker_id]
         self.pending_frees = [p for p in self.pending_frees if p.worker_id != worker_id]
         lost: list[str] = []
         for key, obj in list(self.objects.items()):
             kept = [r for r in obj.replicas if r.worker_id != worker_id]
             if len(kept) == len(obj.replicas):
                 continue
+            free_at = self._grants_expire_at(obj)
+            held.extend(PendingFree(r.worker_id, r.segment_id, r.offset, r.length, free_at)
+                        for r in obj.replicas if r.worker_id == worker_id and free_at > 0)
             obj.replicas = kept
             if not kept:
                 del self.objects[key]
                 lost.append(key)
+        self._held_after_drop[worker_id] = held
         return lost
 
     # -- validation of requests -----------------------------------------------------------
@@ -428,6 +450,12 @@ class MasterState:
         for worker_id in dead:
             report.lost_keys.extend(self._drop_worker(worker_id))
             report.dead_workers.append(worker_id)
+        for worker_id, held in list(self._held_after_drop.items()):
+            held = [p for p in held if p.free_at > now]
+            if held:
+                self._held_after_drop[worker_id] = held
+            else:
+                del self._held_after_drop[worker_id]
         due = [p for p in self.pending_frees if p.free_at <= now]
         if due:
             self.pending_frees = [p for p in self.pending_frees if p.free_at > now]

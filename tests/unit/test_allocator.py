@@ -320,3 +320,22 @@ AllocatorMachine.TestCase.settings = settings(
     max_examples=150, stateful_step_count=60, deadline=None,
     suppress_health_check=[HealthCheck.too_slow])
 TestAllocatorMachine = AllocatorMachine.TestCase
+
+
+def test_reserve_takes_exactly_the_range_asked_for():
+    alloc = OffsetAllocator(4096)
+    alloc.reserve(1024, 100)
+    assert alloc.allocated_blocks() == {1024: 128}
+    assert alloc.free_blocks() == {0: 1024, 1152: 2944}
+    alloc.reserve(0, 1024)
+    assert alloc.free_blocks() == {1152: 2944}
+    alloc.validate()
+    for offset, length in ((1024, 64), (1100, 64), (1000, 64), (4096, 64), (4032, 128), (-64, 64)):
+        with pytest.raises(ValueError):
+            alloc.reserve(offset, length)  # taken, unaligned, overlapping or outside
+    assert alloc.allocate(2944) == 1152  # the rest is still one block
+    alloc.free(1024)
+    alloc.free(0)
+    alloc.free(1152)
+    assert alloc.free_blocks() == {0: 4096}
+    alloc.validate()

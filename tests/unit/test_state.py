@@ -828,3 +828,38 @@ def test_put_end_and_revoke_belong_to_their_put_start():
     state.validate()
     with pytest.raises(InvalidArgumentError):
         state.put_end(["k"], 1.8, [])
+
+
+def test_leased_ranges_stay_reserved_when_a_worker_registers_again():
+    # a client may still copy a leased object out of the segment file over shm: a worker that
+    # re-registers (same file) must not see those ranges handed out before the lease ends
+    state = make_state(workers=1, dram=4096, lease_ttl_s=10.0, worker_ttl_s=100.0)
+    commit(state, "leased", 1024)
+    commit(state, "unread", 1024)
+    state.get_replicas(["leased"], 1.0)  # lease until 11, grants until 11 + 2 margins = 15
+    leased_offset = state.objects["leased"].replicas[0].offset
+    register(state, "w0", now=2.0, dram=4096)  # a restart: objects are dropped (no re-adoption yet)
+    state.validate()
+    assert state.objects == {}
+    assert [(p.offset, p.free_at) for p in state.pending_frees] == [(leased_offset, 15.0)]
+    placed = [r.replicas[0].offset for r in put(state, ["a", "b", "c"], [1024] * 3, now=2.0)]
+    assert leased_offset not in placed and len(placed) == 3
+    heartbeat_all(state, 15.0)
+    assert state.tick(15.0).freed_ranges == 1
+    state.validate()
+    assert [r.replicas[0].offset for r in put(state, ["d"], [1024], now=15.0)] == [leased_offset]
+
+
+def test_a_dead_worker_coming_back_keeps_ranges_under_lease():
+    state = make_state(workers=2, lease_ttl_s=10.0, worker_ttl_s=5.0)
+    commit(state, "k", 1024, preferred="w0")
+    state.get_replicas(["k"], 0.0)
+    heartbeat_all(state, 6.0, but=("w0",))
+    assert state.tick(6.0).dead_workers == ["w0"]
+    register(state, "w0", now=7.0)
+    state.validate()
+    assert [p.free_at for p in state.pending_frees] == [14.0]
+    heartbeat_all(state, 30.0)
+    state.tick(30.0)
+    register(state, "w1", now=30.0)  # nothing is held for w1, and stale holds are gone
+    assert state.pending_frees == [] and total_used(state) == 0
