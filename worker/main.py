@@ -5,7 +5,7 @@ import asyncio
 import logging
 import sys
 
-from mooncake_proto.cli import DURATION, SIZE, Option, load_settings
+from mooncake_proto.cli import SIZE, Option, load_settings
 from mooncake_proto.daemon import kv, setup_logging, stop_event, write_ready_file
 from mooncake_proto.identity import default_worker_id
 from mooncake_worker.node import WorkerNode
