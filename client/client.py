@@ -150,23 +150,22 @@ class Client:
     def _write_all(self, started_puts) -> dict[str, MooncakeError]:
         """Writes every replica of every key; returns the keys whose writes failed."""
         per_transport: dict[object, list[Transfer]] = {}
-        owner: dict[int, str] = {}
-        failed: dict[str, MooncakeError] = {}
         for key, (_, transfers) in started_puts.items():
             for t in transfers:
                 transport = self._transport_for(t.replica)
                 if transport is None:
-                    failed[key] = TransferError(
+                    t.error = TransferError(
                         f"put {key!r}: no allowed transport ({', '.join(self.transport_names)}) "
                         f"reaches worker {t.replica.worker_id}")
-                    continue
-                per_transport.setdefault(transport, []).append(t)
-                owner[id(t)] = key
+                else:
+                    per_transport.setdefault(transport, []).append(t)
         for transport, transfers in per_transport.items():
             transport.write(transfers)
-            for t in transfers:
-                if t.error is not None:
-                    failed.setdefault(owner[id(t)], t.error)
+        failed: dict[str, MooncakeError] = {}
+        for key, (_, transfers) in started_puts.items():
+            error = next((t.error for t in transfers if t.error is not None), None)
+            if error is not None:
+                failed[key] = error
         return failed
 
     def _revoke_quietly(self, started_puts, keys) -> None:
