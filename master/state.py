@@ -221,7 +221,9 @@ class MasterState:
         return True
 
     def _drop_worker(self, worker_id: str) -> list[str]:
-        """Forget a worker, its replicas and its pending frees; the keys left with no replica."""
+        """Forget a worker and its replicas; the keys left with no replica. Its ranges that
+        grants still cover (pending frees, leased or uncommitted replicas) are remembered in
+        _held_after_drop, for the case that the worker registers again with the same files."""
         del self.workers[worker_id]
         held = [p for p in self.pending_frees if p.worker_id == worker_id]
         self.pending_frees = [p for p in self.pending_frees if p.worker_id != worker_id]
@@ -438,7 +440,7 @@ class MasterState:
     # -- time -----------------------------------------------------------------------------
 
     def tick(self, now: float) -> TickReport:
-        """Revoke stalled puts, bury silent workers, and free ranges whose leases ended."""
+        """Revoke stalled puts, bury silent workers, and free ranges whose grants expired."""
         report = TickReport()
         stalled = [obj for obj in self.objects.values()
                    if obj.state == PENDING and now - obj.put_started_at > self.config.put_timeout_s]
