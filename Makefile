@@ -6,13 +6,19 @@ STAMP  := $(VENV)/.installed
 
 .PHONY: demo test proto system-deps venv clean
 
-# System packages the build needs; apt only when something is missing (you are root in CI).
-system-deps:
-	@$(PYTHON) -c 'import venv, ensurepip' 2>/dev/null || \
-	  (apt-get update && apt-get install -y python3-venv python3-dev)
+NATIVE := $(wildcard native/src/*.c native/include/*.h) native/build_native.py setup.py
+# Debian packages the build needs: venv, a C toolchain, OpenSSL's libcrypto (grant HMACs in
+# the data server) and rdma-core's headers (the RDMA transport compiles whenever they exist).
+APT_PACKAGES := python3-venv python3-dev gcc libssl-dev libibverbs-dev
 
-$(STAMP): pyproject.toml | system-deps
-	$(PYTHON) -m venv $(VENV)
+# apt only when something is missing (you are root in CI)
+system-deps:
+	@$(PYTHON) -c 'import venv, ensurepip' 2>/dev/null && \
+	  dpkg -s $(APT_PACKAGES) >/dev/null 2>&1 || \
+	  (apt-get update && DEBIAN_FRONTEND=noninteractive apt-get install -y $(APT_PACKAGES))
+
+$(STAMP): pyproject.toml $(NATIVE) | system-deps
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
 	$(BIN)/pip install --quiet -e '.[test]'
 	touch $(STAMP)

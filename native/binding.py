@@ -1,0 +1,48 @@
+"""The one Python wrapper over the C library: loads it, checks its version, raises its errors.
+
+Every other module in mooncake_native calls C through `lib` and passes return codes to
+`check`, the single place a C failure becomes a Python exception. cffi releases the GIL
+around every call into the library.
+"""
+from __future__ import annotations
+
+import errno
+import os
+
+from mooncake_proto.errors import InvalidArgumentError
+
+try:
+    from mooncake_native._native import ffi, lib
+except ImportError as exc:  # pragma: no cover - only on a broken install
+    raise ImportError("mooncake_native's C library is not built; run `pip install -e .` "
+                      f"(or `make venv`) in the repository: {exc}") from exc
+
+EXPECTED_VERSION = "3.0.0"
+VERSION = ffi.string(lib.mc_version()).decode()
+if VERSION != EXPECTED_VERSION:
+    raise ImportError(f"mooncake_native's C library is version {VERSION}, the Python side "
+                      f"expects {EXPECTED_VERSION}: rebuild with `pip install -e .`")
+
+HAS_RDMA = bool(lib.MC_HAS_RDMA)
+
+
+class ProtocolError(ConnectionError):
+    """A peer broke the data-plane wire format; its connection is no longer usable."""
+
+
+def last_error() -> str:
+    return ffi.string(lib.mc_last_error()).decode(errors="replace")
+
+
+def check(rc: int, context: str = "") -> int:
+    """Returns rc when it is not negative; otherwise raises the error it stands for."""
+    if rc >= 0:
+        return rc
+    message = last_error() or os.strerror(-rc)
+    if context:
+        message = f"{context}: {message}"
+    if rc == lib.MC_ERR_PROTOCOL:
+        raise ProtocolError(message)
+    if rc == -errno.EINVAL:
+        raise InvalidArgumentError(message)
+    raise OSError(-rc, message)  # picks the subclass: TimeoutError, ConnectionResetError, ...

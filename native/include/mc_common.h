@@ -1,0 +1,35 @@
+/* mooncake_native: version, feature flags and the error convention shared by every module.
+ *
+ * Every function that can fail returns 0 (or a count) on success and a negative value on
+ * failure: -errno for system errors, MC_ERR_PROTOCOL when a peer broke the wire format.
+ * mc_last_error() gives this thread's message for the last failure. The text between CDEF-BEGIN and CDEF-END in each header is what cffi declares
+ * (build_native.py turns each `#define NAME value` there into cffi's `#define NAME ...`).
+ */
+#ifndef MC_COMMON_H
+#define MC_COMMON_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#define MC_NATIVE_VERSION_STRING "3.0.0"
+
+#ifdef MC_BUILD_RDMA
+#define MC_RDMA_BUILT 1
+#else
+#define MC_RDMA_BUILT 0
+#endif
+
+/* CDEF-BEGIN */
+#define MC_HAS_RDMA MC_RDMA_BUILT
+/* a reply or request that breaks the wire format */
+#define MC_ERR_PROTOCOL (-10000)
+
+const char *mc_version(void);
+const char *mc_last_error(void);
+int mc_online_cpus(void);
+/* CDEF-END */
+
+/* records this thread's error message and returns rc (for `return mc_fail(-EINVAL, ...)`) */
+int mc_fail(int rc, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+
+#endif

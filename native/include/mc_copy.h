@@ -1,0 +1,20 @@
+/* Memory copies for the shm transport: large copies are split across a small thread pool. */
+#ifndef MC_COPY_H
+#define MC_COPY_H
+
+#include "mc_common.h"
+
+/* CDEF-BEGIN */
+typedef struct {
+    void *dst;
+    const void *src;
+    uint64_t length;
+} mc_copy_item;
+
+int mc_copy(void *dst, const void *src, uint64_t length);
+int mc_copy_batch(const mc_copy_item *items, size_t count);
+int mc_copy_set_threads(int threads);
+int mc_copy_threads(void);
+/* CDEF-END */
+
+#endif

@@ -1,0 +1,20 @@
+/* Segment files (a DRAM segment in shared memory, an SSD file) mapped into this process. */
+#ifndef MC_SEGMENT_H
+#define MC_SEGMENT_H
+
+#include "mc_common.h"
+
+/* CDEF-BEGIN */
+typedef struct {
+    void *addr;
+    uint64_t size;
+    uint64_t dev;        /* st_dev and st_ino of the file: a replaced file is a new segment */
+    uint64_t ino;
+    int huge_pages;      /* 1 when the kernel accepted MADV_HUGEPAGE for the mapping */
+} mc_segment;
+
+int mc_segment_map(const char *path, uint64_t size, int create, mc_segment *out);
+int mc_segment_unmap(mc_segment *segment);
+/* CDEF-END */
+
+#endif

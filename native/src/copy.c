@@ -1,0 +1,144 @@
+/* Multi-threaded memcpy: one bandwidth-bound copy (or a batch of them) split by bytes across
+ * the caller and a pool of helper threads.
+ *
+ * One core rarely saturates memory bandwidth; two to four usually come close. Copies under
+ * PARALLEL_MIN_BYTES run on the caller alone (waking a helper costs more than it saves), and
+ * a copy that finds the pool busy with another thread's copy also runs alone, never waits.
+ */
+#include "mc_copy.h"
+
+#include <errno.h>
+#include <pthread.h>
+#include <stdlib.h>
+#include <string.h>
+
+#define PARALLEL_MIN_BYTES (1u << 20)
+#define SHARE_ALIGN 4096u
+#define MAX_THREADS 16
+
+static struct {
+    pthread_mutex_t busy;        /* held by the one caller whose copy uses the pool */
+    pthread_mutex_t lock;
+    pthread_cond_t work, done;
+    const mc_copy_item *items;
+    size_t count;
+    uint64_t share;              /* bytes per participant */
+    unsigned generation;
+    int pending;                 /* helpers still copying the current job */
+    int helpers;                 /* helper threads started */
+    int wanted;                  /* participants, caller included */
+} pool = {PTHREAD_MUTEX_INITIALIZER, PTHREAD_MUTEX_INITIALIZER, PTHREAD_COND_INITIALIZER,
+          PTHREAD_COND_INITIALIZER, NULL, 0, 0, 0, 0, 0, 0};
+
+/* copies bytes [begin, end) of the batch seen as one concatenated stream */
+static void copy_range(const mc_copy_item *items, size_t count, uint64_t begin, uint64_t end) {
+    uint64_t base = 0;
+    for (size_t i = 0; i < count && base < end; i++) {
+        uint64_t len = items[i].length, lo = begin > base ? begin - base : 0;
+        uint64_t hi = end - base < len ? end - base : len;
+        if (lo < hi)
+            memcpy((char *)items[i].dst + lo, (const char *)items[i].src + lo, hi - lo);
+        base += len;
+    }
+}
+
+static uint64_t total_bytes(const mc_copy_item *items, size_t count) {
+    uint64_t total = 0;
+    for (size_t i = 0; i < count; i++) total += items[i].length;
+    return total;
+}
+
+static void *helper_main(void *arg) {
+    int index = (int)(intptr_t)arg;   /* participant 0 is the caller */
+    unsigned seen = 0;
+    pthread_mutex_lock(&pool.lock);
+    for (;;) {
+        while (pool.generation == seen) pthread_cond_wait(&pool.work, &pool.lock);
+        seen = pool.generation;
+        if (index >= pool.wanted) continue;   /* fewer participants asked for this job */
+        const mc_copy_item *items = pool.items;
+        size_t count = pool.count;
+        uint64_t share = pool.share, total = total_bytes(items, count);
+        pthread_mutex_unlock(&pool.lock);
+        uint64_t begin = share * (uint64_t)index, end = begin + share;
+        if (end > total || index == pool.wanted - 1) end = total;
+        if (begin < end) copy_range(items, count, begin, end);
+        pthread_mutex_lock(&pool.lock);
+        if (--pool.pending == 0) pthread_cond_signal(&pool.done);
+    }
+    return NULL;
+}
+
+static int default_threads(void) {
+    const char *env = getenv("MOONCAKE_COPY_THREADS");
+    int n = env ? atoi(env) : mc_online_cpus();
+    if (n < 1) n = 1;
+    return n > MAX_THREADS ? MAX_THREADS : n;
+}
+
+/* starts helpers up to threads-1; caller holds pool.lock */
+static int grow_pool(int threads) {
+    while (pool.helpers < threads - 1) {
+        pthread_t tid;
+        pthread_attr_t attr;
+        pthread_attr_init(&attr);
+        pthread_attr_setdetachstate(&attr, PTHREAD_CREATE_DETACHED);
+        int rc = pthread_create(&tid, &attr, helper_main, (void *)(intptr_t)(pool.helpers + 1));
+        pthread_attr_destroy(&attr);
+        if (rc != 0) return rc;
+        pool.helpers++;
+    }
+    return 0;
+}
+
+int mc_copy_set_threads(int threads) {
+    if (threads < 0 || threads > MAX_THREADS)
+        return mc_fail(-EINVAL, "copy threads must be 0..%d, got %d", MAX_THREADS, threads);
+    pthread_mutex_lock(&pool.lock);
+    pool.wanted = threads == 0 ? default_threads() : threads;
+    int rc = grow_pool(pool.wanted);
+    if (rc != 0) pool.wanted = pool.helpers + 1;
+    pthread_mutex_unlock(&pool.lock);
+    return rc ? mc_fail(-rc, "cannot start copy threads: %s", strerror(rc)) : 0;
+}
+
+int mc_copy_threads(void) {
+    pthread_mutex_lock(&pool.lock);
+    if (pool.wanted == 0) {
+        pool.wanted = default_threads();
+        if (grow_pool(pool.wanted) != 0) pool.wanted = pool.helpers + 1;
+    }
+    int n = pool.wanted;
+    pthread_mutex_unlock(&pool.lock);
+    return n;
+}
+
+int mc_copy_batch(const mc_copy_item *items, size_t count) {
+    uint64_t total = total_bytes(items, count);
+    int threads = total >= PARALLEL_MIN_BYTES ? mc_copy_threads() : 1;
+    if (threads < 2 || pthread_mutex_trylock(&pool.busy) != 0) {
+        copy_range(items, count, 0, total);
+        return 0;
+    }
+    uint64_t share = (total / (uint64_t)threads + SHARE_ALIGN - 1) / SHARE_ALIGN * SHARE_ALIGN;
+    pthread_mutex_lock(&pool.lock);
+    pool.items = items;
+    pool.count = count;
+    pool.share = share;
+    pool.wanted = threads;
+    pool.pending = threads - 1;
+    pool.generation++;
+    pthread_cond_broadcast(&pool.work);
+    pthread_mutex_unlock(&pool.lock);
+    copy_range(items, count, 0, share < total ? share : total);
+    pthread_mutex_lock(&pool.lock);
+    while (pool.pending > 0) pthread_cond_wait(&pool.done, &pool.lock);
+    pthread_mutex_unlock(&pool.lock);
+    pthread_mutex_unlock(&pool.busy);
+    return 0;
+}
+
+int mc_copy(void *dst, const void *src, uint64_t length) {
+    mc_copy_item item = {dst, src, length};
+    return mc_copy_batch(&item, 1);
+}
