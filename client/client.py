@@ -12,7 +12,7 @@ from typing import Iterable, Sequence
 import grpc
 
 from mooncake_client.transports import ShmTransport, TcpTransport, Transfer
-from mooncake_native import as_byte_view
+from mooncake_native.buffers import RegisteredBuffers, as_byte_view, parts_size
 from mooncake_proto import mooncake_pb2 as pb
 from mooncake_proto import mooncake_pb2_grpc as pb_grpc
 from mooncake_proto import rpc
@@ -73,6 +73,7 @@ class Client:
         for name in self.transport_names:
             self._transports.append(ShmTransport(self.node_id) if name == "shm"
                                     else TcpTransport(transfer_timeout_s))
+        self._registered = RegisteredBuffers()
         self._master_index = 0
         self._channel = rpc.client_channel(self.masters[0])
         self._stub = pb_grpc.MasterServiceStub(self._channel)
@@ -95,36 +96,47 @@ class Client:
     def put(self, key: str, data, config: ReplicaConfig | None = None) -> None:
         self.batch_put_from([key], [data], config)
 
-    def put_from(self, key: str, buffer, config: ReplicaConfig | None = None) -> int:
-        return self.batch_put_from([key], [buffer], config)[0]
+    def put_from(self, key: str, buffer, config: ReplicaConfig | None = None,
+                 size: int | None = None) -> int:
+        """Writes buffer's bytes (see batch_put_from for what a buffer may be)."""
+        return self.batch_put_from([key], [buffer], config, None if size is None else [size])[0]
+
+    def put_parts(self, key: str, parts: Sequence, config: ReplicaConfig | None = None) -> int:
+        """Writes the concatenation of several buffers as one object (no joining copy)."""
+        return self.batch_put_from([key], [list(parts)], config)[0]
 
     def batch_put(self, keys: Sequence[str], values: Sequence, config: ReplicaConfig | None = None) -> None:
         self.batch_put_from(keys, values, config)
 
     def batch_put_from(self, keys: Sequence[str], buffers: Sequence,
-                       config: ReplicaConfig | None = None) -> list[int]:
+                       config: ReplicaConfig | None = None,
+                       sizes: Sequence | None = None) -> list[int]:
         """Writes each buffer under its key; an existing key counts as success (first writer wins).
+
+        A buffer is any buffer-protocol object (bytes, bytearray, memoryview, numpy array, CPU
+        torch tensor), a raw pointer (int) inside a registered buffer with its size in
+        `sizes`, or a list of those forming one object in order (scatter-gather). Bytes go
+        from these buffers to the segment or socket without a Python-level copy.
 
         Returns the byte counts. Keys that fail are revoked and raised together in a BatchError
         (or as their own error for a single key) after the others are committed.
         """
         keys = list(keys)
-        if len(keys) != len(buffers):
-            raise InvalidArgumentError(f"{len(keys)} keys but {len(buffers)} buffers")
-        views = [as_byte_view(b) for b in buffers]
+        parts = self._buffers_parts(keys, buffers, sizes, writable=False)
         config = config or ReplicaConfig()
         started = time.monotonic()
         reply = self._call("PutStart", pb.PutStartRequest(
-            keys=keys, sizes=[v.nbytes for v in views], client_node_id=self.node_id,
+            keys=keys, sizes=[parts_size(p) for p in parts], client_node_id=self.node_id,
             config=pb.ReplicaConfig(replica_num=config.replica_num,
                                     preferred_worker=config.preferred_worker or "",
                                     soft_pin=config.soft_pin, hard_pin=config.hard_pin)))
         deadline = started + reply.put_timeout_ms / 1000
         errors: dict[str, MooncakeError] = {}
         started_puts: dict[str, tuple[int, list[Transfer]]] = {}
-        for key, view, item in zip(keys, views, reply.items):
+        for key, object_parts, item in zip(keys, parts, reply.items):
             if item.status.code == ErrorCode.OK:
-                started_puts[key] = (item.put_id, [Transfer(r, view, deadline) for r in item.replicas])
+                started_puts[key] = (item.put_id,
+                                     [Transfer(r, object_parts, deadline) for r in item.replicas])
             elif item.status.code != ErrorCode.OBJECT_ALREADY_EXISTS:
                 errors[key] = error_for_code(item.status.code, f"put {key!r}: {item.status.message}")
         try:
@@ -145,7 +157,7 @@ class Client:
         if errors:
             raise next(iter(errors.values())) if len(errors) == 1 and len(keys) == 1 \
                 else BatchError(errors)
-        return [v.nbytes for v in views]
+        return [parts_size(p) for p in parts]
 
     def _write_all(self, started_puts) -> dict[str, MooncakeError]:
         """Writes every replica of every key; returns the keys whose writes failed."""
@@ -189,21 +201,61 @@ class Client:
         """The object's bytes, or None on a miss."""
         return self.batch_get([key])[0]
 
-    def get_into(self, key: str, buffer) -> int | None:
-        """Reads the object into buffer; returns its size, or None on a miss."""
-        return self.batch_get_into([key], [buffer])[0]
+    def get_into(self, key: str, buffer, size: int | None = None) -> int | None:
+        """Reads the object into buffer (see batch_get_into); returns its size, or None on a miss."""
+        return self.batch_get_into([key], [buffer], None if size is None else [size])[0]
 
     def batch_get(self, keys: Sequence[str]) -> list[bytes | None]:
         return self._read(list(keys), None)
 
-    def batch_get_into(self, keys: Sequence[str], buffers: Sequence) -> list[int | None]:
+    def batch_get_into(self, keys: Sequence[str], buffers: Sequence,
+                       sizes: Sequence | None = None) -> list[int | None]:
+        """Reads each object into its buffer: a writable buffer-protocol object, a registered
+        raw pointer (int) with its capacity in `sizes`, or a list of those the object's bytes
+        fill in order (scatter-gather). Returns the sizes read, None for a miss."""
         keys = list(keys)
-        if len(keys) != len(buffers):
-            raise InvalidArgumentError(f"{len(keys)} keys but {len(buffers)} buffers")
-        views = [as_byte_view(b, writable=True) for b in buffers]
-        return self._read(keys, views)
+        return self._read(keys, self._buffers_parts(keys, buffers, sizes, writable=True))
 
-    def _read(self, keys: list[str], views: list[memoryview] | None):
+    # ---- buffers ----
+
+    def register_buffer(self, address: int, size: int) -> None:
+        """Registers raw memory (e.g. a KV-cache pool) so put_from/get_into accept pointers into it."""
+        self._registered.register(address, size)
+
+    def unregister_buffer(self, address: int) -> bool:
+        return self._registered.unregister(address)
+
+    def _buffers_parts(self, keys, buffers, sizes, writable: bool) -> list[list[memoryview]]:
+        if len(keys) != len(buffers) or (sizes is not None and len(sizes) != len(keys)):
+            raise InvalidArgumentError(f"{len(keys)} keys but {len(buffers)} buffers"
+                                       + ("" if sizes is None else f" and {len(sizes)} sizes"))
+        if sizes is None:
+            sizes = [None] * len(keys)
+        return [self._object_parts(b, s, writable) for b, s in zip(buffers, sizes)]
+
+    def _object_parts(self, buffer, size, writable: bool) -> list[memoryview]:
+        if not isinstance(buffer, (list, tuple)):
+            return [self._part(buffer, size, writable)]
+        if not buffer:
+            raise InvalidArgumentError("an object needs at least one buffer")
+        part_sizes = size if isinstance(size, (list, tuple)) else [None] * len(buffer)
+        if len(part_sizes) != len(buffer):
+            raise InvalidArgumentError(f"{len(buffer)} buffers but {len(part_sizes)} sizes")
+        return [self._part(b, s, writable) for b, s in zip(buffer, part_sizes)]
+
+    def _part(self, buffer, size: int | None, writable: bool) -> memoryview:
+        if isinstance(buffer, int):
+            if size is None:
+                raise InvalidArgumentError("a raw pointer needs its size")
+            return self._registered.view(buffer, size)
+        view = as_byte_view(buffer, writable)
+        if size is not None:
+            if not 0 <= size <= view.nbytes:
+                raise InvalidArgumentError(f"size {size} outside a buffer of {view.nbytes} bytes")
+            view = view[:size]
+        return view
+
+    def _read(self, keys: list[str], parts: list[list[memoryview]] | None):
         started = time.monotonic()
         reply = self._call("GetReplicas", pb.KeysRequest(keys=keys))
         lease_deadline = started + reply.lease_ttl_ms / 1000
@@ -215,11 +267,12 @@ class Client:
             if item.status.code != ErrorCode.OK:
                 raise error_for_code(item.status.code, f"get {key!r}: {item.status.message}")
             target = None
-            if views is not None:
-                if views[i].nbytes < item.size:
+            if parts is not None:
+                capacity = parts_size(parts[i])
+                if capacity < item.size:
                     raise InvalidArgumentError(f"get {key!r}: object has {item.size} bytes, "
-                                               f"buffer only {views[i].nbytes}")
-                target = views[i][:item.size]
+                                               f"buffer only {capacity}")
+                target = _trim(parts[i], item.size)
             candidates = self._ordered(item.replicas)
             if not candidates:
                 raise TransferError(f"get {key!r}: no allowed transport "
@@ -230,7 +283,7 @@ class Client:
             raise LeaseExpiredError(f"read of {len(pending)} object(s) finished after the "
                                     f"{reply.lease_ttl_ms} ms lease; the bytes may be stale")
         for i, _, transfer in pending:
-            results[i] = transfer.result if views is None else transfer.replica.length
+            results[i] = transfer.result if parts is None else transfer.replica.length
         return results
 
     def _read_with_fallback(self, keys, pending) -> None:
@@ -327,3 +380,14 @@ class Client:
         self._master_index += 1
         self._channel = rpc.client_channel(self.masters[self._master_index % len(self.masters)])
         self._stub = pb_grpc.MasterServiceStub(self._channel)
+
+
+def _trim(parts: list[memoryview], size: int) -> list[memoryview]:
+    """The leading parts that hold exactly `size` bytes (a buffer may be larger than the object)."""
+    out = []
+    for part in parts:
+        if size <= 0:
+            break
+        out.append(part[:size])
+        size -= out[-1].nbytes
+    return out

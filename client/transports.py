@@ -9,40 +9,55 @@ from __future__ import annotations
 
 import dataclasses
 import os
-import socket
 import threading
 import time
 
-from mooncake_native import SegmentMapping, copy_into
+from mooncake_native import SegmentMapping
+from mooncake_native.buffers import copy_batch, fresh_bytes
 from mooncake_native.segment import SEGMENT_FILE_PREFIX
-from mooncake_proto import dataplane as wire
+from mooncake_native.tcp import OP_READ, OP_WRITE, DataConnection, DataRequest
 from mooncake_proto import mooncake_pb2 as pb
 from mooncake_proto.errors import MooncakeError, TransferError, error_for_code
-
-PIPELINE_WINDOW = 32  # requests in flight per connection: enough to hide latency, never deadlocks
 
 
 @dataclasses.dataclass(slots=True)
 class Transfer:
     replica: pb.ReplicaDescriptor
-    view: memoryview | None = None  # source for writes; target for reads (None: return bytes)
+    parts: list[memoryview] | None = None  # source of a write; target of a read (None: bytes)
     deadline: float = float("inf")  # monotonic time after which a write must not start
-    result: bytes | None = None     # filled by reads whose view is None
+    result: bytes | None = None     # filled by reads whose parts are None
     done: bool = False
     error: MooncakeError | None = None
 
     def reset(self, replica: pb.ReplicaDescriptor) -> None:
         self.replica, self.result, self.done, self.error = replica, None, False, None
 
+    def target_parts(self) -> list[memoryview]:
+        """Where a read lands: the caller's buffers, or a fresh bytes object for `get`."""
+        if self.parts is not None:
+            return self.parts
+        self.result, view = fresh_bytes(self.replica.length)
+        return [view]
+
+
+def split(source: memoryview, parts: list[memoryview]) -> list[tuple[memoryview, memoryview]]:
+    """(dst, src) pairs that scatter source into parts, or gather parts into a destination."""
+    pairs, at = [], 0
+    for part in parts:
+        pairs.append((part, source[at:at + part.nbytes]))
+        at += part.nbytes
+    return pairs
+
 
 class ShmTransport:
-    """Copies straight between the user's buffer and the worker's mapped segment file."""
+    """Copies straight between the user's buffers and the worker's mapped segment file."""
 
     name = "shm"
 
     def __init__(self, node_id: str):
         self.node_id = node_id
         self._mappings: dict[str, SegmentMapping] = {}
+        self._retired: list[SegmentMapping] = []  # replaced mappings, unmapped at close()
         self._lock = threading.Lock()
 
     def usable(self, replica: pb.ReplicaDescriptor) -> bool:
@@ -52,7 +67,7 @@ class ShmTransport:
         try:
             self._segment(replica)
             return True
-        except (OSError, ValueError):
+        except (OSError, ValueError, MooncakeError):
             return False  # not ours to map (other user, other mount namespace): use tcp
 
     def _segment(self, replica: pb.ReplicaDescriptor) -> SegmentMapping:
@@ -66,63 +81,76 @@ class ShmTransport:
                 mapping = self._mappings.get(replica.path)
                 if mapping is None or mapping.identity != identity:
                     if mapping is not None:
-                        mapping.close()
+                        # another thread may still be copying through it: unmap at close()
+                        self._retired.append(mapping)
                     mapping = SegmentMapping(replica.path, replica.segment_size)
                     self._mappings[replica.path] = mapping
         return mapping
 
     def write(self, transfers: list[Transfer]) -> None:
+        pairs, started = [], []
         for t in transfers:
-            r = t.replica
             if time.monotonic() > t.deadline:
-                t.error = TransferError(f"{_describe(r)}: put timeout passed before the shm copy")
+                t.error = TransferError(f"{_describe(t.replica)}: put timeout passed before the shm copy")
                 continue
-            self._copy(t, lambda view: copy_into(view[r.offset:r.offset + r.length], t.view))
+            target = self._range(t)
+            if target is not None:
+                pairs.extend((dst, src) for src, dst in split(target, t.parts))
+                started.append(t)
+        self._copy(pairs, started)
 
     def read(self, transfers: list[Transfer]) -> None:
+        pairs, started = [], []
         for t in transfers:
-            r = t.replica
+            source = self._range(t)
+            if source is not None:
+                pairs.extend(split(source, t.target_parts()))
+                started.append(t)
+        self._copy(pairs, started)
 
-            def copy_out(view, t=t, r=r):
-                source = view[r.offset:r.offset + r.length]
-                if t.view is None:
-                    t.result = bytes(source)
-                else:
-                    copy_into(t.view, source)
-            self._copy(t, copy_out)
-
-    def _copy(self, t: Transfer, copy) -> None:
+    def _range(self, t: Transfer) -> memoryview | None:
+        r = t.replica
         try:
-            copy(self._segment(t.replica).view)
+            return self._segment(r).view[r.offset:r.offset + r.length]
+        except (OSError, ValueError, MooncakeError) as exc:
+            t.error = TransferError(f"{_describe(r)}: shm segment {r.path}: {exc}")
+            return None
+
+    @staticmethod
+    def _copy(pairs, transfers: list[Transfer]) -> None:
+        """One C call copies the whole batch, split across threads when large."""
+        if pairs:
+            copy_batch(pairs)
+        for t in transfers:
             t.done = True
-        except (OSError, ValueError) as exc:
-            t.error = TransferError(f"{_describe(t.replica)}: shm segment {t.replica.path}: {exc}")
 
     def close(self) -> None:
         with self._lock:
-            for mapping in self._mappings.values():
+            for mapping in [*self._mappings.values(), *self._retired]:
                 mapping.close()
             self._mappings.clear()
+            self._retired.clear()
 
 
 class TcpTransport:
-    """Persistent, pooled connections to workers' data ports; pipelined requests per worker."""
+    """Persistent, pooled connections to workers' data ports; one pipelined, vectored
+    exchange per worker per batch, in C."""
 
     name = "tcp"
 
     def __init__(self, timeout_s: float):
         self.timeout_s = timeout_s
-        self._idle: dict[str, list[socket.socket]] = {}
+        self._idle: dict[str, list[DataConnection]] = {}
         self._lock = threading.Lock()
 
     def usable(self, replica: pb.ReplicaDescriptor) -> bool:
         return bool(replica.data_addr)
 
     def write(self, transfers: list[Transfer]) -> None:
-        self._run(transfers, wire.OP_WRITE)
+        self._run(transfers, OP_WRITE)
 
     def read(self, transfers: list[Transfer]) -> None:
-        self._run(transfers, wire.OP_READ)
+        self._run(transfers, OP_READ)
 
     def close(self) -> None:
         with self._lock:
@@ -165,55 +193,45 @@ class TcpTransport:
             else:
                 self._checkin(addr, conn)
 
-    def _exchange(self, conn: socket.socket, group: list[Transfer], op: int) -> list[Transfer]:
-        """Pipelines group over conn; returns the transfers left undone after a refusal."""
-        for start in range(0, len(group), PIPELINE_WINDOW):
-            window = group[start:start + PIPELINE_WINDOW]
-            for t in window:
-                r = t.replica
-                header = wire.encode_request(op, r.segment_id, r.offset, r.length, r.grant)
-                wire.send_parts(conn, [header, t.view] if op == wire.OP_WRITE else [header])
-            for i, t in enumerate(window):
-                if not self._receive_response(conn, t, op):
-                    return group[start + i + 1:]
-        return []
+    def _exchange(self, conn: DataConnection, group: list[Transfer], op: int) -> list[Transfer]:
+        """Runs group as one exchange; returns the transfers left undone after a refusal."""
+        requests = []
+        for t in group:
+            r = t.replica
+            parts = t.parts if op == OP_WRITE else t.target_parts()
+            requests.append(DataRequest(op, r.segment_id, r.offset, r.length, r.grant, parts))
+        try:
+            answered = conn.exchange(requests, self.timeout_s)
+        finally:
+            self._settle(group, requests, op)
+        return group[answered:]
 
     @staticmethod
-    def _receive_response(conn: socket.socket, t: Transfer, op: int) -> bool:
-        """Completes t from its response; False (and t.error) when the worker refused it."""
-        head = bytearray(wire.RESPONSE.size)
-        wire.recv_exact_into(conn, memoryview(head))
-        status, length = wire.RESPONSE.unpack(head)
-        if status != 0:
-            verb = "write" if op == wire.OP_WRITE else "read"
-            t.error = error_for_code(status, f"{_describe(t.replica)} refused the {verb}")
-            return False
-        if op == wire.OP_READ:
-            if length != t.replica.length:
-                raise ConnectionError(f"worker sent {length} bytes, expected {t.replica.length}")
-            if t.view is None:
-                t.result = _recv_bytes(conn, length)
+    def _settle(group: list[Transfer], requests: list[DataRequest], op: int) -> None:
+        """Marks each transfer done or refused from its request's answer."""
+        verb = "write" if op == OP_WRITE else "read"
+        for t, request in zip(group, requests):
+            if request.status == 0:
+                t.done = True
+            elif request.status < 0:
+                t.error = error_for_code(request.status, f"{_describe(t.replica)} refused the {verb}")
             else:
-                wire.recv_exact_into(conn, t.view)
-        t.done = True
-        return True
+                t.result = None  # no answer: the bytes object (if any) is not a result
 
     @staticmethod
     def _fail(group: list[Transfer], reason: str) -> None:
         for t in group:
             t.error = TransferError(f"{_describe(t.replica)}: {reason}")
 
-    def _checkout(self, addr: str) -> tuple[socket.socket, bool]:
+    def _checkout(self, addr: str) -> tuple[DataConnection, bool]:
         with self._lock:
             idle = self._idle.get(addr)
             if idle:
                 return idle.pop(), True
         host, _, port = addr.rpartition(":")
-        conn = socket.create_connection((host, int(port)), timeout=self.timeout_s)
-        conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        return conn, False
+        return DataConnection(host, int(port), self.timeout_s), False
 
-    def _checkin(self, addr: str, conn: socket.socket) -> None:
+    def _checkin(self, addr: str, conn: DataConnection) -> None:
         with self._lock:
             self._idle.setdefault(addr, []).append(conn)
 
@@ -221,16 +239,6 @@ class TcpTransport:
         with self._lock:
             for conn in self._idle.pop(addr, []):
                 conn.close()
-
-
-def _recv_bytes(conn: socket.socket, length: int) -> bytes:
-    """Receives exactly `length` bytes as one bytes object (MSG_WAITALL: no copy after recv)."""
-    data = conn.recv(length, socket.MSG_WAITALL)
-    if len(data) == length:
-        return data
-    rest = bytearray(length - len(data))  # interrupted short read: rare, finish into a buffer
-    wire.recv_exact_into(conn, memoryview(rest))
-    return data + rest
 
 
 def _describe(replica: pb.ReplicaDescriptor) -> str:

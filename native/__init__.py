@@ -1,10 +1,11 @@
-"""mooncake_native: the byte-moving layer under worker and client.
+"""mooncake_native: the byte-moving layer under worker and client, in C through cffi.
 
-Segments (shared-memory and file segments, mapped and pre-faulted) and buffer copies. This is
-the Python implementation the walking cluster needs; the C library built with cffi (issue 3)
-takes over these same entry points, so callers do not change.
+binding.py loads the C library (native/src, built at install by build_native.py) and is the
+one place its errors become exceptions; segment.py maps segment files; buffers.py turns user
+buffers into byte views and copies them; tcp.py is the client side of the TCP data plane.
 """
-from mooncake_native.buffers import copy_into, as_byte_view
+from mooncake_native.binding import HAS_RDMA, VERSION
+from mooncake_native.buffers import as_byte_view, copy_into
 from mooncake_native.segment import SegmentMapping
 
-__all__ = ["copy_into", "as_byte_view", "SegmentMapping"]
+__all__ = ["HAS_RDMA", "VERSION", "as_byte_view", "copy_into", "SegmentMapping"]

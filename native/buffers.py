@@ -1,8 +1,15 @@
-"""Zero-copy views of user buffers and the one copy routine shm transfers use."""
+"""User buffers as flat byte views, raw pointers the caller registered, and the copies shm uses.
+
+Every buffer the SDK accepts becomes a list of flat unsigned-byte memoryviews ("parts": one
+object may live in several buffers, as per-layer K/V does), without copying. Copies run in C
+(copy.c): the GIL is released and large ones are split across threads.
+"""
 from __future__ import annotations
 
-import ctypes
+import sys
+import threading
 
+from mooncake_native.binding import check, ffi, lib
 from mooncake_proto.errors import InvalidArgumentError
 
 
@@ -21,22 +28,86 @@ def as_byte_view(buffer, writable: bool = False) -> memoryview:
     return view
 
 
-def _address(view: memoryview) -> int | None:
-    if not view.readonly:
-        return ctypes.addressof(ctypes.c_char.from_buffer(view))
-    if isinstance(view.obj, bytes) and view.nbytes == len(view.obj):
-        return ctypes.cast(ctypes.c_char_p(view.obj), ctypes.c_void_p).value
-    return None
+class RegisteredBuffers:
+    """Raw memory ranges (pointer, size) a caller registered, e.g. a pinned KV-cache pool.
+
+    A raw pointer given to put_from/get_into must lie inside one of them: the registration is
+    the caller's promise that the memory stays valid, and our check that a wrong pointer is
+    refused instead of read or written.
+    """
+
+    def __init__(self):
+        self._ranges: dict[int, int] = {}
+        self._lock = threading.Lock()
+
+    def register(self, address: int, size: int) -> None:
+        if address <= 0 or size <= 0:
+            raise InvalidArgumentError(f"register_buffer needs a pointer and a positive size, "
+                                       f"got {address:#x}, {size}")
+        with self._lock:
+            self._ranges[address] = size
+
+    def unregister(self, address: int) -> bool:
+        with self._lock:
+            return self._ranges.pop(address, None) is not None
+
+    def view(self, address: int, size: int) -> memoryview:
+        with self._lock:
+            inside = any(start <= address and address + size <= start + length
+                         for start, length in self._ranges.items())
+        if not inside:
+            raise InvalidArgumentError(f"{size} bytes at {address:#x} are not inside a "
+                                       f"registered buffer (register_buffer first)")
+        return memoryview(ffi.buffer(ffi.cast("char *", address), size))
+
+
+def as_parts(buffer, writable: bool = False) -> list[memoryview]:
+    """The byte views of one object's buffer: a buffer, or a list/tuple of them in order."""
+    if isinstance(buffer, (list, tuple)):
+        if not buffer:
+            raise InvalidArgumentError("an empty list of buffers")
+        return [as_byte_view(b, writable) for b in buffer]
+    return [as_byte_view(buffer, writable)]
+
+
+def parts_size(parts: list[memoryview]) -> int:
+    return sum(p.nbytes for p in parts)
+
+
+def pointer(view: memoryview):
+    """A char* into view (kept alive by the returned cdata)."""
+    return ffi.from_buffer("char[]", view)
+
+
+_CPYTHON = sys.implementation.name == "cpython"
+
+
+def fresh_bytes(size: int) -> tuple[bytes, memoryview]:
+    """A new bytes object of `size` and a writable view of its storage, to receive into.
+
+    `get` returns bytes; filling a fresh, unshared bytes object in place saves the copy a
+    bytearray would need. Only on CPython, where bytes(n) for n >= 1 is always a new object;
+    elsewhere the caller's copy happens in bytes(bytearray).
+    """
+    if _CPYTHON and size > 0:
+        data = bytes(size)
+        return data, memoryview(ffi.buffer(ffi.from_buffer(data), size))
+    data = bytearray(size)
+    return data, memoryview(data)
+
+
+def copy_batch(pairs: list[tuple[memoryview, memoryview]]) -> None:
+    """Copies each (dst, src) pair; one C call for the whole batch, split across threads."""
+    items = ffi.new("mc_copy_item[]", len(pairs))
+    keep = []
+    for item, (dst, src) in zip(items, pairs):
+        if dst.nbytes != src.nbytes:
+            raise InvalidArgumentError(f"copy of {src.nbytes} bytes into {dst.nbytes}")
+        d, s = ffi.from_buffer("char[]", dst, require_writable=True), ffi.from_buffer("char[]", src)
+        keep.append((d, s))
+        item.dst, item.src, item.length = d, s, dst.nbytes
+    check(lib.mc_copy_batch(items, len(pairs)), "copy")
 
 
 def copy_into(dst: memoryview, src: memoryview) -> None:
-    """Copies src into dst (same length). Uses memmove without the GIL when both addresses are known."""
-    if dst.nbytes != src.nbytes:
-        raise InvalidArgumentError(f"copy of {src.nbytes} bytes into {dst.nbytes}")
-    if dst.nbytes == 0:
-        return
-    dst_addr, src_addr = _address(dst), _address(src)
-    if dst_addr is not None and src_addr is not None:
-        ctypes.memmove(dst_addr, src_addr, dst.nbytes)  # ctypes releases the GIL around the call
-    else:
-        dst[:] = src
+    copy_batch([(dst, src)])

@@ -1,0 +1,316 @@
+/* Client side of the TCP data plane: one vectored, pipelined exchange per batch.
+ *
+ * A batch's requests (header, grant, and for a WRITE the payload straight from the user's
+ * buffers) go out through sendmsg with many iovecs per call, while responses are read as they
+ * arrive, READ payloads straight into the user's buffers. Sending and receiving interleave
+ * under poll(), so a large batch can never deadlock on full socket buffers. The worker closes
+ * a connection after refusing a request, so an exchange ends at the first refusal: the caller
+ * closes the connection and retries the rest on a new one.
+ */
+#include "mc_tcp.h"
+
+#include <arpa/inet.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <limits.h>
+#include <netdb.h>
+#include <netinet/in.h>
+#include <netinet/tcp.h>
+#include <poll.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <sys/uio.h>
+#include <time.h>
+#include <unistd.h>
+
+#define REQUEST_HEADER_BYTES 28   /* "!4sBBHIQQ" */
+#define RESPONSE_BYTES 12         /* "!iQ" */
+#define SOCKET_BUFFER_BYTES (4 << 20)
+#define MAX_SEND_IOVS 256
+
+static int64_t now_ms(void) {
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+}
+
+static void put_be16(uint8_t *p, uint16_t v) { p[0] = v >> 8; p[1] = v & 0xff; }
+static void put_be32(uint8_t *p, uint32_t v) { for (int i = 3; i >= 0; i--, v >>= 8) p[i] = v & 0xff; }
+static void put_be64(uint8_t *p, uint64_t v) { for (int i = 7; i >= 0; i--, v >>= 8) p[i] = v & 0xff; }
+static uint64_t get_be64(const uint8_t *p) { uint64_t v = 0; for (int i = 0; i < 8; i++) v = v << 8 | p[i]; return v; }
+
+static int wait_fd(int fd, short events, int64_t deadline) {
+    struct pollfd p = {fd, events, 0};
+    for (;;) {
+        int64_t left = deadline - now_ms();
+        if (left <= 0) return mc_fail(-ETIMEDOUT, "timed out");
+        int rc = poll(&p, 1, left > INT_MAX ? INT_MAX : (int)left);
+        if (rc > 0) return 0;
+        if (rc < 0 && errno != EINTR) return mc_fail(-errno, "poll: %s", strerror(errno));
+    }
+}
+
+static void tune_socket(int fd) {
+    int one = 1, size = SOCKET_BUFFER_BYTES;
+    setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
+    setsockopt(fd, SOL_SOCKET, SO_KEEPALIVE, &one, sizeof one);
+    /* large buffers keep a multi-MiB transfer streaming instead of stalling on the window */
+    setsockopt(fd, SOL_SOCKET, SO_SNDBUF, &size, sizeof size);
+    setsockopt(fd, SOL_SOCKET, SO_RCVBUF, &size, sizeof size);
+}
+
+static int connect_one(const struct addrinfo *ai, int64_t deadline) {
+    int fd = socket(ai->ai_family, ai->ai_socktype | SOCK_CLOEXEC | SOCK_NONBLOCK, ai->ai_protocol);
+    if (fd < 0) return mc_fail(-errno, "socket: %s", strerror(errno));
+    tune_socket(fd);
+    if (connect(fd, ai->ai_addr, ai->ai_addrlen) != 0 && errno != EINPROGRESS) {
+        int rc = mc_fail(-errno, "connect: %s", strerror(errno));
+        close(fd);
+        return rc;
+    }
+    int rc = wait_fd(fd, POLLOUT, deadline), err = 0;
+    socklen_t len = sizeof err;
+    if (rc == 0 && getsockopt(fd, SOL_SOCKET, SO_ERROR, &err, &len) == 0 && err != 0)
+        rc = mc_fail(-err, "connect: %s", strerror(err));
+    if (rc != 0) close(fd);
+    return rc != 0 ? rc : fd;
+}
+
+int mc_tcp_connect(const char *host, int port, int timeout_ms) {
+    char service[16];
+    snprintf(service, sizeof service, "%d", port);
+    struct addrinfo hints = {0}, *list = NULL;
+    hints.ai_socktype = SOCK_STREAM;
+    hints.ai_flags = AI_NUMERICSERV;
+    int gai = getaddrinfo(host, service, &hints, &list);
+    if (gai != 0) return mc_fail(-EHOSTUNREACH, "resolve %s: %s", host, gai_strerror(gai));
+    int64_t deadline = now_ms() + timeout_ms;
+    int rc = -ECONNREFUSED;
+    for (struct addrinfo *ai = list; ai != NULL; ai = ai->ai_next)
+        if ((rc = connect_one(ai, deadline)) >= 0) break;
+    freeaddrinfo(list);
+    return rc;
+}
+
+int mc_tcp_close(int fd) { return close(fd) == 0 ? 0 : mc_fail(-errno, "close: %s", strerror(errno)); }
+
+/* ---- sending: a cursor over every request's header, grant and payload pieces ---- */
+
+typedef struct {
+    mc_tcp_request *requests;
+    size_t count;
+    uint8_t (*headers)[REQUEST_HEADER_BYTES];
+    size_t req;        /* request being sent */
+    uint32_t piece;    /* 0 header, 1 grant, 2.. payload iovs */
+    uint64_t done;     /* bytes of that piece already sent */
+} send_cursor;
+
+static int piece_at(const send_cursor *c, size_t req, uint32_t piece, struct iovec *out) {
+    const mc_tcp_request *r = &c->requests[req];
+    if (piece == 0) { out->iov_base = c->headers[req]; out->iov_len = REQUEST_HEADER_BYTES; return 1; }
+    if (piece == 1) { out->iov_base = (void *)r->grant; out->iov_len = r->grant_len; return 1; }
+    if (r->op != MC_OP_WRITE || piece - 2 >= r->iov_count) return 0;
+    out->iov_base = r->iov[piece - 2].base;
+    out->iov_len = r->iov[piece - 2].length;
+    return 1;
+}
+
+/* gathers up to MAX_SEND_IOVS pieces from the cursor; returns how many */
+static int gather(const send_cursor *c, struct iovec *iov) {
+    int n = 0;
+    size_t req = c->req;
+    uint32_t piece = c->piece;
+    uint64_t skip = c->done;
+    while (req < c->count && n < MAX_SEND_IOVS) {
+        if (!piece_at(c, req, piece, &iov[n])) { req++; piece = 0; continue; }
+        iov[n].iov_base = (char *)iov[n].iov_base + skip;
+        iov[n].iov_len -= skip;
+        skip = 0;
+        piece++;
+        if (iov[n].iov_len > 0) n++;
+    }
+    return n;
+}
+
+static void advance(send_cursor *c, size_t sent) {
+    struct iovec piece;
+    while (c->req < c->count) {
+        if (!piece_at(c, c->req, c->piece, &piece)) { c->req++; c->piece = 0; c->done = 0; continue; }
+        uint64_t left = piece.iov_len - c->done;
+        if (sent < left) { c->done += sent; return; }
+        sent -= left;
+        c->piece++;
+        c->done = 0;
+    }
+}
+
+/* sends what the socket takes now; 0, or a negative error */
+static int send_some(int fd, send_cursor *c) {
+    struct iovec iov[MAX_SEND_IOVS];
+    for (;;) {
+        int n = gather(c, iov);
+        if (n == 0) { c->req = c->count; return 0; }
+        struct msghdr msg = {0};
+        msg.msg_iov = iov;
+        msg.msg_iovlen = n;
+        ssize_t sent = sendmsg(fd, &msg, MSG_NOSIGNAL);
+        if (sent < 0) {
+            if (errno == EAGAIN || errno == EWOULDBLOCK) return 0;
+            if (errno == EINTR) continue;
+            return mc_fail(-errno, "send: %s", strerror(errno));
+        }
+        advance(c, (size_t)sent);
+    }
+}
+
+/* ---- receiving: responses in request order, READ payloads into the user's buffers ---- */
+
+typedef struct {
+    size_t req;                      /* request whose response is being read */
+    uint8_t head[RESPONSE_BYTES];
+    uint32_t head_len;               /* bytes of head read so far */
+    int in_payload;                  /* the head is done; a READ payload is arriving */
+    uint32_t iov;                    /* payload position: current iov and bytes done in it */
+    uint64_t done;
+    int refused;
+} recv_state;
+
+/* > 0 bytes read, 0 would block, < 0 error (a close is an error: responses were owed) */
+static int recv_into(int fd, void *buf, size_t len) {
+    for (;;) {
+        ssize_t n = recv(fd, buf, len, 0);
+        if (n > 0) return (int)n;
+        if (n == 0) return mc_fail(-ECONNRESET, "worker closed the connection");
+        if (errno == EAGAIN || errno == EWOULDBLOCK) return 0;
+        if (errno != EINTR) return mc_fail(-errno, "recv: %s", strerror(errno));
+    }
+}
+
+static void finish(mc_tcp_request *r, recv_state *s) {
+    r->status = 0;
+    s->req++;
+    s->head_len = 0;
+    s->in_payload = 0;
+    s->iov = 0;
+    s->done = 0;
+}
+
+/* a complete response header: records a refusal, checks the length, starts a payload */
+static int take_head(mc_tcp_request *r, recv_state *s) {
+    uint32_t raw = (uint32_t)s->head[0] << 24 | (uint32_t)s->head[1] << 16 |
+                   (uint32_t)s->head[2] << 8 | s->head[3];
+    int32_t status = (int32_t)raw;
+    uint64_t length = get_be64(s->head + 4);
+    if (status != 0) {
+        if (status > 0)
+            return mc_fail(MC_ERR_PROTOCOL, "worker answered status %d", (int)status);
+        r->status = status;
+        s->refused = 1;
+        return 0;
+    }
+    if (length != r->length)
+        return mc_fail(MC_ERR_PROTOCOL, "worker answered %llu bytes for a request of %llu",
+                       (unsigned long long)length, (unsigned long long)r->length);
+    if (r->op == MC_OP_WRITE || r->length == 0)
+        finish(r, s);
+    else
+        s->in_payload = 1;
+    return 0;
+}
+
+/* reads into the current READ payload; > 0 when bytes came */
+static int recv_payload(int fd, mc_tcp_request *r, recv_state *s) {
+    while (s->iov < r->iov_count && s->done == r->iov[s->iov].length) { s->iov++; s->done = 0; }
+    if (s->iov == r->iov_count) {
+        finish(r, s);
+        return 1;
+    }
+    uint64_t left = r->iov[s->iov].length - s->done;
+    int n = recv_into(fd, (char *)r->iov[s->iov].base + s->done,
+                      left > (1u << 30) ? (1u << 30) : (size_t)left);
+    if (n > 0) s->done += (uint64_t)n;
+    return n;
+}
+
+/* reads every response that has arrived; stops at a refusal */
+static int recv_some(int fd, mc_tcp_request *requests, size_t count, recv_state *s) {
+    while (s->req < count && !s->refused) {
+        mc_tcp_request *r = &requests[s->req];
+        int n;
+        if (s->in_payload) {
+            n = recv_payload(fd, r, s);
+        } else {
+            n = recv_into(fd, s->head + s->head_len, RESPONSE_BYTES - s->head_len);
+            if (n > 0 && (s->head_len += (uint32_t)n) == RESPONSE_BYTES) {
+                int rc = take_head(r, s);
+                if (rc < 0) return rc;
+            }
+        }
+        if (n <= 0) return n;
+    }
+    return 0;
+}
+
+/* ---- the exchange ---- */
+
+static int check_requests(mc_tcp_request *requests, size_t count) {
+    for (size_t i = 0; i < count; i++) {
+        mc_tcp_request *r = &requests[i];
+        uint64_t total = 0;
+        for (uint32_t j = 0; j < r->iov_count; j++) total += r->iov[j].length;
+        if ((r->op != MC_OP_READ && r->op != MC_OP_WRITE) || total != r->length)
+            return mc_fail(-EINVAL, "request %zu: bad op %d or buffers of %llu bytes for %llu",
+                           i, r->op, (unsigned long long)total, (unsigned long long)r->length);
+        r->status = MC_STATUS_PENDING;
+    }
+    return 0;
+}
+
+static void encode_headers(const mc_tcp_request *requests, size_t count,
+                           uint8_t (*headers)[REQUEST_HEADER_BYTES]) {
+    for (size_t i = 0; i < count; i++) {
+        uint8_t *h = headers[i];
+        memcpy(h, "MCD1", 4);
+        h[4] = requests[i].op;
+        h[5] = 0;
+        put_be16(h + 6, requests[i].grant_len);
+        put_be32(h + 8, requests[i].segment_id);
+        put_be64(h + 12, requests[i].offset);
+        put_be64(h + 20, requests[i].length);
+    }
+}
+
+static int run_exchange(int fd, send_cursor *c, recv_state *s, int64_t deadline) {
+    while (s->req < c->count && !s->refused) {
+        int rc = c->req < c->count ? send_some(fd, c) : 0;
+        if (rc < 0) {
+            /* the worker may have refused and closed: its answer can still be in our buffer */
+            int error = rc;
+            rc = recv_some(fd, c->requests, c->count, s);
+            return s->refused ? 0 : (rc < 0 ? rc : error);
+        }
+        rc = recv_some(fd, c->requests, c->count, s);
+        if (rc < 0) return rc;
+        if (s->req == c->count || s->refused) break;
+        rc = wait_fd(fd, POLLIN | (c->req < c->count ? POLLOUT : 0), deadline);
+        if (rc < 0) return rc;
+    }
+    return 0;
+}
+
+int mc_tcp_exchange(int fd, mc_tcp_request *requests, size_t count, int timeout_ms) {
+    int rc = check_requests(requests, count);
+    if (rc < 0 || count == 0) return rc;
+    uint8_t (*headers)[REQUEST_HEADER_BYTES] = malloc(count * REQUEST_HEADER_BYTES);
+    if (headers == NULL) return mc_fail(-ENOMEM, "out of memory for %zu requests", count);
+    encode_headers(requests, count, headers);
+    send_cursor c = {requests, count, headers, 0, 0, 0};
+    recv_state s;
+    memset(&s, 0, sizeof s);
+    rc = run_exchange(fd, &c, &s, now_ms() + timeout_ms);
+    free(headers);
+    if (rc == -ETIMEDOUT) mc_fail(rc, "no answer within %d ms", timeout_ms);
+    return rc < 0 ? rc : (int)(s.req + (size_t)s.refused);
+}

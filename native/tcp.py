@@ -1,0 +1,63 @@
+"""A client connection to a worker's data port: pipelined, vectored READ/WRITE batches in C.
+
+`DataConnection.exchange` sends a batch of requests and reads their answers in one C call
+(tcp_client.c) with the GIL released; payloads go between the socket and the caller's buffers.
+"""
+from __future__ import annotations
+
+from mooncake_native.binding import check, ffi, lib
+
+OP_READ = lib.MC_OP_READ
+OP_WRITE = lib.MC_OP_WRITE
+STATUS_PENDING = lib.MC_STATUS_PENDING
+
+
+class DataRequest:
+    """One READ or WRITE of (segment, offset, length) under a grant, from/into `parts`."""
+
+    __slots__ = ("op", "segment_id", "offset", "length", "grant", "parts", "status")
+
+    def __init__(self, op: int, segment_id: int, offset: int, length: int, grant: bytes,
+                 parts: list[memoryview]):
+        self.op, self.segment_id, self.offset, self.length = op, segment_id, offset, length
+        self.grant, self.parts = grant, parts
+        self.status = STATUS_PENDING  # 0 done, a negative Mooncake code the worker answered
+
+
+class DataConnection:
+    """One persistent connection; not shared between threads (pools hand them out)."""
+
+    def __init__(self, host: str, port: int, timeout_s: float):
+        self.fd = check(lib.mc_tcp_connect(host.encode(), port, _ms(timeout_s)),
+                        f"connect {host}:{port}")
+
+    def exchange(self, requests: list[DataRequest], timeout_s: float) -> int:
+        """Runs the batch; returns how many requests got an answer (the worker closes after
+        a refusal, so answers stop there). Raises OSError or ProtocolError when the
+        connection failed; `status` of the answered requests is filled in either case."""
+        n = len(requests)
+        structs = ffi.new("mc_tcp_request[]", n)
+        keep = []
+        for s, r in zip(structs, requests):
+            iovs = ffi.new("mc_iov[]", len(r.parts))
+            for iov, part in zip(iovs, r.parts):
+                base = ffi.from_buffer("char[]", part, require_writable=r.op == OP_READ)
+                keep.append(base)
+                iov.base, iov.length = base, part.nbytes
+            grant = ffi.from_buffer("char[]", r.grant)
+            keep.extend((iovs, grant))
+            s.op, s.segment_id, s.offset, s.length = r.op, r.segment_id, r.offset, r.length
+            s.grant, s.grant_len, s.iov, s.iov_count = grant, len(r.grant), iovs, len(r.parts)
+        rc = lib.mc_tcp_exchange(self.fd, structs, n, _ms(timeout_s))
+        for s, r in zip(structs, requests):
+            r.status = s.status
+        return check(rc, "data exchange")
+
+    def close(self) -> None:
+        if self.fd >= 0:
+            lib.mc_tcp_close(self.fd)
+            self.fd = -1
+
+
+def _ms(seconds: float) -> int:
+    return max(1, min(int(seconds * 1000), 2**31 - 1))
