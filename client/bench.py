@@ -1,8 +1,13 @@
-"""`mooncake-bench`: put/get throughput and latency per transport and size; a table and JSON.
+"""`mooncake-bench`: the store's throughput and latency beside what this machine can do at all.
 
-`--local` starts its own master and two workers on loopback (real processes) and stops them;
-`--master H:P` measures an existing cluster. Performance goals are checked with this program,
-never with timed assertions in tests.
+For every size it first measures two baselines on the same volume: `memcpy` (numpy copying
+from distinct source regions into one buffer, like reads of distinct objects) and `socket`
+(a plain Python loopback stream from another process into one buffer). Then, per transport
+(`shm`, `tcp`), it runs put/get, put_from/get_into and their batch forms (8 objects per call)
+and prints each row with its ratio to the baseline (shm rows to memcpy, tcp rows to socket),
+then the issue 3 targets with pass/fail. `--local` starts its own master and two workers on
+loopback and stops them. Performance goals are checked with this program, never with timed
+assertions in tests.
 """
 from __future__ import annotations
 
@@ -12,15 +17,21 @@ import json
 import os
 import platform
 import resource
+import socket
+import subprocess
 import sys
 import time
 import uuid
 
-from mooncake_client.client import Client
+import numpy as np
+
+from mooncake_client.client import Client, ReplicaConfig
 from mooncake_client.local_cluster import LocalCluster
 from mooncake_proto.units import format_size, parse_size
 
-OPS = ("put", "get", "put_from", "get_into")
+BATCH = 8
+OPS = ("put", "get", "put_from", "get_into", "batch_put_from", "batch_get", "batch_get_into")
+BASELINE_FOR = {"shm": "memcpy", "tcp": "socket"}
 
 
 class Progress:
@@ -52,70 +63,207 @@ def _cpu_s() -> float:
     return usage.ru_utime + usage.ru_stime
 
 
-def measure(label: dict, size: int, fn, count: int) -> dict:
-    """Runs fn(i) count times; throughput over the whole loop, latency per call."""
+def measure(label: dict, size: int, fn, calls: int, per_call: int = 1) -> dict:
+    """Runs fn(i) `calls` times, each moving `per_call` objects of `size` bytes."""
     latencies = []
     cpu0, t0 = _cpu_s(), time.perf_counter()
-    for i in range(count):
+    for i in range(calls):
         start = time.perf_counter()
         fn(i)
         latencies.append(time.perf_counter() - start)
     elapsed, cpu = time.perf_counter() - t0, _cpu_s() - cpu0
     latencies.sort()
-    return {**label, "size_bytes": size, "count": count,
-            "gb_per_s": round(size * count / elapsed / 1e9, 3),
-            "items_per_s": round(count / elapsed, 1),
+    items = calls * per_call
+    return {**label, "size_bytes": size, "batch": per_call, "count": items,
+            "gb_per_s": round(size * items / elapsed / 1e9, 3),
+            "items_per_s": round(items / elapsed, 1),
             "p50_us": round(_percentile(latencies, 0.50) * 1e6, 1),
             "p99_us": round(_percentile(latencies, 0.99) * 1e6, 1),
             "client_cpu_pct": round(100 * cpu / elapsed, 1)}
 
 
+# ---- baselines ----
+
+def memcpy_baseline(size: int, count: int, pool_bytes: int) -> dict:
+    """numpy copies of `size` bytes from distinct regions of a pool into one buffer."""
+    regions = max(1, min(count, pool_bytes // size))
+    pool = np.ones(regions * size, dtype=np.uint8)
+    dst = np.empty(size, dtype=np.uint8)
+    sources = [pool[i * size:(i + 1) * size] for i in range(regions)]
+    return measure({"op": "baseline", "transport": "memcpy"}, size,
+                   lambda i: np.copyto(dst, sources[i % regions]), count)
+
+
+_SENDER = """
+import socket, sys
+size, count, port = int(sys.argv[1]), int(sys.argv[2]), int(sys.argv[3])
+conn = socket.create_connection(("127.0.0.1", port))
+payload = bytes(size)
+for _ in range(count + 1):
+    conn.sendall(payload)
+conn.close()
+"""
+
+
+def socket_baseline(size: int, count: int) -> dict:
+    """A plain Python loopback stream from another process, received into one buffer."""
+    listener = socket.create_server(("127.0.0.1", 0))
+    port = listener.getsockname()[1]
+    sender = subprocess.Popen([sys.executable, "-c", _SENDER, str(size), str(count), str(port)])
+    try:
+        conn, _ = listener.accept()
+        buffer = memoryview(bytearray(size))
+
+        def receive(_i=0):
+            view = buffer
+            while view.nbytes:
+                view = view[conn.recv_into(view):]
+        receive()  # the first message pays for connection set-up
+        row = measure({"op": "baseline", "transport": "socket"}, size, receive, count)
+        conn.close()
+    finally:
+        listener.close()
+        sender.wait(30)
+    return row
+
+
+# ---- store rows ----
+
 def run_size(client: Client, transport: str, size: int, count: int) -> list[dict]:
     prefix = f"bench/{uuid.uuid4().hex[:8]}/{size}"
     payload = os.urandom(size)
     buffer = bytearray(size)
+    batch_buffers = [bytearray(size) for _ in range(BATCH)]
+    count = max(BATCH, count - count % BATCH)
+    calls = count // BATCH
     keys = [f"{prefix}/{i}" for i in range(count)]
     label = {"transport": transport}
+
+    def batch(i):
+        return keys[i * BATCH:(i + 1) * BATCH]
+
     rows = [measure({**label, "op": "put"}, size, lambda i: client.put(keys[i], payload), count),
             measure({**label, "op": "get"}, size, lambda i: client.get(keys[i]), count)]
-    if client.get(keys[0]) != payload:
-        raise SystemExit(f"mooncake-bench: wrong bytes read back for {keys[0]}")
+    _check(client.get(keys[0]), payload, keys[0])
     client.remove_all(force=True)
-    keys = [k + "/from" for k in keys]
     rows.append(measure({**label, "op": "put_from"}, size,
                         lambda i: client.put_from(keys[i], payload), count))
     rows.append(measure({**label, "op": "get_into"}, size,
                         lambda i: client.get_into(keys[i], buffer), count))
+    _check(buffer, payload, keys[-1])
+    client.remove_all(force=True)
+    rows.append(measure({**label, "op": "batch_put_from"}, size,
+                        lambda i: client.batch_put_from(batch(i), [payload] * BATCH), calls, BATCH))
+    rows.append(measure({**label, "op": "batch_get"}, size,
+                        lambda i: client.batch_get(batch(i)), calls, BATCH))
+    rows.append(measure({**label, "op": "batch_get_into"}, size,
+                        lambda i: client.batch_get_into(batch(i), batch_buffers), calls, BATCH))
+    _check(batch_buffers[-1], payload, keys[-1])
     client.remove_all(force=True)
     return rows
 
 
+def _check(got, expected: bytes, key: str) -> None:
+    if got is None or bytes(got) != expected:
+        raise SystemExit(f"mooncake-bench: wrong bytes read back for {key}")
+
+
+# ---- report ----
+
+def _find(rows, transport: str, op: str, size: int) -> dict | None:
+    return next((r for r in rows if r["transport"] == transport and r["op"] == op
+                 and r["size_bytes"] == size), None)
+
+
+def add_ratios(rows: list[dict], baselines: list[dict]) -> None:
+    for row in rows:
+        base = _find(baselines, BASELINE_FOR.get(row["transport"], ""), "baseline",
+                     row["size_bytes"])
+        row["x_baseline"] = round(row["gb_per_s"] / base["gb_per_s"], 2) if base else None
+
+
+# (what, transport, op, size, field, bound, at least?)  from issue 3
+TARGETS = [
+    ("same-node get_into 4 MiB >= 0.85x memcpy", "shm", "get_into", 4 << 20, "x_baseline", 0.85, True),
+    ("same-node batch put_from 8 x 4 MiB >= 0.7x memcpy", "shm", "batch_put_from", 4 << 20,
+     "x_baseline", 0.7, True),
+    ("cross-process TCP get_into 4 MiB >= 0.8x socket stream", "tcp", "get_into", 4 << 20,
+     "x_baseline", 0.8, True),
+    ("4 KiB batch-of-8 get >= 50k items/s (shm)", "shm", "batch_get", 4 << 10, "items_per_s", 50_000, True),
+    ("4 KiB batch-of-8 get >= 50k items/s (tcp)", "tcp", "batch_get", 4 << 10, "items_per_s", 50_000, True),
+    ("single 4 KiB get p50 <= 150 us (shm)", "shm", "get", 4 << 10, "p50_us", 150, False),
+    ("single 4 KiB get p50 <= 150 us (tcp)", "tcp", "get", 4 << 10, "p50_us", 150, False),
+]
+
+
+def check_targets(rows: list[dict]) -> list[dict]:
+    out = []
+    for what, transport, op, size, field, bound, at_least in TARGETS:
+        row = _find(rows, transport, op, size)
+        value = row.get(field) if row else None
+        met = None if value is None else (value >= bound if at_least else value <= bound)
+        out.append({"target": what, "value": value, "met": met})
+    return out
+
+
 def print_table(rows: list[dict]) -> None:
-    header = f"{'op':<9} {'transport':<9} {'size':>8} {'count':>6} {'GB/s':>7} {'items/s':>9} " \
-             f"{'p50 us':>8} {'p99 us':>8} {'cpu %':>6}"
+    header = f"{'op':<15} {'transport':<9} {'size':>8} {'count':>6} {'GB/s':>7} {'x base':>6} " \
+             f"{'items/s':>9} {'p50 us':>8} {'p99 us':>8} {'cpu %':>6}"
     print(header)
     print("-" * len(header))
     for r in rows:
-        print(f"{r['op']:<9} {r['transport']:<9} {format_size(r['size_bytes']):>8} {r['count']:>6} "
-              f"{r['gb_per_s']:>7.2f} {r['items_per_s']:>9.0f} {r['p50_us']:>8.0f} "
-              f"{r['p99_us']:>8.0f} {r['client_cpu_pct']:>6.0f}")
+        ratio = "" if r.get("x_baseline") is None else f"{r['x_baseline']:.2f}"
+        print(f"{r['op']:<15} {r['transport']:<9} {format_size(r['size_bytes']):>8} "
+              f"{r['count']:>6} {r['gb_per_s']:>7.2f} {ratio:>6} {r['items_per_s']:>9.0f} "
+              f"{r['p50_us']:>8.0f} {r['p99_us']:>8.0f} {r['client_cpu_pct']:>6.0f}")
+
+
+def print_targets(targets: list[dict]) -> None:
+    print("\nissue 3 targets")
+    for t in targets:
+        verdict = {True: "met", False: "NOT MET", None: "not measured"}[t["met"]]
+        value = "-" if t["value"] is None else f"{t['value']:,.2f}"
+        print(f"  {verdict:<13} {value:>12}  {t['target']}")
 
 
 def count_for(size: int, volume: int, max_count: int) -> int:
     return max(10, min(max_count, volume // size))
 
 
-def run(args, master: str) -> list[dict]:
+def warm_up(client: Client) -> None:
+    """Maps every worker's segment and opens connections before anything is timed: first use
+    of a segment maps (and pre-faults) it, which belongs to start-up, not to a put."""
+    keys = [f"bench/warm/{uuid.uuid4().hex[:8]}/{i}" for i in range(16)]
+    for key in keys:
+        client.put(key, b"w", ReplicaConfig(replica_num=2))
+    client.batch_get(keys)
+    client.remove_all(force=True)
+
+
+def run(args, master: str, baselines: list[dict]) -> list[dict]:
     sizes = [parse_size(s) for s in args.sizes.split(",")]
     transports = [t.strip() for t in args.transports.split(",") if t.strip()]
     progress = Progress(len(sizes) * len(transports))
     rows = []
     for transport in transports:
         with Client(master, transports=(transport,)) as client:
+            warm_up(client)
             for size in sizes:
                 count = count_for(size, parse_size(args.volume), args.max_count)
                 rows.extend(run_size(client, transport, size, count))
                 progress.step(f"{transport} {format_size(size)}")
+    add_ratios(rows, baselines)
+    return rows
+
+
+def measure_baselines(args) -> list[dict]:
+    """Before any gRPC channel exists in this process (the socket sender is a child process)."""
+    volume = parse_size(args.volume)
+    rows = []
+    for size in (parse_size(s) for s in args.sizes.split(",")):
+        count = count_for(size, volume, args.max_count)
+        rows.append(memcpy_baseline(size, count, volume))
+        rows.append(socket_baseline(size, count))
     return rows
 
 
@@ -127,23 +275,27 @@ def main(argv: list[str] | None = None) -> int:
                        help="start a master and two workers on loopback, measure, stop them")
     parser.add_argument("--sizes", default="4KiB,64KiB,1MiB,4MiB,16MiB")
     parser.add_argument("--transports", default="shm,tcp")
-    parser.add_argument("--volume", default="256MiB", help="bytes written per size and op")
-    parser.add_argument("--max-count", type=int, default=2000, help="most operations per row")
-    parser.add_argument("--dram", default="1GiB", help="DRAM per worker with --local")
+    parser.add_argument("--volume", default="256MiB", help="bytes moved per size and op")
+    parser.add_argument("--max-count", type=int, default=2000, help="most objects per row")
+    parser.add_argument("--dram", default="4GiB", help="DRAM per worker with --local (removed "
+                        "ranges stay held until their grants expire, so give room)")
     parser.add_argument("--json", help="also write the rows as JSON to this file")
     args = parser.parse_args(argv)
     started = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
+    baselines = measure_baselines(args)
     if args.local:
         with LocalCluster(workers=2, dram=args.dram) as cluster:
-            rows = run(args, cluster.master_addr)
+            rows = run(args, cluster.master_addr, baselines)
     else:
-        rows = run(args, args.master)
-    print_table(rows)
+        rows = run(args, args.master, baselines)
+    targets = check_targets(rows)
+    print_table(baselines + rows)
+    print_targets(targets)
     if args.json:
         with open(args.json, "w", encoding="utf-8") as f:
             json.dump({"command": " ".join(["mooncake-bench", *(argv or sys.argv[1:])]),
                        "started": started, "host": platform.node(), "cpus": os.cpu_count(),
-                       "rows": rows}, f, indent=1)
+                       "baselines": baselines, "rows": rows, "targets": targets}, f, indent=1)
     return 0
 
 
