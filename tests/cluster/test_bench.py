@@ -3,6 +3,8 @@ import json
 import subprocess
 import sys
 
+from mooncake_client.bench import OPS
+
 
 def test_bench_local_prints_a_table_and_writes_json(tmp_path):
     out = tmp_path / "bench.json"
@@ -13,8 +15,13 @@ def test_bench_local_prints_a_table_and_writes_json(tmp_path):
     assert proc.returncode == 0, proc.stderr
     assert "GB/s" in proc.stdout and "p99 us" in proc.stdout
     assert "[" in proc.stderr and "4/4" in proc.stderr  # the progress bar reached the end
-    rows = json.loads(out.read_text())["rows"]
+    report = json.loads(out.read_text())
+    rows = report["rows"]
     assert {(r["op"], r["transport"], r["size_bytes"]) for r in rows} == {
-        (op, t, s) for op in ("put", "get", "put_from", "get_into")
-        for t in ("shm", "tcp") for s in (4096, 1 << 20)}
-    assert all(r["gb_per_s"] > 0 and r["p50_us"] > 0 and r["count"] >= 2 for r in rows)
+        (op, t, s) for op in OPS for t in ("shm", "tcp") for s in (4096, 1 << 20)}
+    assert all(r["gb_per_s"] > 0 and r["p50_us"] > 0 and r["count"] >= 8 for r in rows)
+    # every store row has its same-size baseline measured in the same run
+    assert {(b["transport"], b["size_bytes"]) for b in report["baselines"]} == {
+        (t, s) for t in ("memcpy", "socket") for s in (4096, 1 << 20)}
+    assert all(r["x_baseline"] > 0 for r in rows)
+    assert "issue 3 targets" in proc.stdout and len(report["targets"]) == 7
