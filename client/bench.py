@@ -179,7 +179,7 @@ def add_ratios(rows: list[dict], baselines: list[dict]) -> None:
     for row in rows:
         base = _find(baselines, BASELINE_FOR.get(row["transport"], ""), "baseline",
                      row["size_bytes"])
-        row["x_baseline"] = round(row["gb_per_s"] / base["gb_per_s"], 2) if base else None
+        row["x_baseline"] = round(row["gb_per_s"] / base["gb_per_s"], 4) if base else None
 
 
 # (what, transport, op, size, field, bound, at least?)  from issue 3

@@ -23,5 +23,5 @@ def test_bench_local_prints_a_table_and_writes_json(tmp_path):
     # every store row has its same-size baseline measured in the same run
     assert {(b["transport"], b["size_bytes"]) for b in report["baselines"]} == {
         (t, s) for t in ("memcpy", "socket") for s in (4096, 1 << 20)}
-    assert all(r["x_baseline"] > 0 for r in rows)
+    assert all(r["x_baseline"] is not None for r in rows)
     assert "issue 3 targets" in proc.stdout and len(report["targets"]) == 7
