@@ -57,7 +57,9 @@ int mc_segment_map(const char *path, uint64_t size, int create, mc_segment *out)
     } else if (!S_ISREG(st.st_mode)) {
         rc = mc_fail(-EINVAL, "segment file %s is not a regular file", path);
     } else if (create) {
-        rc = size_file(fd, path, size, (uint64_t)st.st_size);
+        /* exactly the worker's user and group, whatever the umask */
+        rc = fchmod(fd, SEGMENT_FILE_MODE) == 0 ? size_file(fd, path, size, (uint64_t)st.st_size)
+             : mc_fail(-errno, "chmod segment %s: %s", path, strerror(errno));
     } else if ((uint64_t)st.st_size < size) {
         rc = mc_fail(-EINVAL, "segment file %s has %lld bytes, expected %llu", path,
                      (long long)st.st_size, (unsigned long long)size);

@@ -1,0 +1,144 @@
+"""The C library's build, error mapping, threaded copies, segment mapping and buffer views."""
+import errno
+import os
+
+import numpy as np
+import pytest
+
+from mooncake_native import binding, buffers
+from mooncake_native.binding import ProtocolError, check, ffi, lib
+from mooncake_native.buffers import RegisteredBuffers, as_parts, copy_batch, fresh_bytes
+from mooncake_native.segment import SegmentMapping
+from mooncake_proto.errors import InvalidArgumentError
+
+
+def test_version_is_compiled_in_and_checked():
+    assert binding.VERSION == binding.EXPECTED_VERSION
+    assert ffi.string(lib.mc_version()).decode() == binding.VERSION
+
+
+def test_has_rdma_follows_the_rdma_core_headers():
+    headers = os.path.exists("/usr/include/infiniband/verbs.h")
+    if os.environ.get("MOONCAKE_NATIVE_NO_RDMA"):
+        headers = False
+    assert binding.HAS_RDMA == headers
+
+
+@pytest.mark.parametrize("rc, kind", [(-errno.ENOENT, FileNotFoundError),
+                                      (-errno.ETIMEDOUT, TimeoutError),
+                                      (-errno.ECONNRESET, ConnectionResetError),
+                                      (-errno.EINVAL, InvalidArgumentError),
+                                      (lib.MC_ERR_PROTOCOL, ProtocolError)])
+def test_check_is_the_one_place_codes_become_exceptions(rc, kind):
+    with pytest.raises(kind):
+        check(rc, "ctx")
+    assert check(7) == 7
+
+
+@pytest.mark.parametrize("threads", [1, 2, 3])
+@pytest.mark.parametrize("size", [0, 1, 4095, 4096, (1 << 20) - 3, (4 << 20) + 17])
+def test_copy_moves_exact_bytes_for_every_size_and_thread_count(threads, size):
+    check(lib.mc_copy_set_threads(threads))
+    try:
+        src = np.random.default_rng(size).integers(0, 256, size + 5, dtype=np.uint8)
+        dst = np.zeros(size + 9, dtype=np.uint8)
+        copy_batch([(memoryview(dst[3:3 + size]), memoryview(src[5:5 + size]))])  # unaligned
+        assert np.array_equal(dst[3:3 + size], src[5:5 + size])
+        assert not dst[:3].any() and not dst[3 + size:].any()  # nothing outside the target
+    finally:
+        check(lib.mc_copy_set_threads(0))
+
+
+def test_batch_copy_splits_a_batch_across_threads_by_bytes():
+    rng = np.random.default_rng(1)
+    sizes = [1, 3 << 20, 17, 1 << 20, 5 << 20, 4096]
+    srcs = [rng.integers(0, 256, n, dtype=np.uint8) for n in sizes]
+    dsts = [np.zeros(n, dtype=np.uint8) for n in sizes]
+    copy_batch([(memoryview(d), memoryview(s)) for d, s in zip(dsts, srcs)])
+    assert all(np.array_equal(d, s) for d, s in zip(dsts, srcs))
+
+
+def test_copy_refuses_mismatched_lengths_and_bad_thread_counts():
+    with pytest.raises(InvalidArgumentError):
+        copy_batch([(memoryview(bytearray(4)), memoryview(b"abc"))])
+    with pytest.raises(InvalidArgumentError):
+        check(lib.mc_copy_set_threads(99))
+
+
+def test_concurrent_copies_from_threads_stay_correct():
+    import threading
+    errors = []
+
+    def worker(seed):
+        rng = np.random.default_rng(seed)
+        for _ in range(20):
+            src = rng.integers(0, 256, 2 << 20, dtype=np.uint8)
+            dst = np.empty_like(src)
+            copy_batch([(memoryview(dst), memoryview(src))])
+            if not np.array_equal(dst, src):
+                errors.append(seed)
+    threads = [threading.Thread(target=worker, args=(i,)) for i in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    assert not errors
+
+
+def test_segment_is_created_sized_mapped_and_survives_remapping(tmp_path):
+    path = str(tmp_path / "mooncake-test-dram")
+    seg = SegmentMapping(path, 1 << 20, create=True)
+    assert os.stat(path).st_size == 1 << 20 and oct(os.stat(path).st_mode & 0o777) == "0o660"
+    seg.view[100:105] = b"hello"
+    identity = seg.identity
+    seg.close()
+    again = SegmentMapping(path, 1 << 20)
+    assert bytes(again.view[100:105]) == b"hello" and again.identity == identity
+    again.close()
+
+
+def test_segment_refuses_symlinks_non_files_and_short_files(tmp_path):
+    target = tmp_path / "real"
+    target.write_bytes(b"x" * 4096)
+    link = tmp_path / "mooncake-link"
+    link.symlink_to(target)
+    with pytest.raises(OSError):
+        SegmentMapping(str(link), 4096)  # O_NOFOLLOW
+    fifo = tmp_path / "mooncake-fifo"
+    os.mkfifo(fifo)
+    with pytest.raises(InvalidArgumentError, match="not a regular file"):
+        SegmentMapping(str(fifo), 4096)
+    with pytest.raises(IsADirectoryError):
+        SegmentMapping(str(tmp_path), 4096)
+    with pytest.raises(InvalidArgumentError, match="has 4096 bytes"):
+        SegmentMapping(str(target), 8192)
+    with pytest.raises(FileNotFoundError):
+        SegmentMapping(str(tmp_path / "missing"), 4096)
+
+
+def test_registered_buffers_accept_only_pointers_inside_a_registration():
+    backing = np.arange(1 << 16, dtype=np.uint8)
+    address = backing.ctypes.data
+    registry = RegisteredBuffers()
+    with pytest.raises(InvalidArgumentError, match="register_buffer"):
+        registry.view(address, 16)
+    registry.register(address, backing.nbytes)
+    view = registry.view(address + 10, 6)
+    assert bytes(view) == bytes(backing[10:16])
+    with pytest.raises(InvalidArgumentError):
+        registry.view(address + backing.nbytes - 4, 8)  # runs past the end
+    assert registry.unregister(address) and not registry.unregister(address)
+
+
+def test_parts_views_and_fresh_bytes():
+    arr = np.zeros((4, 8), dtype=np.float16)
+    parts = as_parts([arr[1], bytearray(3)], writable=True)
+    assert [p.nbytes for p in parts] == [16, 3]
+    with pytest.raises(InvalidArgumentError):
+        as_parts(b"read-only", writable=True)
+    with pytest.raises(InvalidArgumentError, match="C-contiguous"):
+        as_parts(np.zeros((4, 4))[:, 1])
+    data, view = fresh_bytes(5)
+    view[:] = b"abcde"
+    assert isinstance(data, (bytes, bytearray)) and data == b"abcde"
+    assert buffers.parts_size(parts) == 19

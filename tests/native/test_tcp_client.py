@@ -1,0 +1,144 @@
+"""The C client side of the TCP data plane against scripted peers: the wire cases a real worker
+never produces (bad answers, silence, a close mid-payload) and flow control on huge batches.
+End-to-end behaviour against real workers is in tests/cluster."""
+import socket
+import struct
+import threading
+
+import pytest
+
+from mooncake_native.binding import ProtocolError
+from mooncake_native.tcp import OP_READ, OP_WRITE, STATUS_PENDING, DataConnection, DataRequest
+from mooncake_proto import dataplane as wire
+
+GRANT = b"g" * 40
+
+
+class Peer:
+    """A listener whose one connection is handled by `script(conn)` in a thread."""
+
+    def __init__(self, script):
+        self.listener = socket.create_server(("127.0.0.1", 0))
+        self.port = self.listener.getsockname()[1]
+        self.thread = threading.Thread(target=self._run, args=(script,), daemon=True)
+        self.thread.start()
+
+    def _run(self, script):
+        try:
+            conn, _ = self.listener.accept()
+        except OSError:
+            return  # the test closed the listener first
+        try:
+            script(conn)
+        except OSError:
+            pass
+        finally:
+            conn.close()
+
+    def close(self):
+        self.listener.close()
+        self.thread.join(10)
+
+
+def read_request(conn):
+    head = bytearray(wire.REQUEST.size)
+    wire.recv_exact_into(conn, memoryview(head))
+    magic, op, _, grant_len, seg, offset, length = wire.REQUEST.unpack(head)
+    grant = bytearray(grant_len)
+    wire.recv_exact_into(conn, memoryview(grant))
+    payload = bytearray(length if op == wire.OP_WRITE else 0)
+    wire.recv_exact_into(conn, memoryview(payload))
+    return op, seg, offset, length, bytes(grant), bytes(payload)
+
+
+def test_pipelined_batch_of_writes_and_reads_with_scatter_gather():
+    store = {}
+
+    def serve(conn):
+        for _ in range(600):
+            op, seg, offset, length, grant, payload = read_request(conn)
+            assert grant == GRANT
+            if op == wire.OP_WRITE:
+                store[offset] = payload
+                conn.sendall(wire.RESPONSE.pack(0, length))
+            else:
+                conn.sendall(wire.RESPONSE.pack(0, length) + store[offset])
+
+    peer = Peer(serve)
+    conn = DataConnection("127.0.0.1", peer.port, 10)
+    # 300 writes of 64 KiB sent before any answer is read: flow control must not deadlock
+    writes = [DataRequest(OP_WRITE, 0, i, 65536, GRANT,
+                          [memoryview(bytes([i % 251]) * 1000), memoryview(bytes(64536))])
+              for i in range(300)]
+    assert conn.exchange(writes, 20) == 300 and all(r.status == 0 for r in writes)
+    targets = [[memoryview(bytearray(1)), memoryview(bytearray(65535))] for _ in range(300)]
+    reads = [DataRequest(OP_READ, 0, i, 65536, GRANT, targets[i]) for i in range(300)]
+    assert conn.exchange(reads, 20) == 300
+    assert all(bytes(t[0]) + bytes(t[1]) == store[i] for i, t in enumerate(targets))
+    conn.close()
+    peer.close()
+
+
+def test_exchange_stops_at_a_refusal_and_reports_it():
+    def serve(conn):
+        read_request(conn)
+        conn.sendall(wire.RESPONSE.pack(0, 4))
+        read_request(conn)
+        conn.sendall(wire.RESPONSE.pack(-1301, 0))
+
+    peer = Peer(serve)
+    conn = DataConnection("127.0.0.1", peer.port, 10)
+    reqs = [DataRequest(OP_WRITE, 0, i, 4, GRANT, [memoryview(b"abcd")]) for i in range(3)]
+    assert conn.exchange(reqs, 10) == 2
+    assert [r.status for r in reqs] == [0, -1301, STATUS_PENDING]
+    conn.close()
+    peer.close()
+
+
+@pytest.mark.parametrize("answer, error", [
+    (wire.RESPONSE.pack(0, 3), ProtocolError),       # wrong length for a 4-byte read
+    (wire.RESPONSE.pack(5, 0), ProtocolError),       # a positive status is not in the protocol
+    (wire.RESPONSE.pack(0, 4) + b"ab", ConnectionResetError),  # closed mid-payload
+])
+def test_bad_answers_fail_the_connection(answer, error):
+    def serve(conn):
+        read_request(conn)
+        conn.sendall(answer)
+
+    peer = Peer(serve)
+    conn = DataConnection("127.0.0.1", peer.port, 10)
+    req = DataRequest(OP_READ, 0, 0, 4, GRANT, [memoryview(bytearray(4))])
+    with pytest.raises(error):
+        conn.exchange([req], 10)
+    conn.close()
+    peer.close()
+
+
+def test_a_silent_peer_times_out_within_the_bound():
+    done = threading.Event()
+    peer = Peer(lambda conn: done.wait(10))
+    conn = DataConnection("127.0.0.1", peer.port, 10)
+    req = DataRequest(OP_READ, 0, 0, 4, GRANT, [memoryview(bytearray(4))])
+    with pytest.raises(TimeoutError):
+        conn.exchange([req], 0.2)
+    done.set()
+    conn.close()
+    peer.close()
+
+
+def test_connect_to_a_closed_port_is_refused():
+    s = socket.socket()
+    s.bind(("127.0.0.1", 0))
+    port = s.getsockname()[1]
+    s.close()
+    with pytest.raises(ConnectionRefusedError):
+        DataConnection("127.0.0.1", port, 2)
+
+
+def test_buffers_must_add_up_to_the_request_length():
+    peer = Peer(lambda conn: conn.recv(1))
+    conn = DataConnection("127.0.0.1", peer.port, 10)
+    with pytest.raises(Exception, match="buffers of 3 bytes"):
+        conn.exchange([DataRequest(OP_WRITE, 0, 0, 4, GRANT, [memoryview(b"abc")])], 1)
+    conn.close()
+    peer.close()
