@@ -76,6 +76,12 @@ class UnavailableError(MooncakeError):
     code = ErrorCode.RPC_FAIL
 
 
+class RdmaUnavailableError(UnavailableError):
+    """This process or the peer has no usable RDMA device (or was built without rdma-core):
+    retrying will not help, use another transport."""
+    code = ErrorCode.UNAVAILABLE_IN_CURRENT_STATUS
+
+
 class TransferError(MooncakeError):
     code = ErrorCode.TRANSFER_FAIL
 

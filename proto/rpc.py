@@ -57,6 +57,8 @@ _STATUS_FOR_ERROR = {
     "UnauthenticatedError": grpc.StatusCode.UNAUTHENTICATED,
     "PermissionDeniedError": grpc.StatusCode.PERMISSION_DENIED,
     "UnavailableError": grpc.StatusCode.UNAVAILABLE,
+    # not UNAVAILABLE: gRPC callers retry that, and a worker without a device stays without one
+    "RdmaUnavailableError": grpc.StatusCode.FAILED_PRECONDITION,
 }
 
 
