@@ -40,7 +40,7 @@ class MasterServicer(pb_grpc.MasterServiceServicer):
         segments = [SegmentSpec(s.segment_id, s.tier, s.size_bytes, s.path) for s in request.segments]
         await self._run(context, self.state.register_worker, request.worker_id, request.node_id,
                         request.data_addr, request.grpc_addr, request.http_addr, segments, key,
-                        self.clock())
+                        self.clock(), request.rdma)
         log.info(kv("worker_registered", worker_id=request.worker_id, data=request.data_addr,
                     node=request.node_id, segments=len(segments)))
         return pb.RegisterWorkerResponse(grant_key=key, master_id=self.master_id,
@@ -123,5 +123,6 @@ class MasterServicer(pb_grpc.MasterServiceServicer):
                 worker_id=r.worker_id, segment_id=r.segment_id, tier=r.tier, offset=r.offset,
                 length=r.length, state=r.state, data_addr=worker.data_addr,
                 node_id=worker.node_id, path=segment.path, segment_size=segment.size_bytes,
-                grant=grants.sign(worker.grant_key, grant)))
+                grant=grants.sign(worker.grant_key, grant), grpc_addr=worker.grpc_addr,
+                rdma=worker.rdma))
         return out

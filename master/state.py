@@ -71,6 +71,7 @@ class WorkerInfo:
     grant_key: bytes
     last_heartbeat: float
     registered_at: float
+    rdma: bool = False          # serves RdmaConnect: clients may use the rdma transport
 
 
 @dataclass(slots=True)
@@ -160,7 +161,7 @@ class MasterState:
 
     def register_worker(self, worker_id: str, node_id: str, data_addr: str, grpc_addr: str,
                         http_addr: str, segments: list[SegmentSpec], grant_key: bytes,
-                        now: float) -> WorkerInfo:
+                        now: float, rdma: bool = False) -> WorkerInfo:
         """Add a worker; a known id is a restart: its old replicas go first, as on death."""
         self._check_segments(worker_id, segments)
         if worker_id in self.workers:
@@ -168,6 +169,7 @@ class MasterState:
         worker = WorkerInfo(
             worker_id=worker_id, node_id=node_id, data_addr=data_addr, grpc_addr=grpc_addr,
             http_addr=http_addr, grant_key=grant_key, last_heartbeat=now, registered_at=now,
+            rdma=rdma,
             segments={
                 spec.segment_id: Segment(
                     worker_id=worker_id, segment_id=spec.segment_id, tier=spec.tier,

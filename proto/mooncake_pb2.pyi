@@ -38,7 +38,7 @@ class SegmentInfo(_message.Message):
     def __init__(self, segment_id: _Optional[int] = ..., tier: _Optional[_Union[Tier, str]] = ..., size_bytes: _Optional[int] = ..., path: _Optional[str] = ...) -> None: ...
 
 class ReplicaDescriptor(_message.Message):
-    __slots__ = ("worker_id", "segment_id", "tier", "offset", "length", "state", "data_addr", "node_id", "path", "segment_size", "grant")
+    __slots__ = ("worker_id", "segment_id", "tier", "offset", "length", "state", "data_addr", "node_id", "path", "segment_size", "grant", "grpc_addr", "rdma")
     WORKER_ID_FIELD_NUMBER: _ClassVar[int]
     SEGMENT_ID_FIELD_NUMBER: _ClassVar[int]
     TIER_FIELD_NUMBER: _ClassVar[int]
@@ -50,6 +50,8 @@ class ReplicaDescriptor(_message.Message):
     PATH_FIELD_NUMBER: _ClassVar[int]
     SEGMENT_SIZE_FIELD_NUMBER: _ClassVar[int]
     GRANT_FIELD_NUMBER: _ClassVar[int]
+    GRPC_ADDR_FIELD_NUMBER: _ClassVar[int]
+    RDMA_FIELD_NUMBER: _ClassVar[int]
     worker_id: str
     segment_id: int
     tier: Tier
@@ -61,7 +63,9 @@ class ReplicaDescriptor(_message.Message):
     path: str
     segment_size: int
     grant: bytes
-    def __init__(self, worker_id: _Optional[str] = ..., segment_id: _Optional[int] = ..., tier: _Optional[_Union[Tier, str]] = ..., offset: _Optional[int] = ..., length: _Optional[int] = ..., state: _Optional[_Union[ReplicaState, str]] = ..., data_addr: _Optional[str] = ..., node_id: _Optional[str] = ..., path: _Optional[str] = ..., segment_size: _Optional[int] = ..., grant: _Optional[bytes] = ...) -> None: ...
+    grpc_addr: str
+    rdma: bool
+    def __init__(self, worker_id: _Optional[str] = ..., segment_id: _Optional[int] = ..., tier: _Optional[_Union[Tier, str]] = ..., offset: _Optional[int] = ..., length: _Optional[int] = ..., state: _Optional[_Union[ReplicaState, str]] = ..., data_addr: _Optional[str] = ..., node_id: _Optional[str] = ..., path: _Optional[str] = ..., segment_size: _Optional[int] = ..., grant: _Optional[bytes] = ..., grpc_addr: _Optional[str] = ..., rdma: bool = ...) -> None: ...
 
 class ReplicaConfig(_message.Message):
     __slots__ = ("replica_num", "preferred_worker", "soft_pin", "hard_pin")
@@ -86,20 +90,22 @@ class KeyStatus(_message.Message):
     def __init__(self, key: _Optional[str] = ..., code: _Optional[int] = ..., message: _Optional[str] = ...) -> None: ...
 
 class RegisterWorkerRequest(_message.Message):
-    __slots__ = ("worker_id", "node_id", "data_addr", "grpc_addr", "http_addr", "segments")
+    __slots__ = ("worker_id", "node_id", "data_addr", "grpc_addr", "http_addr", "segments", "rdma")
     WORKER_ID_FIELD_NUMBER: _ClassVar[int]
     NODE_ID_FIELD_NUMBER: _ClassVar[int]
     DATA_ADDR_FIELD_NUMBER: _ClassVar[int]
     GRPC_ADDR_FIELD_NUMBER: _ClassVar[int]
     HTTP_ADDR_FIELD_NUMBER: _ClassVar[int]
     SEGMENTS_FIELD_NUMBER: _ClassVar[int]
+    RDMA_FIELD_NUMBER: _ClassVar[int]
     worker_id: str
     node_id: str
     data_addr: str
     grpc_addr: str
     http_addr: str
     segments: _containers.RepeatedCompositeFieldContainer[SegmentInfo]
-    def __init__(self, worker_id: _Optional[str] = ..., node_id: _Optional[str] = ..., data_addr: _Optional[str] = ..., grpc_addr: _Optional[str] = ..., http_addr: _Optional[str] = ..., segments: _Optional[_Iterable[_Union[SegmentInfo, _Mapping]]] = ...) -> None: ...
+    rdma: bool
+    def __init__(self, worker_id: _Optional[str] = ..., node_id: _Optional[str] = ..., data_addr: _Optional[str] = ..., grpc_addr: _Optional[str] = ..., http_addr: _Optional[str] = ..., segments: _Optional[_Iterable[_Union[SegmentInfo, _Mapping]]] = ..., rdma: bool = ...) -> None: ...
 
 class RegisterWorkerResponse(_message.Message):
     __slots__ = ("grant_key", "heartbeat_interval_ms", "master_id")
@@ -222,15 +228,45 @@ class DescribeRequest(_message.Message):
     def __init__(self) -> None: ...
 
 class DescribeResponse(_message.Message):
-    __slots__ = ("worker_id", "node_id", "data_addr", "segments", "registered")
+    __slots__ = ("worker_id", "node_id", "data_addr", "segments", "registered", "rdma")
     WORKER_ID_FIELD_NUMBER: _ClassVar[int]
     NODE_ID_FIELD_NUMBER: _ClassVar[int]
     DATA_ADDR_FIELD_NUMBER: _ClassVar[int]
     SEGMENTS_FIELD_NUMBER: _ClassVar[int]
     REGISTERED_FIELD_NUMBER: _ClassVar[int]
+    RDMA_FIELD_NUMBER: _ClassVar[int]
     worker_id: str
     node_id: str
     data_addr: str
     segments: _containers.RepeatedCompositeFieldContainer[SegmentInfo]
     registered: bool
-    def __init__(self, worker_id: _Optional[str] = ..., node_id: _Optional[str] = ..., data_addr: _Optional[str] = ..., segments: _Optional[_Iterable[_Union[SegmentInfo, _Mapping]]] = ..., registered: bool = ...) -> None: ...
+    rdma: bool
+    def __init__(self, worker_id: _Optional[str] = ..., node_id: _Optional[str] = ..., data_addr: _Optional[str] = ..., segments: _Optional[_Iterable[_Union[SegmentInfo, _Mapping]]] = ..., registered: bool = ..., rdma: bool = ...) -> None: ...
+
+class RdmaConnectRequest(_message.Message):
+    __slots__ = ("client_endpoint", "grant")
+    CLIENT_ENDPOINT_FIELD_NUMBER: _ClassVar[int]
+    GRANT_FIELD_NUMBER: _ClassVar[int]
+    client_endpoint: bytes
+    grant: bytes
+    def __init__(self, client_endpoint: _Optional[bytes] = ..., grant: _Optional[bytes] = ...) -> None: ...
+
+class RdmaSegment(_message.Message):
+    __slots__ = ("segment_id", "addr", "rkey", "size_bytes")
+    SEGMENT_ID_FIELD_NUMBER: _ClassVar[int]
+    ADDR_FIELD_NUMBER: _ClassVar[int]
+    RKEY_FIELD_NUMBER: _ClassVar[int]
+    SIZE_BYTES_FIELD_NUMBER: _ClassVar[int]
+    segment_id: int
+    addr: int
+    rkey: int
+    size_bytes: int
+    def __init__(self, segment_id: _Optional[int] = ..., addr: _Optional[int] = ..., rkey: _Optional[int] = ..., size_bytes: _Optional[int] = ...) -> None: ...
+
+class RdmaConnectResponse(_message.Message):
+    __slots__ = ("worker_endpoint", "segments")
+    WORKER_ENDPOINT_FIELD_NUMBER: _ClassVar[int]
+    SEGMENTS_FIELD_NUMBER: _ClassVar[int]
+    worker_endpoint: bytes
+    segments: _containers.RepeatedCompositeFieldContainer[RdmaSegment]
+    def __init__(self, worker_endpoint: _Optional[bytes] = ..., segments: _Optional[_Iterable[_Union[RdmaSegment, _Mapping]]] = ...) -> None: ...

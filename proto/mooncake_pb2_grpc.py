@@ -455,6 +455,11 @@ class WorkerServiceStub(object):
                 request_serializer=mooncake__proto_dot_mooncake__pb2.DescribeRequest.SerializeToString,
                 response_deserializer=mooncake__proto_dot_mooncake__pb2.DescribeResponse.FromString,
                 _registered_method=True)
+        self.RdmaConnect = channel.unary_unary(
+                '/mooncake.v1.WorkerService/RdmaConnect',
+                request_serializer=mooncake__proto_dot_mooncake__pb2.RdmaConnectRequest.SerializeToString,
+                response_deserializer=mooncake__proto_dot_mooncake__pb2.RdmaConnectResponse.FromString,
+                _registered_method=True)
 
 
 class WorkerServiceServicer(object):
@@ -466,6 +471,13 @@ class WorkerServiceServicer(object):
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def RdmaConnect(self, request, context):
+        """FAILED_PRECONDITION (code UNAVAILABLE_IN_CURRENT_STATUS) when the worker has no RDMA
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_WorkerServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -473,6 +485,11 @@ def add_WorkerServiceServicer_to_server(servicer, server):
                     servicer.Describe,
                     request_deserializer=mooncake__proto_dot_mooncake__pb2.DescribeRequest.FromString,
                     response_serializer=mooncake__proto_dot_mooncake__pb2.DescribeResponse.SerializeToString,
+            ),
+            'RdmaConnect': grpc.unary_unary_rpc_method_handler(
+                    servicer.RdmaConnect,
+                    request_deserializer=mooncake__proto_dot_mooncake__pb2.RdmaConnectRequest.FromString,
+                    response_serializer=mooncake__proto_dot_mooncake__pb2.RdmaConnectResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -502,6 +519,33 @@ class WorkerService(object):
             '/mooncake.v1.WorkerService/Describe',
             mooncake__proto_dot_mooncake__pb2.DescribeRequest.SerializeToString,
             mooncake__proto_dot_mooncake__pb2.DescribeResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RdmaConnect(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/mooncake.v1.WorkerService/RdmaConnect',
+            mooncake__proto_dot_mooncake__pb2.RdmaConnectRequest.SerializeToString,
+            mooncake__proto_dot_mooncake__pb2.RdmaConnectResponse.FromString,
             options,
             channel_credentials,
             insecure,
