@@ -5,8 +5,10 @@ import asyncio
 import logging
 import sys
 
-from mooncake_proto.cli import SIZE, Option, load_settings
+from mooncake_native import rdma
+from mooncake_proto.cli import BOOL, SIZE, Option, load_settings
 from mooncake_proto.daemon import kv, setup_logging, stop_event, write_ready_file
+from mooncake_proto.errors import MooncakeError
 from mooncake_proto.identity import default_worker_id
 from mooncake_worker.node import WorkerNode
 
@@ -31,13 +33,17 @@ OPTIONS = [
     Option("--shm-dir", "/dev/shm", str, "directory of the DRAM segment file"),
     Option("--ready-file", "", str, "write bound addresses here as JSON once registered"),
     Option("--log-level", "info", str, "debug, info, warning or error"),
+    Option("--rdma-device", "", str, "RDMA device to serve on (default: the first active one)"),
+    Option("--list-rdma-devices", False, BOOL, "print this host's RDMA devices and exit",
+           is_switch=True),
 ]
 
 
 async def serve(settings) -> int:
     stop = stop_event()
     worker_id = settings.worker_id or default_worker_id(settings.shm_dir)
-    node = WorkerNode(worker_id, settings.master, settings.dram, settings.shm_dir)
+    node = WorkerNode(worker_id, settings.master, settings.dram, settings.shm_dir,
+                      settings.rdma_device)
     await node.start(settings.host, settings.data_port, settings.grpc_port, settings.http_port)
     log.info(kv("worker_listening", worker_id=worker_id, data=node.data_addr,
                 grpc=node.grpc_addr, http=node.http_addr, dram_bytes=settings.dram,
@@ -58,9 +64,28 @@ async def serve(settings) -> int:
     return 0
 
 
+def rdma_device_table() -> str:
+    """This host's RDMA ports as a small table, or why there are none."""
+    try:
+        ports = rdma.list_devices()
+    except (MooncakeError, OSError) as exc:
+        return f"no RDMA devices found ({exc})"
+    if not ports:
+        return "no RDMA devices found"
+    rows = [("DEVICE", "PORT", "STATE", "LINK", "MTU", "LID", "GUID")]
+    rows += [(p.name, str(p.port), p.state, p.link_layer, str(p.active_mtu), str(p.lid),
+              f"{p.guid:016x}") for p in ports]
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+    return "\n".join("  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip()
+                     for row in rows)
+
+
 def main(argv: list[str] | None = None) -> int:
     settings = load_settings("mooncake-worker", "Contributes DRAM to the pool and moves bytes.",
                              OPTIONS, argv)
+    if settings.list_rdma_devices:
+        print(rdma_device_table())
+        return 0
     if not settings.master or not settings.dram:
         print("mooncake-worker: --master and --dram are required", file=sys.stderr)
         return 2

@@ -15,6 +15,7 @@ from mooncake_proto import rpc
 from mooncake_proto.daemon import HttpServer, json_response, kv
 from mooncake_proto.identity import node_id
 from mooncake_worker.data_server import DataServer
+from mooncake_worker.rdma_endpoint import WorkerRdma
 from mooncake_worker.servicer import WorkerServicer
 
 log = logging.getLogger("mooncake.worker")
@@ -30,12 +31,14 @@ def dram_segment_path(shm_dir: str, worker_id: str) -> str:
 
 
 class WorkerNode:
-    def __init__(self, worker_id: str, masters: list[str], dram_bytes: int, shm_dir: str):
+    def __init__(self, worker_id: str, masters: list[str], dram_bytes: int, shm_dir: str,
+                 rdma_device: str = ""):
         self.worker_id = worker_id
         self.node_id = node_id()
         self.masters = masters
         self.dram = SegmentMapping(dram_segment_path(shm_dir, worker_id), dram_bytes, create=True)
         self.data_server = DataServer(worker_id, {DRAM_SEGMENT_ID: self.dram.view})
+        self.rdma = WorkerRdma.open({DRAM_SEGMENT_ID: self.dram.view}, rdma_device)
         self.data_addr = self.grpc_addr = self.http_addr = ""
         self.registered = False
         self.heartbeat_interval_s = 1.0
@@ -76,6 +79,7 @@ class WorkerNode:
         await self._http.stop()
         if self._grpc_server is not None:
             await self._grpc_server.stop(grace=1.0)
+        self.rdma.close()  # queue pairs and registrations before the memory they name
         self.dram.close()  # the file stays: a restarted worker finds its bytes there
 
     async def register(self, stop: asyncio.Event) -> bool:
@@ -83,7 +87,8 @@ class WorkerNode:
         delay = 0.05
         request = pb.RegisterWorkerRequest(
             worker_id=self.worker_id, node_id=self.node_id, data_addr=self.data_addr,
-            grpc_addr=self.grpc_addr, http_addr=self.http_addr, segments=self.segment_infos())
+            grpc_addr=self.grpc_addr, http_addr=self.http_addr, segments=self.segment_infos(),
+            rdma=self.rdma.serving)
         while not stop.is_set():
             master, stub = self._master_stub()
             try:
