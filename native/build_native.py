@@ -11,6 +11,7 @@ import glob
 import os
 import re
 import subprocess
+import sys
 import tempfile
 
 from cffi import FFI
@@ -73,7 +74,11 @@ ffibuilder.set_source(
                         "-fvisibility=hidden"],
 )
 
-if __name__ == "__main__":
+if __name__ == "__main__" and len(sys.argv) > 1:
+    # `build_native.py DIR`: a variant build left in DIR only (the tests build one with
+    # MOONCAKE_NATIVE_NO_RDMA=1 to check the stubs); prints the library's path
+    print(ffibuilder.compile(tmpdir=os.path.abspath(sys.argv[1])))
+elif __name__ == "__main__":
     # native/_native*.so next to the Python wrappers, as an editable install leaves it
     built = ffibuilder.compile(tmpdir=os.path.join(ROOT, "build", "cffi"))
     for old in glob.glob(os.path.join(HERE, "_native*.so")):
