@@ -179,7 +179,7 @@ class Context:
         check(lib.mc_rdma_context_port(self._c, info), "RDMA port")
         self.port = PortInfo._from_c(info)
         self._lock = threading.Lock()
-        self._children: list[QueuePair | MemoryRegion] = []
+        self._children: set[QueuePair | MemoryRegion] = set()
 
     def register(self, buffer, access: int = LOCAL_WRITE) -> MemoryRegion:
         return self._own(MemoryRegion(self, buffer, access))
@@ -190,18 +190,17 @@ class Context:
     def release(self, child: QueuePair | MemoryRegion) -> None:
         """Closes a queue pair or registration made here."""
         with self._lock:
-            if child in self._children:
-                self._children.remove(child)
+            self._children.discard(child)
         child.close()
 
     def _own(self, child):
         with self._lock:
-            self._children.append(child)
+            self._children.add(child)
         return child
 
     def close(self) -> None:
         with self._lock:
-            children, self._children = self._children, []
+            children, self._children = self._children, set()
         # queue pairs before registrations: a destroyed queue pair no longer touches memory
         for child in sorted(children, key=lambda c: not isinstance(c, QueuePair)):
             child.close()

@@ -310,3 +310,34 @@ def test_emulated_refusal_by_worker_switches_it_to_tcp(emulated, monkeypatch):
     t = Transfer(_replica(0, 8))
     transport.read([t])
     assert over_tcp == [t] and not transport.usable(_replica(0, 8))
+
+
+# ---- real hardware (skipped on hosts without an active RDMA port) ----
+
+needs_device = pytest.mark.skipif(rdma.unavailable_reason() is not None,
+                                  reason="no active RDMA device on this host")
+
+
+@needs_device
+@pytest.mark.timeout(30)
+def test_loopback_write_then_read_on_a_real_device():
+    """Two queue pairs of one adapter connected to each other: what a client and a worker on
+    two hosts do, with the segment and the user buffer in one process."""
+    with rdma.Context() as context:
+        assert context.port.active and rdma.list_devices()
+        segment, user = bytearray(1 << 20), bytearray(os.urandom(1 << 16))
+        seg = context.register(segment, rdma.LOCAL_WRITE | rdma.REMOTE_READ | rdma.REMOTE_WRITE)
+        mine = context.register(user, rdma.LOCAL_WRITE)
+        client, worker = context.queue_pair(8), context.queue_pair(1)
+        client.connect(rdma.Endpoint.unpack(worker.local.pack()))
+        worker.connect(rdma.Endpoint.unpack(client.local.pack()))
+        half = len(user) // 2
+        client.run(rdma.OP_WRITE, [(mine.addr, mine.lkey, seg.addr + 4096, seg.rkey, half),
+                                   (mine.addr + half, mine.lkey, seg.addr + 4096 + half,
+                                    seg.rkey, half)], timeout_ms=5000)
+        assert segment[4096:4096 + len(user)] == user
+        back = bytearray(len(user))
+        region = context.register(back, rdma.LOCAL_WRITE)
+        client.run(rdma.OP_READ, [(region.addr, region.lkey, seg.addr + 4096, seg.rkey,
+                                   len(user))], timeout_ms=5000)
+        assert back == user
