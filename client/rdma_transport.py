@@ -108,50 +108,54 @@ class RdmaTransport:
         """Registers the buffers, moves every transfer in chained batches, deregisters.
         A failed or timed-out batch leaves the queue pair in error: it is destroyed (which
         stops the adapter touching our buffers) before the buffers are deregistered."""
-        staged: list[tuple[Transfer, rdma.MemoryRegion, object]] = []
+        regions: list[rdma.MemoryRegion] = []
         work: list[tuple[int, int, int, int, int]] = []
+        started: list[Transfer] = []
         try:
             for t in group:
-                item = self._stage(peer, t, op)
-                if item is not None:
-                    staged.append(item[:3])
-                    work.extend(item[3])
+                if self._stage(peer, t, op, regions, work):
+                    started.append(t)
             if work:
                 try:
                     peer.qp.run(op, work, int(self.timeout_s * 1000))
                 except BaseException:
                     self._drop(addr, peer)
                     raise
-            for t, _, buffer in staged:
-                if op == rdma.OP_READ and t.view is None:
-                    t.result = bytes(buffer)
+            for t in started:
                 t.done = True
         finally:
-            for _, region, _ in staged:
+            for region in regions:
                 self._context.release(region)
 
-    def _stage(self, peer: _Peer, t: Transfer, op: int):
-        """(t, region, buffer, work items) for one transfer, or None when it is settled
-        without moving bytes (error recorded, or nothing to move)."""
+    def _stage(self, peer: _Peer, t: Transfer, op: int, regions: list, work: list) -> bool:
+        """Registers t's buffers (into regions) and adds its work requests; False when t is
+        settled without moving bytes (its error recorded)."""
         r = t.replica
         segment = peer.segments.get(r.segment_id)
         if op == rdma.OP_WRITE and time.monotonic() > t.deadline:
             t.error = TransferError(f"{_describe(r)}: put timeout passed before the RDMA write")
-        elif segment is None or r.offset + r.length > segment.size_bytes:
+            return False
+        if segment is None or r.offset + r.length > segment.size_bytes:
             t.error = TransferError(f"{_describe(r)}: range is outside the registered segment")
-        elif r.length == 0:
-            t.result = b"" if t.view is None else None
-            t.done = True
-        else:
-            buffer = t.view if t.view is not None else bytearray(r.length)
-            # a READ lands in our buffer (local write); a WRITE's source may be read-only
-            region = self._context.register(buffer, rdma.LOCAL_WRITE if op == rdma.OP_READ
-                                            else 0)
-            work = [(region.addr + off, region.lkey, segment.addr + r.offset + off,
-                     segment.rkey, min(MAX_WORK_BYTES, r.length - off))
-                    for off in range(0, r.length, MAX_WORK_BYTES)]
-            return t, region, buffer, work
-        return None
+            return False
+        # a READ lands in the caller's parts (or fresh bytes); a WRITE gathers its parts
+        parts = t.target_parts() if op == rdma.OP_READ else t.parts
+        if sum(p.nbytes for p in parts) != r.length:
+            t.error = TransferError(f"{_describe(r)}: buffers hold "
+                                    f"{sum(p.nbytes for p in parts)} bytes, replica {r.length}")
+            return False
+        remote = segment.addr + r.offset
+        for part in parts:
+            if part.nbytes == 0:
+                continue
+            # a READ writes our memory (local write); a WRITE's source may be read-only bytes
+            region = self._context.register(part, rdma.LOCAL_WRITE if op == rdma.OP_READ else 0)
+            regions.append(region)
+            for off in range(0, region.length, MAX_WORK_BYTES):
+                work.append((region.addr + off, region.lkey, remote + off, segment.rkey,
+                             min(MAX_WORK_BYTES, region.length - off)))
+            remote += region.length
+        return True
 
     def _peer(self, addr: str, replica: pb.ReplicaDescriptor) -> _Peer:
         """The connected queue pair to the worker at addr, connecting on first use. A worker

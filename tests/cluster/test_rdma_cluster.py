@@ -77,7 +77,7 @@ def test_replicas_advertise_no_rdma_and_the_transport_uses_tcp(cluster, client, 
         assert sum("rdma_unavailable" in r.getMessage() for r in caplog.records) == 1
         assert not transport.usable(replicas[0])
         into = bytearray(len(payload))
-        reads = [Transfer(replicas[0]), Transfer(replicas[0], view=memoryview(into))]
+        reads = [Transfer(replicas[0]), Transfer(replicas[0], parts=[memoryview(into)])]
         transport.read(reads)  # handed to it anyway: the bytes come over TCP
         assert [t.error for t in reads] == [None, None]
         assert reads[0].result == payload and into == payload

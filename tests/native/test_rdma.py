@@ -116,11 +116,10 @@ def test_endpoint_pack_rejects_bad_fields(changes, message):
 
 NO_RDMA_PROBE = textwrap.dedent("""
     import errno, importlib.util, sys
-    import mooncake_native
     spec = importlib.util.spec_from_file_location("mooncake_native._native", sys.argv[1])
     native = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(native)
-    sys.modules["mooncake_native._native"] = native   # before binding imports it
+    sys.modules["mooncake_native._native"] = native   # before the package's binding loads one
     from mooncake_native import binding, rdma
     from mooncake_proto.errors import RdmaUnavailableError
     from mooncake_worker.main import rdma_device_table
@@ -261,28 +260,33 @@ def test_emulated_write_then_read_moves_the_right_bytes(emulated, monkeypatch):
     monkeypatch.setattr(rdma_transport, "MAX_WORK_BYTES", 1000)  # split into work requests
     assert transport.usable(_replica(0, 1))
     payload = os.urandom(2500)
-    writes = [Transfer(_replica(100, 2500), view=memoryview(payload)),
-              Transfer(_replica(5000, 3), view=memoryview(b"abc"))]
+    view = memoryview(payload)
+    writes = [Transfer(_replica(100, 2500), parts=[view[:1200], view[1200:]]),  # gathered
+              Transfer(_replica(5000, 3), parts=[memoryview(b"abc")])]
     transport.write(writes)
     assert all(t.done and t.error is None for t in writes)
     assert segment[100:2600] == payload and segment[5000:5003] == b"abc"
-    assert [w[4] for w in transport._context.qps[0].batches[0]] == [1000, 1000, 500, 3]
-    into = bytearray(3)
-    reads = [Transfer(_replica(100, 2500)), Transfer(_replica(5000, 3), view=memoryview(into))]
-    transport.read(reads)
-    assert reads[0].result == payload and into == b"abc" and reads[1].done
+    assert [w[4] for w in transport._context.qps[0].batches[0]] == [1000, 200, 1000, 300, 3]
+    head, tail = bytearray(7), bytearray(3)
+    reads = [Transfer(_replica(100, 2500)),
+             Transfer(_replica(4997, 10), parts=[memoryview(head), memoryview(tail)])]
+    transport.read(reads)  # scattered
+    assert reads[0].result == payload and reads[1].done
+    assert bytes(head + tail) == bytes(segment[4997:5007])
     assert len(connects) == 1 and connects[0][0] == "127.0.0.1:9" and connects[0][2] == b"g"
     assert transport._context.live_regions == 0  # every registration was released
 
 
 def test_emulated_refusals_are_recorded_not_raised(emulated):
     transport, segment, _ = emulated
-    late = Transfer(_replica(0, 4), view=memoryview(b"late"), deadline=0.0)
-    outside = Transfer(_replica(len(segment) - 2, 4), view=memoryview(b"over"))
-    transport.write([late, outside])
+    late = Transfer(_replica(0, 4), parts=[memoryview(b"late")], deadline=0.0)
+    outside = Transfer(_replica(len(segment) - 2, 4), parts=[memoryview(b"over")])
+    short = Transfer(_replica(0, 4), parts=[memoryview(b"abc")])
+    transport.write([late, outside, short])
     assert isinstance(late.error, TransferError) and "put timeout" in late.error.message
     assert "outside the registered segment" in outside.error.message
-    assert not late.done and not outside.done
+    assert "buffers hold 3 bytes, replica 4" in short.error.message
+    assert not (late.done or outside.done or short.done)
 
 
 def test_emulated_failed_batch_fails_its_transfers_and_reconnects(emulated):
