@@ -11,6 +11,7 @@ from typing import Iterable, Sequence
 
 import grpc
 
+from mooncake_client.rdma_transport import RdmaTransport
 from mooncake_client.transports import ShmTransport, TcpTransport, Transfer
 from mooncake_native.buffers import RegisteredBuffers, as_byte_view, parts_size
 from mooncake_proto import mooncake_pb2 as pb
@@ -20,7 +21,7 @@ from mooncake_proto.errors import (ErrorCode, InvalidArgumentError, LeaseExpired
                                    MooncakeError, TransferError, error_for_code)
 from mooncake_proto.identity import node_id
 
-KNOWN_TRANSPORTS = ("shm", "tcp")
+KNOWN_TRANSPORTS = ("shm", "rdma", "tcp")  # the default preference order (DESIGN.md 4)
 MISS_CODES = (ErrorCode.OBJECT_NOT_FOUND, ErrorCode.REPLICA_IS_NOT_READY)
 _TIER_NAMES = {pb.TIER_DRAM: "DRAM", pb.TIER_SSD: "SSD"}
 _STATE_NAMES = {pb.REPLICA_PENDING: "PENDING", pb.REPLICA_COMPLETE: "COMPLETE"}
@@ -65,14 +66,13 @@ class Client:
         unknown = [t for t in self.transport_names if t not in KNOWN_TRANSPORTS]
         if unknown or not self.transport_names:
             raise InvalidArgumentError(
-                f"transports must be chosen from {KNOWN_TRANSPORTS} (rdma is not built into "
-                f"this version), got {self.transport_names}")
+                f"transports must be chosen from {KNOWN_TRANSPORTS}, got {self.transport_names}")
         self.rpc_timeout_s = rpc_timeout_s
         self.node_id = node_id()
-        self._transports = []
-        for name in self.transport_names:
-            self._transports.append(ShmTransport(self.node_id) if name == "shm"
-                                    else TcpTransport(transfer_timeout_s))
+        tcp = TcpTransport(transfer_timeout_s)  # also rdma's fallback: one connection pool
+        self._transports = [ShmTransport(self.node_id) if name == "shm"
+                            else RdmaTransport(transfer_timeout_s, fallback=tcp) if name == "rdma"
+                            else tcp for name in self.transport_names]
         self._registered = RegisteredBuffers()
         self._master_index = 0
         self._channel = rpc.client_channel(self.masters[0])
