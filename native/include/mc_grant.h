@@ -9,14 +9,17 @@
 
 #include "mc_common.h"
 
+/* the wire's op byte, outside the CDEF block: mc_tcp.h already declares these names to cffi
+ * (an identical C redefinition is legal) */
+#define MC_OP_READ 1
+#define MC_OP_WRITE 2
+
 /* CDEF-BEGIN */
 #define MC_GRANT_VERSION 1
 #define MC_GRANT_HEAD_BYTES 32
 #define MC_GRANT_MAC_BYTES 32
 #define MC_GRANT_MAX_WORKER_ID 1024
 #define MC_GRANT_MAX_BYTES (MC_GRANT_HEAD_BYTES + MC_GRANT_MAX_WORKER_ID + MC_GRANT_MAC_BYTES)
-#define MC_OP_READ 1
-#define MC_OP_WRITE 2
 
 typedef struct {
     int op;
