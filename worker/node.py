@@ -8,13 +8,13 @@ import random
 
 import grpc
 
+from mooncake_native.data_server import DataServer
 from mooncake_native.segment import SEGMENT_FILE_PREFIX, SegmentMapping
 from mooncake_proto import mooncake_pb2 as pb
 from mooncake_proto import mooncake_pb2_grpc as pb_grpc
 from mooncake_proto import rpc
 from mooncake_proto.daemon import HttpServer, json_response, kv
 from mooncake_proto.identity import node_id
-from mooncake_worker.data_server import DataServer
 from mooncake_worker.rdma_endpoint import WorkerRdma
 from mooncake_worker.servicer import WorkerServicer
 

@@ -1,0 +1,266 @@
+/* Serves one data-plane connection: parses requests, checks grants and ranges, moves bytes.
+ *
+ * Helpers return 0, a negative errno for a connection fault (reported, closed without a
+ * reply), or REFUSED once refuse() recorded the Mooncake code and reason to answer with.
+ * Bytes go socket <-> segment directly: recv into the granted range for a WRITE, one sendmsg
+ * of response header + granted range for a READ.
+ */
+#include "server_internal.h"
+
+#include <errno.h>
+#include <limits.h>
+#include <poll.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <sys/uio.h>
+#include <time.h>
+
+#define REFUSED (-100000)            /* far from any -errno */
+#define DATAPLANE_MAGIC "MCD1"
+#define MAX_RECV_BYTES (1u << 30)    /* below Linux's per-call cap (INT_MAX rounded to pages) */
+#define LINGER_SCRATCH_BYTES 16384
+
+typedef struct {
+    int op;
+    unsigned grant_len;
+    uint32_t segment_id;
+    uint64_t offset;
+    uint64_t length;
+} request;
+
+static int refuse(mc_conn *c, int code, const char *fmt, ...)
+    __attribute__((format(printf, 3, 4)));
+
+static int refuse(mc_conn *c, int code, const char *fmt, ...) {
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(c->reason, sizeof c->reason, fmt, ap);
+    va_end(ap);
+    c->refusal = code;
+    return REFUSED;
+}
+
+static uint64_t clock_ms(clockid_t clock) {
+    struct timespec ts;
+    clock_gettime(clock, &ts);
+    return (uint64_t)ts.tv_sec * 1000 + (uint64_t)ts.tv_nsec / 1000000;
+}
+
+/* EAGAIN from a blocking socket means SO_RCVTIMEO/SO_SNDTIMEO (the idle timeout) ran out */
+static int fault(int err, const char *what) {
+    if (err == EAGAIN || err == EWOULDBLOCK)
+        return mc_fail(-ETIMEDOUT, "%s: connection idle too long", what);
+    return mc_fail(-err, "%s: %s", what, strerror(err));
+}
+
+/* fills buf; returns the bytes read (fewer than len when the peer closed) or -errno */
+static ssize_t recv_full(mc_conn *c, void *buf, size_t len) {
+    size_t got = 0;
+    while (got < len) {
+        ssize_t n = recv(c->fd, (char *)buf + got, len - got, 0);
+        if (n == 0) break;
+        if (n < 0) {
+            if (errno == EINTR) continue;
+            return fault(errno, "recv");
+        }
+        got += (size_t)n;
+    }
+    return (ssize_t)got;
+}
+
+static int send_all(mc_conn *c, struct iovec *iov, int iovcnt) {
+    while (iovcnt > 0) {
+        struct msghdr msg = {.msg_iov = iov, .msg_iovlen = (size_t)iovcnt};
+        ssize_t n = sendmsg(c->fd, &msg, MSG_NOSIGNAL);
+        if (n < 0) {
+            if (errno == EINTR) continue;
+            return fault(errno, "send");
+        }
+        for (; iovcnt > 0 && (size_t)n >= iov->iov_len; iov++, iovcnt--) n -= iov->iov_len;
+        if (iovcnt > 0) {
+            iov->iov_base = (char *)iov->iov_base + n;
+            iov->iov_len -= (size_t)n;
+        }
+    }
+    return 0;
+}
+
+static void pack_response(uint8_t *out, int status, uint64_t length) {
+    uint32_t s = (uint32_t)status;
+    for (int i = 0; i < 4; i++) out[i] = (uint8_t)(s >> (24 - 8 * i));
+    for (int i = 0; i < 8; i++) out[4 + i] = (uint8_t)(length >> (56 - 8 * i));
+}
+
+static int parse_header(mc_conn *c, const uint8_t *head, request *r) {
+    r->op = head[4];
+    r->grant_len = (unsigned)mc_load_be(head + 6, 2);
+    r->segment_id = (uint32_t)mc_load_be(head + 8, 4);
+    r->offset = mc_load_be(head + 12, 8);
+    r->length = mc_load_be(head + 20, 8);
+    if (memcmp(head, DATAPLANE_MAGIC, 4) != 0 || (r->op != MC_OP_READ && r->op != MC_OP_WRITE))
+        return refuse(c, MC_CODE_INVALID_PARAMS, "malformed request header");
+    if (r->grant_len > MC_DATAPLANE_MAX_GRANT_LEN)
+        return refuse(c, MC_CODE_INVALID_PARAMS, "grant of %u bytes", r->grant_len);
+    return 0;
+}
+
+static const server_segment *find_segment(const mc_server *s, uint32_t id) {
+    for (int i = 0; i < s->segment_count; i++)
+        if (s->segments[i].id == id) return &s->segments[i];
+    return NULL;
+}
+
+/* checks the grant under the current key (which re-registration may swap at any time), then
+ * the range against the segment; on success *target is the first byte of the range */
+static int authorize(mc_conn *c, const request *r, const uint8_t *token, uint8_t **target,
+                     uint64_t *expiry_ms) {
+    mc_server *s = c->server;
+    mc_grant grant;
+    pthread_rwlock_rdlock(&s->auth_lock);
+    int registered = s->key_len > 0;
+    int rc = registered ? mc_grant_verify(s->key, s->key_len, token, r->grant_len, s->worker_id,
+                                          s->worker_id_len, clock_ms(CLOCK_REALTIME), &grant)
+                        : 0;
+    pthread_rwlock_unlock(&s->auth_lock);
+    if (!registered)
+        return refuse(c, MC_CODE_UNAVAILABLE_IN_CURRENT_STATUS, "worker not registered yet");
+    if (rc != 0) return refuse(c, MC_CODE_PERMISSION_DENIED, "%s", mc_last_error());
+    if (!mc_grant_covers(&grant, r->op, r->segment_id, r->offset, r->length))
+        return refuse(c, MC_CODE_PERMISSION_DENIED, "request is outside its grant");
+    const server_segment *segment = find_segment(s, r->segment_id);
+    if (segment == NULL || r->offset > segment->size || r->length > segment->size - r->offset)
+        return refuse(c, MC_CODE_INVALID_PARAMS, "range is outside the segment");
+    *target = segment->addr + r->offset;
+    *expiry_ms = grant.expiry_ms;
+    return 0;
+}
+
+/* waits for input until the grant expires or the connection has been idle too long */
+static int wait_payload(mc_conn *c, uint64_t expiry_ms, uint64_t idle_deadline_ms) {
+    uint64_t now = clock_ms(CLOCK_REALTIME), mono = clock_ms(CLOCK_MONOTONIC);
+    if (now > expiry_ms) return 0;   /* the caller's expiry check refuses */
+    if (mono >= idle_deadline_ms) return mc_fail(-ETIMEDOUT, "payload: connection idle too long");
+    uint64_t wait_ms = expiry_ms - now + 1;
+    if (idle_deadline_ms - mono < wait_ms) wait_ms = idle_deadline_ms - mono;
+    struct pollfd pfd = {.fd = c->fd, .events = POLLIN};
+    if (poll(&pfd, 1, wait_ms > INT_MAX ? INT_MAX : (int)wait_ms) < 0 && errno != EINTR)
+        return fault(errno, "poll");
+    return 0;
+}
+
+/* recv straight into the segment, stopping when the grant expires: after that the master may
+ * have handed the range to another object, so no late byte may land in it */
+static int recv_payload(mc_conn *c, uint8_t *dst, uint64_t length, uint64_t expiry_ms) {
+    uint64_t idle_deadline_ms = clock_ms(CLOCK_MONOTONIC) + (uint64_t)c->server->idle_timeout_ms;
+    while (length > 0) {
+        if (clock_ms(CLOCK_REALTIME) > expiry_ms)
+            return refuse(c, MC_CODE_LEASE_EXPIRED, "write grant expired mid-payload");
+        size_t want = length > MAX_RECV_BYTES ? MAX_RECV_BYTES : (size_t)length;
+        ssize_t n = recv(c->fd, dst, want, MSG_DONTWAIT);
+        if (n > 0) {
+            dst += n;
+            length -= (uint64_t)n;
+            idle_deadline_ms = clock_ms(CLOCK_MONOTONIC) + (uint64_t)c->server->idle_timeout_ms;
+            continue;
+        }
+        if (n == 0) return refuse(c, MC_CODE_INVALID_PARAMS, "peer closed mid-payload");
+        if (errno != EAGAIN && errno != EWOULDBLOCK && errno != EINTR)
+            return fault(errno, "recv payload");
+        int rc = wait_payload(c, expiry_ms, idle_deadline_ms);
+        if (rc != 0) return rc;
+    }
+    return 0;
+}
+
+static int serve_write(mc_conn *c, const request *r, uint8_t *target, uint64_t expiry_ms) {
+    int rc = recv_payload(c, target, r->length, expiry_ms);
+    if (rc != 0) return rc;
+    COUNT(c->server, bytes_in, r->length);
+    uint8_t response[MC_DATAPLANE_RESPONSE_BYTES];
+    pack_response(response, 0, r->length);
+    struct iovec iov = {.iov_base = response, .iov_len = sizeof response};
+    return send_all(c, &iov, 1);
+}
+
+static int serve_read(mc_conn *c, const request *r, uint8_t *target) {
+    uint8_t response[MC_DATAPLANE_RESPONSE_BYTES];
+    pack_response(response, 0, r->length);
+    struct iovec iov[2] = {{.iov_base = response, .iov_len = sizeof response},
+                           {.iov_base = target, .iov_len = (size_t)r->length}};
+    int rc = send_all(c, iov, 2);
+    if (rc == 0) COUNT(c->server, bytes_out, r->length);
+    return rc;
+}
+
+/* the rest of a request whose header is read: grant, checks, then the bytes */
+static int serve_request(mc_conn *c, const uint8_t *head) {
+    request r;
+    uint8_t token[MC_DATAPLANE_MAX_GRANT_LEN];
+    uint8_t *target = NULL;
+    uint64_t expiry_ms = 0;
+    int rc = parse_header(c, head, &r);
+    if (rc != 0) return rc;
+    ssize_t got = recv_full(c, token, r.grant_len);
+    if (got < 0) return (int)got;
+    if ((size_t)got < r.grant_len)
+        return refuse(c, MC_CODE_INVALID_PARAMS, "peer closed mid-grant");
+    rc = authorize(c, &r, token, &target, &expiry_ms);
+    if (rc != 0) return rc;
+    rc = r.op == MC_OP_WRITE ? serve_write(c, &r, target, expiry_ms) : serve_read(c, &r, target);
+    if (rc == 0) COUNT(c->server, requests, 1);
+    return rc;
+}
+
+/* shuts our side, then reads and drops input for up to MC_SERVER_LINGER_MS: closing a socket
+ * with unread input sends RST, and the peer would lose the error reply */
+static void linger_close(mc_conn *c) {
+    char scratch[LINGER_SCRATCH_BYTES];
+    shutdown(c->fd, SHUT_WR);
+    uint64_t deadline = clock_ms(CLOCK_MONOTONIC) + MC_SERVER_LINGER_MS;
+    for (uint64_t now; (now = clock_ms(CLOCK_MONOTONIC)) < deadline;) {
+        struct pollfd pfd = {.fd = c->fd, .events = POLLIN};
+        int ready = poll(&pfd, 1, (int)(deadline - now));
+        if (ready < 0 && errno == EINTR) continue;
+        if (ready <= 0) return;
+        ssize_t n = recv(c->fd, scratch, sizeof scratch, MSG_DONTWAIT);
+        if (n == 0 || (n < 0 && errno != EAGAIN && errno != EINTR)) return;
+    }
+}
+
+static int stopping(const mc_server *s) {
+    return __atomic_load_n(&s->state, __ATOMIC_RELAXED) == SERVER_STOPPED;
+}
+
+static void answer_refusal(mc_conn *c) {
+    COUNT(c->server, refused, 1);
+    if (!stopping(c->server))   /* at stop, closed sockets would read as refusals */
+        server_push_event(c->server, MC_SERVER_EVENT_REFUSED, c->refusal, c->peer, c->reason);
+    uint8_t response[MC_DATAPLANE_RESPONSE_BYTES];
+    pack_response(response, c->refusal, 0);
+    struct iovec iov = {.iov_base = response, .iov_len = sizeof response};
+    if (send_all(c, &iov, 1) == 0) linger_close(c);
+}
+
+void server_serve_connection(mc_conn *c) {
+    uint8_t head[MC_DATAPLANE_REQUEST_BYTES];
+    for (;;) {
+        ssize_t got = recv_full(c, head, sizeof head);
+        if (got == 0) return;   /* a clean close between requests */
+        int rc = got < 0 ? (int)got
+                 : (size_t)got < sizeof head
+                     ? refuse(c, MC_CODE_INVALID_PARAMS, "peer closed mid-header")
+                     : serve_request(c, head);
+        if (rc == REFUSED) {
+            answer_refusal(c);
+            return;
+        }
+        if (rc < 0) {
+            if (!stopping(c->server))
+                server_push_event(c->server, MC_SERVER_EVENT_CONNECTION_LOST, 0, c->peer,
+                                  mc_last_error());
+            return;
+        }
+    }
+}
