@@ -14,11 +14,12 @@ from mooncake_proto.errors import InvalidArgumentError
 
 
 def as_byte_view(buffer, writable: bool = False) -> memoryview:
-    """A flat unsigned-byte memoryview over any buffer-protocol object, without copying."""
+    """A flat unsigned-byte memoryview over any buffer-protocol object or CPU tensor, without
+    copying."""
     try:
         view = memoryview(buffer)
     except TypeError:
-        raise InvalidArgumentError(f"{type(buffer).__name__} does not support the buffer protocol")
+        view = _tensor_view(buffer)
     if writable and view.readonly:
         raise InvalidArgumentError("buffer is read-only")
     if not view.c_contiguous:
@@ -26,6 +27,23 @@ def as_byte_view(buffer, writable: bool = False) -> memoryview:
     if view.format != "B" or view.ndim != 1:
         view = view.cast("B")
     return view
+
+
+def _tensor_view(tensor) -> memoryview:
+    """A view of a tensor's storage: torch tensors have no buffer protocol, but a contiguous CPU
+    tensor's bytes are `nbytes` at `data_ptr()`. The view does not keep the tensor alive; the
+    SDK uses it only inside the call the caller passed the tensor to."""
+    if not callable(getattr(tensor, "data_ptr", None)):
+        raise InvalidArgumentError(f"{type(tensor).__name__} does not support the buffer protocol")
+    device = getattr(getattr(tensor, "device", None), "type", "cpu")
+    if device != "cpu":
+        raise InvalidArgumentError(f"a {device} tensor: move it to the CPU first")
+    if not tensor.is_contiguous():
+        raise InvalidArgumentError("buffer must be C-contiguous")
+    size = tensor.numel() * tensor.element_size()
+    if size == 0:
+        return memoryview(bytearray())
+    return memoryview(ffi.buffer(ffi.cast("char *", tensor.data_ptr()), size))
 
 
 class RegisteredBuffers:
