@@ -61,9 +61,13 @@ class ShmTransport:
         self._lock = threading.Lock()
 
     def usable(self, replica: pb.ReplicaDescriptor) -> bool:
+        """Whether shm reaches the replica: a segment file of this node we can map. A segment
+        mapped before counts without a stat; the copy itself revalidates (see _segment)."""
         if replica.node_id != self.node_id or \
                 not os.path.basename(replica.path).startswith(SEGMENT_FILE_PREFIX):
             return False
+        if replica.path in self._mappings:
+            return True
         try:
             self._segment(replica)
             return True
@@ -88,30 +92,35 @@ class ShmTransport:
         return mapping
 
     def write(self, transfers: list[Transfer]) -> None:
-        pairs, started = [], []
+        pairs, started, checked = [], [], {}
         for t in transfers:
             if time.monotonic() > t.deadline:
                 t.error = TransferError(f"{_describe(t.replica)}: put timeout passed before the shm copy")
                 continue
-            target = self._range(t)
+            target = self._range(t, checked)
             if target is not None:
                 pairs.extend((dst, src) for src, dst in split(target, t.parts))
                 started.append(t)
         self._copy(pairs, started)
 
     def read(self, transfers: list[Transfer]) -> None:
-        pairs, started = [], []
+        pairs, started, checked = [], [], {}
         for t in transfers:
-            source = self._range(t)
+            source = self._range(t, checked)
             if source is not None:
                 pairs.extend(split(source, t.target_parts()))
                 started.append(t)
         self._copy(pairs, started)
 
-    def _range(self, t: Transfer) -> memoryview | None:
+    def _range(self, t: Transfer, checked: dict) -> memoryview | None:
+        """The replica's bytes in its mapped segment; each segment file is checked once per
+        batch (`checked`: path -> mapping), not once per object."""
         r = t.replica
         try:
-            return self._segment(r).view[r.offset:r.offset + r.length]
+            mapping = checked.get(r.path)
+            if mapping is None:
+                mapping = checked[r.path] = self._segment(r)
+            return mapping.view[r.offset:r.offset + r.length]
         except (OSError, ValueError, MooncakeError) as exc:
             t.error = TransferError(f"{_describe(r)}: shm segment {r.path}: {exc}")
             return None
