@@ -19,6 +19,7 @@ system-deps:
 
 $(STAMP): pyproject.toml $(NATIVE) | system-deps
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	rm -f native/_native*.so  # an in-place build of another suffix would shadow this one
 	$(BIN)/pip install --quiet --upgrade pip
 	$(BIN)/pip install --quiet -e '.[test]'
 	touch $(STAMP)

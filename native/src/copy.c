@@ -16,19 +16,29 @@
 #define SHARE_ALIGN 4096u
 #define MAX_THREADS 16
 
+/* Everything below `lock` is read and written under it. A job is published by bumping
+ * `generation`; its participants are fixed when it is published (`job_threads`), so changing
+ * the configured count meanwhile cannot make a counted helper skip it. */
 static struct {
     pthread_mutex_t busy;        /* held by the one caller whose copy uses the pool */
     pthread_mutex_t lock;
     pthread_cond_t work, done;
-    const mc_copy_item *items;
+    const mc_copy_item *items;   /* the current job: valid until its caller returns */
     size_t count;
     uint64_t share;              /* bytes per participant */
     unsigned generation;
+    int job_threads;             /* participants of the current job, caller included */
     int pending;                 /* helpers still copying the current job */
     int helpers;                 /* helper threads started */
-    int wanted;                  /* participants, caller included */
+    int configured;              /* participants a large copy uses, caller included */
 } pool = {PTHREAD_MUTEX_INITIALIZER, PTHREAD_MUTEX_INITIALIZER, PTHREAD_COND_INITIALIZER,
-          PTHREAD_COND_INITIALIZER, NULL, 0, 0, 0, 0, 0, 0};
+          PTHREAD_COND_INITIALIZER, NULL, 0, 0, 0, 0, 0, 0, 0};
+
+typedef struct {
+    int index;                   /* participant number; 0 is the caller */
+    unsigned seen;               /* the generation when the helper was created: older jobs
+                                    are finished and their items gone */
+} helper_start;
 
 /* copies bytes [begin, end) of the batch seen as one concatenated stream */
 static void copy_range(const mc_copy_item *items, size_t count, uint64_t begin, uint64_t end) {
@@ -49,19 +59,22 @@ static uint64_t total_bytes(const mc_copy_item *items, size_t count) {
 }
 
 static void *helper_main(void *arg) {
-    int index = (int)(intptr_t)arg;   /* participant 0 is the caller */
-    unsigned seen = 0;
+    helper_start start = *(helper_start *)arg;
+    free(arg);
+    int index = start.index;
+    unsigned seen = start.seen;
     pthread_mutex_lock(&pool.lock);
     for (;;) {
         while (pool.generation == seen) pthread_cond_wait(&pool.work, &pool.lock);
         seen = pool.generation;
-        if (index >= pool.wanted) continue;   /* fewer participants asked for this job */
+        int job_threads = pool.job_threads;
+        if (index >= job_threads) continue;   /* not a participant of this job */
         const mc_copy_item *items = pool.items;
         size_t count = pool.count;
         uint64_t share = pool.share, total = total_bytes(items, count);
         pthread_mutex_unlock(&pool.lock);
         uint64_t begin = share * (uint64_t)index, end = begin + share;
-        if (end > total || index == pool.wanted - 1) end = total;
+        if (end > total || index == job_threads - 1) end = total;
         if (begin < end) copy_range(items, count, begin, end);
         pthread_mutex_lock(&pool.lock);
         if (--pool.pending == 0) pthread_cond_signal(&pool.done);
@@ -81,11 +94,18 @@ static int grow_pool(int threads) {
     while (pool.helpers < threads - 1) {
         pthread_t tid;
         pthread_attr_t attr;
+        helper_start *start = malloc(sizeof *start);
+        if (start == NULL) return ENOMEM;
+        start->index = pool.helpers + 1;
+        start->seen = pool.generation;
         pthread_attr_init(&attr);
         pthread_attr_setdetachstate(&attr, PTHREAD_CREATE_DETACHED);
-        int rc = pthread_create(&tid, &attr, helper_main, (void *)(intptr_t)(pool.helpers + 1));
+        int rc = pthread_create(&tid, &attr, helper_main, start);
         pthread_attr_destroy(&attr);
-        if (rc != 0) return rc;
+        if (rc != 0) {
+            free(start);
+            return rc;
+        }
         pool.helpers++;
     }
     return 0;
@@ -95,20 +115,20 @@ int mc_copy_set_threads(int threads) {
     if (threads < 0 || threads > MAX_THREADS)
         return mc_fail(-EINVAL, "copy threads must be 0..%d, got %d", MAX_THREADS, threads);
     pthread_mutex_lock(&pool.lock);
-    pool.wanted = threads == 0 ? default_threads() : threads;
-    int rc = grow_pool(pool.wanted);
-    if (rc != 0) pool.wanted = pool.helpers + 1;
+    pool.configured = threads == 0 ? default_threads() : threads;
+    int rc = grow_pool(pool.configured);
+    if (rc != 0) pool.configured = pool.helpers + 1;
     pthread_mutex_unlock(&pool.lock);
     return rc ? mc_fail(-rc, "cannot start copy threads: %s", strerror(rc)) : 0;
 }
 
 int mc_copy_threads(void) {
     pthread_mutex_lock(&pool.lock);
-    if (pool.wanted == 0) {
-        pool.wanted = default_threads();
-        if (grow_pool(pool.wanted) != 0) pool.wanted = pool.helpers + 1;
+    if (pool.configured == 0) {
+        pool.configured = default_threads();
+        if (grow_pool(pool.configured) != 0) pool.configured = pool.helpers + 1;
     }
-    int n = pool.wanted;
+    int n = pool.configured;
     pthread_mutex_unlock(&pool.lock);
     return n;
 }
@@ -122,10 +142,11 @@ int mc_copy_batch(const mc_copy_item *items, size_t count) {
     }
     uint64_t share = (total / (uint64_t)threads + SHARE_ALIGN - 1) / SHARE_ALIGN * SHARE_ALIGN;
     pthread_mutex_lock(&pool.lock);
+    if (threads > pool.helpers + 1) threads = pool.helpers + 1;
     pool.items = items;
     pool.count = count;
     pool.share = share;
-    pool.wanted = threads;
+    pool.job_threads = threads;
     pool.pending = threads - 1;
     pool.generation++;
     pthread_cond_broadcast(&pool.work);

@@ -49,6 +49,22 @@ def test_copy_moves_exact_bytes_for_every_size_and_thread_count(threads, size):
         check(lib.mc_copy_set_threads(0))
 
 
+def test_growing_the_pool_after_copies_does_not_replay_a_finished_copy():
+    """A helper started late must wait for the next copy, not run the last one again (its
+    buffers are gone by then: this crashed the suite once)."""
+    rng = np.random.default_rng(3)
+    try:
+        for threads in (2, 3, 4, 5, 2, 6):
+            check(lib.mc_copy_set_threads(threads))
+            for _ in range(3):
+                src = rng.integers(0, 256, 3 << 20, dtype=np.uint8)
+                dst = np.zeros_like(src)
+                copy_batch([(memoryview(dst), memoryview(src))])
+                assert np.array_equal(dst, src)
+    finally:
+        check(lib.mc_copy_set_threads(0))
+
+
 def test_batch_copy_splits_a_batch_across_threads_by_bytes():
     rng = np.random.default_rng(1)
     sizes = [1, 3 << 20, 17, 1 << 20, 5 << 20, 4096]
