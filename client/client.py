@@ -6,23 +6,27 @@ transfers grouped per transport. A miss is `None`/`False`; every fault raises a 
 from __future__ import annotations
 
 import dataclasses
+import threading
 import time
 from typing import Iterable, Sequence
 
 import grpc
 
+from mooncake_client.meta_channel import MaybeSent, MetaChannel, NotSent
 from mooncake_client.rdma_transport import RdmaTransport
 from mooncake_client.transports import ShmTransport, TcpTransport, Transfer
 from mooncake_native.buffers import RegisteredBuffers, as_byte_view, parts_size
 from mooncake_proto import mooncake_pb2 as pb
 from mooncake_proto import mooncake_pb2_grpc as pb_grpc
-from mooncake_proto import rpc
+from mooncake_proto import metaframe, rpc
 from mooncake_proto.errors import (ErrorCode, InvalidArgumentError, LeaseExpiredError,
-                                   MooncakeError, TransferError, error_for_code)
+                                   MooncakeError, TransferError, UnavailableError,
+                                   error_for_code)
 from mooncake_proto.identity import node_id
 
 KNOWN_TRANSPORTS = ("shm", "rdma", "tcp")  # the default preference order (DESIGN.md 4)
 MISS_CODES = (ErrorCode.OBJECT_NOT_FOUND, ErrorCode.REPLICA_IS_NOT_READY)
+META_RETRY_S = 5.0  # how often a client without a framed metadata channel asks Hello again
 _TIER_NAMES = {pb.TIER_DRAM: "DRAM", pb.TIER_SSD: "SSD"}
 _STATE_NAMES = {pb.REPLICA_PENDING: "PENDING", pb.REPLICA_COMPLETE: "COMPLETE"}
 
@@ -57,7 +61,10 @@ class BatchError(MooncakeError):
 
 class Client:
     def __init__(self, master: str | Sequence[str], transports: Iterable[str] = KNOWN_TRANSPORTS,
-                 rpc_timeout_s: float = 10.0, transfer_timeout_s: float = 10.0):
+                 rpc_timeout_s: float = 10.0, transfer_timeout_s: float = 10.0,
+                 framed_metadata: bool = True):
+        """framed_metadata: send object calls over the master's framed metadata port when it
+        offers one (found with Hello; gRPC otherwise, and for everything else)."""
         self.masters = [m.strip() for m in master.split(",")] if isinstance(master, str) \
             else list(master)
         if not self.masters or not all(self.masters):
@@ -74,6 +81,10 @@ class Client:
                             else RdmaTransport(transfer_timeout_s, fallback=tcp) if name == "rdma"
                             else tcp for name in self.transport_names]
         self._registered = RegisteredBuffers()
+        self.framed_metadata = framed_metadata
+        self._meta: MetaChannel | None = None
+        self._meta_checked_at = -float("inf")
+        self._meta_lock = threading.Lock()
         self._master_index = 0
         self._channel = rpc.client_channel(self.masters[0])
         self._stub = pb_grpc.MasterServiceStub(self._channel)
@@ -83,6 +94,8 @@ class Client:
     def close(self) -> None:
         for transport in self._transports:
             transport.close()
+        if self._meta is not None:
+            self._meta.close()
         self._channel.close()
 
     def __enter__(self) -> "Client":
@@ -311,6 +324,9 @@ class Client:
     def _ordered(self, replicas) -> list[tuple[object, pb.ReplicaDescriptor]]:
         """Replica choice (DESIGN.md 4): local shm, then remote DRAM, then SSD; transports in the
         order the caller allowed them."""
+        if len(replicas) == 1:  # the common case, without the sort
+            transport = self._transport_for(replicas[0])
+            return [] if transport is None else [(transport, replicas[0])]
         choices = []
         for replica in replicas:
             for rank, transport in enumerate(self._transports):
@@ -362,6 +378,21 @@ class Client:
     # ---- master calls ----
 
     def _call(self, method: str, request):
+        """One master call: over the framed metadata port when there is one, else gRPC."""
+        meta = self._meta_channel() if method in metaframe.METHOD_IDS else None
+        if meta is not None:
+            try:
+                return meta.call(method, request, self.rpc_timeout_s)
+            except NotSent:
+                self._forget_meta(meta)  # gone (master restarted?): gRPC, and Hello again later
+            except MaybeSent as exc:
+                self._forget_meta(meta)
+                if method not in metaframe.IDEMPOTENT:
+                    raise UnavailableError(f"master {meta.addr} {method}: connection lost after "
+                                           f"the call was sent ({exc}); its outcome is unknown")
+        return self._grpc_call(method, request)
+
+    def _grpc_call(self, method: str, request):
         """One master RPC; on an unreachable master, tries the next address once around."""
         last: grpc.RpcError | None = None
         for _ in range(len(self.masters)):
@@ -375,11 +406,48 @@ class Client:
                 self._switch_master()
         raise rpc.error_from_rpc(last, f"master {target} {method}")
 
+    def _meta_channel(self) -> MetaChannel | None:
+        """The framed metadata channel of the current master; asks Hello at most every few
+        seconds when there is none (an older master, the port turned off, or just failed)."""
+        if self._meta is not None or not self.framed_metadata:
+            return self._meta
+        now = time.monotonic()
+        with self._meta_lock:
+            if self._meta is None and now - self._meta_checked_at >= META_RETRY_S:
+                self._meta_checked_at = now
+                try:
+                    hello = self._stub.Hello(pb.HelloRequest(), timeout=self.rpc_timeout_s)
+                except grpc.RpcError:
+                    return None  # an older master without Hello, or unreachable: gRPC it is
+                if hello.meta_addr:
+                    master = self.masters[self._master_index % len(self.masters)]
+                    self._meta = MetaChannel(_reachable(hello.meta_addr, master),
+                                             self.rpc_timeout_s)
+            return self._meta
+
+    def _forget_meta(self, meta: MetaChannel) -> None:
+        with self._meta_lock:
+            if self._meta is meta:
+                self._meta = None
+                self._meta_checked_at = time.monotonic()
+        meta.close()
+
     def _switch_master(self) -> None:
+        if self._meta is not None:
+            self._forget_meta(self._meta)
         self._channel.close()
         self._master_index += 1
         self._channel = rpc.client_channel(self.masters[self._master_index % len(self.masters)])
         self._stub = pb_grpc.MasterServiceStub(self._channel)
+
+
+def _reachable(meta_addr: str, master: str) -> str:
+    """The framed port's address as this client can reach it: a master listening on every
+    interface advertises 0.0.0.0 (or ::), which means the host we reached it by."""
+    host, _, port = meta_addr.rpartition(":")
+    if host.strip("[]") in ("0.0.0.0", "::", ""):
+        host = master.rpartition(":")[0]
+    return f"{host}:{port}"
 
 
 def _trim(parts: list[memoryview], size: int) -> list[memoryview]:

@@ -85,7 +85,8 @@ class LocalCluster:
     def start(self) -> "LocalCluster":
         try:
             self.master = self._spawn("master", "mooncake_master",
-                                      ["--port", "0", "--http-port", "0"] + self.master_args)
+                                      ["--port", "0", "--http-port", "0", "--meta-port", "0"]
+                                      + self.master_args)
             self.master.wait_ready()
             for i in range(self.n_workers):
                 self.start_worker(f"worker-{i}")

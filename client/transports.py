@@ -63,11 +63,12 @@ class ShmTransport:
     def usable(self, replica: pb.ReplicaDescriptor) -> bool:
         """Whether shm reaches the replica: a segment file of this node we can map. A segment
         mapped before counts without a stat; the copy itself revalidates (see _segment)."""
-        if replica.node_id != self.node_id or \
-                not os.path.basename(replica.path).startswith(SEGMENT_FILE_PREFIX):
+        if replica.node_id != self.node_id:
             return False
         if replica.path in self._mappings:
             return True
+        if not os.path.basename(replica.path).startswith(SEGMENT_FILE_PREFIX):
+            return False
         try:
             self._segment(replica)
             return True

@@ -6,6 +6,7 @@ import logging
 import sys
 import time
 
+from mooncake_master.meta_server import MetaServer
 from mooncake_master.state import MasterConfig, MasterState
 from mooncake_master.servicer import MasterServicer
 from mooncake_proto import mooncake_pb2_grpc as pb_grpc
@@ -22,6 +23,8 @@ OPTIONS = [
     Option("--host", "127.0.0.1", str, "address to listen on (0.0.0.0 for every interface)"),
     Option("--port", 50051, int, "gRPC port (0 picks one)"),
     Option("--http-port", 9003, int, "HTTP port for /health, /stats, /get_all_segments"),
+    Option("--meta-port", 50052, int,
+           "framed metadata port for clients' hot calls (0 picks one, -1 turns it off)"),
     Option("--lease-ttl", "10s", DURATION, "read lease granted by GetReplicas and Exists"),
     Option("--worker-ttl", "10s", DURATION, "silence after which a worker is declared dead"),
     Option("--put-timeout", "30s", DURATION, "a PENDING put older than this is revoked"),
@@ -75,15 +78,21 @@ async def serve(settings) -> int:
     pb_grpc.add_MasterServiceServicer_to_server(servicer, server)
     grpc_addr = rpc.bind(server, settings.host, settings.port)
     await server.start()
+    meta = MetaServer(servicer)
+    if settings.meta_port >= 0:
+        servicer.meta_addr = await meta.start(settings.host, settings.meta_port)
     http = MasterHttp(state)
     http_addr = await http.server.start(settings.host, settings.http_port)
     log.warning(kv("no_authentication", detail="tokens are not implemented yet; run on a trusted network"))
-    log.info(kv("master_serving", master_id=servicer.master_id, grpc=grpc_addr, http=http_addr))
-    write_ready_file(settings.ready_file, {"grpc": grpc_addr, "http": http_addr})
+    log.info(kv("master_serving", master_id=servicer.master_id, grpc=grpc_addr, http=http_addr,
+                meta=servicer.meta_addr or "off"))
+    write_ready_file(settings.ready_file, {"grpc": grpc_addr, "http": http_addr,
+                                           "meta": servicer.meta_addr})
     ticker = asyncio.create_task(tick_loop(state, stop))
     await stop.wait()
     log.info(kv("master_stopping", master_id=servicer.master_id))
     await ticker
+    await meta.stop()
     await server.stop(grace=1.0)
     await http.server.stop()
     return 0

@@ -32,6 +32,10 @@ class MasterServicer(pb_grpc.MasterServiceServicer):
         self.clock = clock
         self.wall_clock = wall_clock
         self.master_id = uuid.uuid4().hex[:12]
+        self.meta_addr = ""  # the framed metadata port, once it listens (master/meta_server.py)
+
+    async def Hello(self, request, context):
+        return pb.HelloResponse(master_id=self.master_id, meta_addr=self.meta_addr)
 
     # ---- workers ----
 

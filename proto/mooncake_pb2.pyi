@@ -223,6 +223,18 @@ class RemoveAllResponse(_message.Message):
     removed: int
     def __init__(self, removed: _Optional[int] = ...) -> None: ...
 
+class HelloRequest(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class HelloResponse(_message.Message):
+    __slots__ = ("master_id", "meta_addr")
+    MASTER_ID_FIELD_NUMBER: _ClassVar[int]
+    META_ADDR_FIELD_NUMBER: _ClassVar[int]
+    master_id: str
+    meta_addr: str
+    def __init__(self, master_id: _Optional[str] = ..., meta_addr: _Optional[str] = ...) -> None: ...
+
 class DescribeRequest(_message.Message):
     __slots__ = ()
     def __init__(self) -> None: ...

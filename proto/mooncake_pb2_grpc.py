@@ -34,6 +34,11 @@ class MasterServiceStub(object):
         Args:
             channel: A grpc.Channel.
         """
+        self.Hello = channel.unary_unary(
+                '/mooncake.v1.MasterService/Hello',
+                request_serializer=mooncake__proto_dot_mooncake__pb2.HelloRequest.SerializeToString,
+                response_deserializer=mooncake__proto_dot_mooncake__pb2.HelloResponse.FromString,
+                _registered_method=True)
         self.RegisterWorker = channel.unary_unary(
                 '/mooncake.v1.MasterService/RegisterWorker',
                 request_serializer=mooncake__proto_dot_mooncake__pb2.RegisterWorkerRequest.SerializeToString,
@@ -83,6 +88,12 @@ class MasterServiceStub(object):
 
 class MasterServiceServicer(object):
     """Missing associated documentation comment in .proto file."""
+
+    def Hello(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
 
     def RegisterWorker(self, request, context):
         """Missing associated documentation comment in .proto file."""
@@ -141,6 +152,11 @@ class MasterServiceServicer(object):
 
 def add_MasterServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
+            'Hello': grpc.unary_unary_rpc_method_handler(
+                    servicer.Hello,
+                    request_deserializer=mooncake__proto_dot_mooncake__pb2.HelloRequest.FromString,
+                    response_serializer=mooncake__proto_dot_mooncake__pb2.HelloResponse.SerializeToString,
+            ),
             'RegisterWorker': grpc.unary_unary_rpc_method_handler(
                     servicer.RegisterWorker,
                     request_deserializer=mooncake__proto_dot_mooncake__pb2.RegisterWorkerRequest.FromString,
@@ -196,6 +212,33 @@ def add_MasterServiceServicer_to_server(servicer, server):
  # This class is part of an EXPERIMENTAL API.
 class MasterService(object):
     """Missing associated documentation comment in .proto file."""
+
+    @staticmethod
+    def Hello(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/mooncake.v1.MasterService/Hello',
+            mooncake__proto_dot_mooncake__pb2.HelloRequest.SerializeToString,
+            mooncake__proto_dot_mooncake__pb2.HelloResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
 
     @staticmethod
     def RegisterWorker(request,

@@ -22,7 +22,8 @@ def http_get(addr: str, path: str) -> tuple[int, bytes]:
 
 
 def test_ready_files_name_bound_addresses(cluster):
-    assert set(cluster.master.info) == {"grpc", "http"}
+    assert set(cluster.master.info) == {"grpc", "http", "meta"}
+    assert cluster.master.info["meta"].startswith("127.0.0.1:")
     for worker_id, daemon in cluster.workers.items():
         assert daemon.info["worker_id"] == worker_id
         assert daemon.info["data"].startswith("127.0.0.1:")
@@ -64,7 +65,7 @@ def test_worker_waits_for_a_late_master_and_rejoins_a_restarted_one(tmp_path):
     port = free_port()
     cluster = LocalCluster(workers=0, workdir=str(tmp_path))
     cluster.master = cluster._spawn("master", "mooncake_master",
-                                    ["--port", str(port), "--http-port", "0"])
+                                    ["--port", str(port), "--http-port", "0", "--meta-port", "0"])
     try:
         # a worker started while the master is still coming up retries until it is accepted
         worker = cluster._spawn("w", "mooncake_worker", [
@@ -78,7 +79,7 @@ def test_worker_waits_for_a_late_master_and_rejoins_a_restarted_one(tmp_path):
         # a new master on the same address does not know the worker: it registers again
         cluster.master.stop(signal.SIGKILL)
         cluster.master = cluster._spawn("master", "mooncake_master",
-                                        ["--port", str(port), "--http-port", "0"])
+                                        ["--port", str(port), "--http-port", "0", "--meta-port", "0"])
         cluster.master.wait_ready()
         with Client(f"127.0.0.1:{port}", rpc_timeout_s=5) as c:
             for _ in range(300):  # bounded: heartbeats are 1 s apart

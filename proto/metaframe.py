@@ -1,0 +1,36 @@
+"""The framed metadata port: the master's object calls as one length-prefixed protobuf each way.
+
+gRPC stays the complete control plane. This port carries the same calls, with the same
+request and response messages and the same Mooncake codes, for clients that need a metadata
+round trip faster than Python gRPC allows (measured here: about 225 us per unary call before
+any work, against about 30 us for a framed exchange). Clients find the port through
+MasterService.Hello. One request in flight per connection; answers come back in order.
+
+    request:  magic "MCM1", method u8, length u32, then the request message
+    response: status i32 (0, or the Mooncake code that ended the whole call), length u32,
+              then the response message (status 0) or a UTF-8 error message
+"""
+from __future__ import annotations
+
+import struct
+
+from mooncake_proto import mooncake_pb2 as pb
+
+MAGIC = b"MCM1"
+REQUEST = struct.Struct("!4sBI")
+RESPONSE = struct.Struct("!iI")
+MAX_FRAME_BYTES = 64 << 20  # as gRPC's message cap (proto/rpc.py)
+
+# method id -> (MasterService method, request type, response type)
+METHODS = {
+    1: ("PutStart", pb.PutStartRequest, pb.PutStartResponse),
+    2: ("PutEnd", pb.PutFinishRequest, pb.KeysResponse),
+    3: ("PutRevoke", pb.PutFinishRequest, pb.KeysResponse),
+    4: ("GetReplicas", pb.KeysRequest, pb.GetReplicasResponse),
+    5: ("Exists", pb.KeysRequest, pb.ExistsResponse),
+    6: ("Remove", pb.RemoveRequest, pb.KeysResponse),
+}
+METHOD_IDS = {name: method_id for method_id, (name, _, _) in METHODS.items()}
+# safe to send again over gRPC when a framed call's answer was lost: they change no object
+# (leases aside); the others could double-allocate or revoke
+IDEMPOTENT = frozenset({"GetReplicas", "Exists"})
