@@ -121,6 +121,8 @@ class ShmTransport:
             mapping = checked.get(r.path)
             if mapping is None:
                 mapping = checked[r.path] = self._segment(r)
+            if r.offset + r.length > mapping.size_bytes:
+                raise ValueError(f"range {r.offset}+{r.length} is outside the segment")
             return mapping.view[r.offset:r.offset + r.length]
         except (OSError, ValueError, MooncakeError) as exc:
             t.error = TransferError(f"{_describe(r)}: shm segment {r.path}: {exc}")
@@ -188,8 +190,10 @@ class TcpTransport:
                 return
             try:
                 group = self._exchange(conn, group, op)
-            except OSError as exc:
+            except BaseException as exc:
                 conn.close()
+                if not isinstance(exc, OSError):
+                    raise  # a bug or a bad argument, not the worker's fault: never pooled
                 group = [t for t in group if not t.done and t.error is None]
                 if reused and not retried_stale and not isinstance(exc, TimeoutError):
                     # the worker closed this idle connection (it restarted): retry once, fresh

@@ -107,10 +107,12 @@ def fresh_bytes(size: int) -> tuple[bytes, memoryview]:
     bytearray would need. Only on CPython, where bytes(n) for n >= 1 is always a new object;
     elsewhere the caller's copy happens in bytes(bytearray).
     """
-    if _CPYTHON and size > 0:
+    if size == 0:
+        return b"", memoryview(bytearray())
+    if _CPYTHON:
         data = bytes(size)
         return data, memoryview(ffi.buffer(ffi.from_buffer(data), size))
-    data = bytearray(size)
+    data = bytearray(size)  # the caller's bytes() of it is the one extra copy elsewhere
     return data, memoryview(data)
 
 

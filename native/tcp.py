@@ -34,7 +34,8 @@ class DataConnection:
     def exchange(self, requests: list[DataRequest], timeout_s: float) -> int:
         """Runs the batch; returns how many requests got an answer (the worker closes after
         a refusal, so answers stop there). Raises OSError or ProtocolError when the
-        connection failed; `status` of the answered requests is filled in either case."""
+        connection failed, TimeoutError when nothing moved for timeout_s; `status` of the
+        answered requests is filled in either case."""
         n = len(requests)
         structs = ffi.new("mc_tcp_request[]", n)
         keep = []
@@ -60,4 +61,4 @@ class DataConnection:
 
 
 def _ms(seconds: float) -> int:
-    return max(1, min(int(seconds * 1000), 2**31 - 1))
+    return int(max(1.0, min(seconds * 1000, 2**31 - 1)))  # inf allowed: the largest wait

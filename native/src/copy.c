@@ -82,6 +82,36 @@ static void *helper_main(void *arg) {
     return NULL;
 }
 
+/* fork(): the child has the pool's state but none of its threads (and maybe a lock some
+ * other thread held). Hold both locks across the fork, then give the child an empty pool
+ * that grows again on its first large copy. */
+static void before_fork(void) {
+    pthread_mutex_lock(&pool.busy);
+    pthread_mutex_lock(&pool.lock);
+}
+
+static void after_fork_parent(void) {
+    pthread_mutex_unlock(&pool.lock);
+    pthread_mutex_unlock(&pool.busy);
+}
+
+static void after_fork_child(void) {
+    pthread_mutex_init(&pool.busy, NULL);
+    pthread_mutex_init(&pool.lock, NULL);
+    pthread_cond_init(&pool.work, NULL);
+    pthread_cond_init(&pool.done, NULL);
+    pool.items = NULL;
+    pool.count = 0;
+    pool.generation = 0;
+    pool.job_threads = pool.pending = pool.helpers = pool.configured = 0;
+}
+
+static pthread_once_t fork_handlers_once = PTHREAD_ONCE_INIT;
+
+static void install_fork_handlers(void) {
+    pthread_atfork(before_fork, after_fork_parent, after_fork_child);
+}
+
 static int default_threads(void) {
     const char *env = getenv("MOONCAKE_COPY_THREADS");
     int n = env ? atoi(env) : mc_online_cpus();
@@ -91,6 +121,7 @@ static int default_threads(void) {
 
 /* starts helpers up to threads-1; caller holds pool.lock */
 static int grow_pool(int threads) {
+    pthread_once(&fork_handlers_once, install_fork_handlers);
     while (pool.helpers < threads - 1) {
         pthread_t tid;
         pthread_attr_t attr;

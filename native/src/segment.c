@@ -36,10 +36,21 @@ static void *map_populated(int fd, uint64_t size, int *huge_pages) {
 #endif
 #ifdef MADV_POPULATE_WRITE
     if (madvise(addr, size, MADV_POPULATE_WRITE) == 0) return addr;
+    if (errno != EINVAL) {   /* a real failure (ENOMEM, a hole): not a mapping to hand out */
+        int saved = errno;
+        munmap(addr, size);
+        errno = saved;
+        return NULL;
+    }
 #endif
     munmap(addr, size);   /* kernel without MADV_POPULATE_WRITE (< 5.14) */
     addr = mmap(NULL, size, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_POPULATE, fd, 0);
-    return addr == MAP_FAILED ? NULL : addr;
+    if (addr == MAP_FAILED) return NULL;
+#ifdef MADV_HUGEPAGE
+    *huge_pages = madvise(addr, size, MADV_HUGEPAGE) == 0;   /* too late for populated pages,
+                                                              but right for the flag */
+#endif
+    return addr;
 }
 
 int mc_segment_map(const char *path, uint64_t size, int create, mc_segment *out) {

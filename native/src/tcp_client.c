@@ -146,22 +146,24 @@ static void advance(send_cursor *c, size_t sent) {
     }
 }
 
-/* sends what the socket takes now; 0, or a negative error */
+/* sends what the socket takes now; 1 when bytes went, 0 when none could, or an error */
 static int send_some(int fd, send_cursor *c) {
+    int progress = 0;
     struct iovec iov[MAX_SEND_IOVS];
     for (;;) {
         int n = gather(c, iov);
-        if (n == 0) { c->req = c->count; return 0; }
+        if (n == 0) { c->req = c->count; return progress; }
         struct msghdr msg = {0};
         msg.msg_iov = iov;
         msg.msg_iovlen = n;
         ssize_t sent = sendmsg(fd, &msg, MSG_NOSIGNAL);
         if (sent < 0) {
-            if (errno == EAGAIN || errno == EWOULDBLOCK) return 0;
+            if (errno == EAGAIN || errno == EWOULDBLOCK) return progress;
             if (errno == EINTR) continue;
             return mc_fail(-errno, "send: %s", strerror(errno));
         }
         advance(c, (size_t)sent);
+        progress = 1;
     }
 }
 
@@ -234,8 +236,10 @@ static int recv_payload(int fd, mc_tcp_request *r, recv_state *s) {
     return n;
 }
 
-/* reads every response that has arrived; stops at a refusal */
+/* reads every response that has arrived; stops at a refusal. 1 when bytes came, 0 when
+ * none had, or an error */
 static int recv_some(int fd, mc_tcp_request *requests, size_t count, recv_state *s) {
+    int progress = 0;
     while (s->req < count && !s->refused) {
         mc_tcp_request *r = &requests[s->req];
         int n;
@@ -248,9 +252,11 @@ static int recv_some(int fd, mc_tcp_request *requests, size_t count, recv_state 
                 if (rc < 0) return rc;
             }
         }
-        if (n <= 0) return n;
+        if (n < 0) return n;
+        if (n == 0) return progress;
+        progress = 1;
     }
-    return 0;
+    return progress;
 }
 
 /* ---- the exchange ---- */
@@ -282,19 +288,22 @@ static void encode_headers(const mc_tcp_request *requests, size_t count,
     }
 }
 
-static int run_exchange(int fd, send_cursor *c, recv_state *s, int64_t deadline) {
+/* timeout_ms bounds silence, not the whole batch: a large batch that keeps moving bytes
+ * may take longer, a stalled or paused worker fails within timeout_ms */
+static int run_exchange(int fd, send_cursor *c, recv_state *s, int timeout_ms) {
+    int64_t deadline = now_ms() + timeout_ms;
     while (s->req < c->count && !s->refused) {
-        int rc = c->req < c->count ? send_some(fd, c) : 0;
-        if (rc < 0) {
+        int sent = c->req < c->count ? send_some(fd, c) : 0;
+        if (sent < 0) {
             /* the worker may have refused and closed: its answer can still be in our buffer */
-            int error = rc;
-            rc = recv_some(fd, c->requests, c->count, s);
-            return s->refused ? 0 : (rc < 0 ? rc : error);
+            int rc = recv_some(fd, c->requests, c->count, s);
+            return s->refused ? 0 : (rc < 0 ? rc : sent);
         }
-        rc = recv_some(fd, c->requests, c->count, s);
-        if (rc < 0) return rc;
+        int got = recv_some(fd, c->requests, c->count, s);
+        if (got < 0) return got;
         if (s->req == c->count || s->refused) break;
-        rc = wait_fd(fd, POLLIN | (c->req < c->count ? POLLOUT : 0), deadline);
+        if (sent > 0 || got > 0) deadline = now_ms() + timeout_ms;
+        int rc = wait_fd(fd, POLLIN | (c->req < c->count ? POLLOUT : 0), deadline);
         if (rc < 0) return rc;
     }
     return 0;
@@ -309,8 +318,8 @@ int mc_tcp_exchange(int fd, mc_tcp_request *requests, size_t count, int timeout_
     send_cursor c = {requests, count, headers, 0, 0, 0};
     recv_state s;
     memset(&s, 0, sizeof s);
-    rc = run_exchange(fd, &c, &s, now_ms() + timeout_ms);
+    rc = run_exchange(fd, &c, &s, timeout_ms);
     free(headers);
-    if (rc == -ETIMEDOUT) mc_fail(rc, "no answer within %d ms", timeout_ms);
+    if (rc == -ETIMEDOUT) mc_fail(rc, "no progress for %d ms", timeout_ms);
     return rc < 0 ? rc : (int)(s.req + (size_t)s.refused);
 }

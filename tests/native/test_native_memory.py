@@ -158,3 +158,32 @@ def test_parts_views_and_fresh_bytes():
     view[:] = b"abcde"
     assert isinstance(data, (bytes, bytearray)) and data == b"abcde"
     assert buffers.parts_size(parts) == 19
+
+
+def test_large_copies_work_in_a_forked_child():
+    """The child inherits the pool's state but not its threads; it must grow a new pool, not
+    wait forever for helpers that do not exist."""
+    src = np.random.default_rng(2).integers(0, 256, 4 << 20, dtype=np.uint8)
+    dst = np.zeros_like(src)
+    copy_batch([(memoryview(dst), memoryview(src))])  # the parent's pool exists now
+    pid = os.fork()
+    if pid == 0:
+        ok = False
+        try:
+            child_dst = np.zeros_like(src)
+            copy_batch([(memoryview(child_dst), memoryview(src))])
+            ok = bool(np.array_equal(child_dst, src))
+        finally:
+            os._exit(0 if ok else 1)
+    deadline_s = 20
+    import time
+    start = time.monotonic()
+    while time.monotonic() - start < deadline_s:
+        done, status = os.waitpid(pid, os.WNOHANG)
+        if done:
+            assert os.waitstatus_to_exitcode(status) == 0
+            return
+        time.sleep(0.05)  # polling a child's exit, bounded
+    os.kill(pid, 9)
+    os.waitpid(pid, 0)
+    pytest.fail("a large copy in a forked child hung")

@@ -142,3 +142,21 @@ def test_buffers_must_add_up_to_the_request_length():
         conn.exchange([DataRequest(OP_WRITE, 0, 0, 4, GRANT, [memoryview(b"abc")])], 1)
     conn.close()
     peer.close()
+
+
+def test_timeout_bounds_silence_not_a_batch_that_keeps_moving():
+    """A slow but steady peer: the whole batch takes several timeouts, every gap is shorter."""
+    import time
+
+    def serve(conn):
+        for _ in range(6):
+            read_request(conn)
+            time.sleep(0.15)  # the peer's pace, below the 0.4 s silence bound
+            conn.sendall(wire.RESPONSE.pack(0, 4))
+
+    peer = Peer(serve)
+    conn = DataConnection("127.0.0.1", peer.port, 10)
+    reqs = [DataRequest(OP_WRITE, 0, i, 4, GRANT, [memoryview(b"abcd")]) for i in range(6)]
+    assert conn.exchange(reqs, 0.4) == 6 and all(r.status == 0 for r in reqs)
+    conn.close()
+    peer.close()

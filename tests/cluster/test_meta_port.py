@@ -1,0 +1,118 @@
+"""The master's framed metadata port against real daemons: used when offered, the same answers
+and error codes as gRPC, gRPC when it is off or gone, and garbage refused without harm."""
+import socket
+import struct
+
+import pytest
+
+from mooncake_client import Client
+from mooncake_client.local_cluster import LocalCluster
+from mooncake_proto import metaframe
+from mooncake_proto import mooncake_pb2 as pb
+from mooncake_proto.errors import ErrorCode, InvalidArgumentError
+
+
+def frame_call(addr: str, payload: bytes, refused: bool = True) -> tuple[int, bytes]:
+    """Sends raw bytes to the framed port; the answer's status and body (or -1, b"" on close).
+    A refused frame must also cost its connection; a failed but well-formed call must not."""
+    host, port = addr.rsplit(":", 1)
+    with socket.create_connection((host, int(port)), timeout=5) as s:
+        s.sendall(payload)
+        head = s.recv(metaframe.RESPONSE.size, socket.MSG_WAITALL)
+        if len(head) < metaframe.RESPONSE.size:
+            return -1, b""
+        status, length = metaframe.RESPONSE.unpack(head)
+        body = s.recv(length, socket.MSG_WAITALL) if length else b""
+        if refused:
+            assert s.recv(1) == b""
+        else:
+            s.sendall(encode("Exists", pb.KeysRequest(keys=["x"])))
+            assert metaframe.RESPONSE.unpack(s.recv(8, socket.MSG_WAITALL))[0] == 0
+        return status, body
+
+
+def encode(method: str, request) -> bytes:
+    body = request.SerializeToString()
+    return metaframe.REQUEST.pack(metaframe.MAGIC, metaframe.METHOD_IDS[method], len(body)) + body
+
+
+def test_clients_use_the_framed_port_when_the_master_offers_it(cluster):
+    with Client(cluster.master_addr) as c:
+        c.put("meta/used", b"abc")
+        assert c.get("meta/used") == b"abc" and c.exists("meta/used")
+        assert c._meta is not None and c._meta.addr == cluster.master.info["meta"]
+    with Client(cluster.master_addr, framed_metadata=False) as c:  # the same store over gRPC
+        assert c.get("meta/used") == b"abc" and c._meta is None
+
+
+def test_whole_call_errors_keep_their_mooncake_code(cluster):
+    request = pb.PutStartRequest(keys=["a", "b"], sizes=[1])
+    status, body = frame_call(cluster.master.info["meta"], encode("PutStart", request),
+                              refused=False)
+    assert status == ErrorCode.INVALID_PARAMS and b"2 keys but 1 sizes" in body
+    with Client(cluster.master_addr) as c:
+        with pytest.raises(InvalidArgumentError):
+            c._call("PutStart", request)
+
+
+@pytest.mark.parametrize("garbage", [
+    b"XXXX" + bytes(5),                                                    # bad magic
+    metaframe.REQUEST.pack(metaframe.MAGIC, 99, 0),                        # unknown method
+    metaframe.REQUEST.pack(metaframe.MAGIC, 4, metaframe.MAX_FRAME_BYTES + 1),  # oversized
+    metaframe.REQUEST.pack(metaframe.MAGIC, 4, 3) + b"\xff\xff\xff",      # undecodable
+])
+def test_garbage_is_refused_and_the_master_keeps_serving(cluster, garbage):
+    status, _ = frame_call(cluster.master.info["meta"], garbage)
+    assert status == ErrorCode.INVALID_PARAMS
+    with Client(cluster.master_addr) as c:
+        c.put(f"meta/after/{garbage[:6].hex()}", b"ok")
+        assert c.get(f"meta/after/{garbage[:6].hex()}") == b"ok"
+
+
+def test_a_truncated_frame_then_close_harms_no_one(cluster):
+    host, port = cluster.master.info["meta"].rsplit(":", 1)
+    with socket.create_connection((host, int(port)), timeout=5) as s:
+        s.sendall(metaframe.REQUEST.pack(metaframe.MAGIC, 4, 100) + b"\x0a\x03")
+    with Client(cluster.master_addr) as c:
+        c.put("meta/truncated", b"ok")
+        assert c.get("meta/truncated") == b"ok"
+
+
+def test_port_turned_off_means_grpc(fresh_cluster):
+    cluster = fresh_cluster(workers=1, dram="8MiB", master_args=("--meta-port", "-1"))
+    assert cluster.master.info["meta"] == ""
+    with Client(cluster.master_addr) as c:
+        c.put("meta/off", b"x")
+        assert c.get("meta/off") == b"x" and c._meta is None
+
+
+def test_a_client_follows_a_restarted_master_to_its_new_port(tmp_path):
+    """The framed port moves when the master restarts (port 0): the client's pooled
+    connection fails, the read goes over gRPC, and Hello finds the new port later."""
+    from test_daemons import free_port
+    port = free_port()
+    cluster = LocalCluster(workers=0, workdir=str(tmp_path))
+    args = ["--port", str(port), "--http-port", "0", "--meta-port", "0"]
+    cluster.master = cluster._spawn("master", "mooncake_master", args)
+    try:
+        cluster.master.wait_ready()
+        cluster.start_worker("w", dram="8MiB")
+        with Client(f"127.0.0.1:{port}", rpc_timeout_s=5) as c:
+            c.put("meta/before", b"1")
+            old = c._meta.addr
+            cluster.master.stop()
+            cluster.master = cluster._spawn("master", "mooncake_master", args)
+            cluster.master.wait_ready()
+            assert c.get("meta/before") is None  # a new master knows nothing yet: a miss
+            assert c._meta is None  # the old port is forgotten ...
+            c._meta_checked_at = -1e9  # ... and asked for again (normally after META_RETRY_S)
+            assert c.exists("meta/before") is False
+            assert c._meta is not None and c._meta.addr != old
+    finally:
+        cluster.stop()
+
+
+def test_frame_format_is_fixed():
+    assert metaframe.REQUEST.size == 9 and metaframe.RESPONSE.size == 8
+    assert struct.unpack("!4sBI", metaframe.REQUEST.pack(metaframe.MAGIC, 4, 7)) == (b"MCM1", 4, 7)
+    assert set(metaframe.IDEMPOTENT) <= set(metaframe.METHOD_IDS)
