@@ -29,6 +29,7 @@
 #define RESPONSE_BYTES 12         /* "!iQ" */
 #define SOCKET_BUFFER_BYTES (4 << 20)
 #define MAX_SEND_IOVS 256
+#define LOW_WATER_MAX (512 << 10)
 
 static int64_t now_ms(void) {
     struct timespec ts;
@@ -177,6 +178,7 @@ typedef struct {
     uint32_t iov;                    /* payload position: current iov and bytes done in it */
     uint64_t done;
     int refused;
+    int low_water;                   /* SO_RCVLOWAT now set on the socket */
 } recv_state;
 
 /* > 0 bytes read, 0 would block, < 0 error (a close is an error: responses were owed) */
@@ -288,6 +290,21 @@ static void encode_headers(const mc_tcp_request *requests, size_t count,
     }
 }
 
+/* While only a READ payload is still to come, wake when a good part of it has arrived
+ * rather than for every segment: fewer wake-ups and recv calls per MiB. */
+static void set_low_water(int fd, const send_cursor *c, recv_state *s) {
+    int want = 1;
+    if (c->req == c->count && s->in_payload) {
+        const mc_tcp_request *r = &c->requests[s->req];
+        uint64_t left = s->iov < r->iov_count ? r->iov[s->iov].length - s->done : 1;
+        want = left > LOW_WATER_MAX ? LOW_WATER_MAX : (int)(left ? left : 1);
+    }
+    if (want != s->low_water) {
+        setsockopt(fd, SOL_SOCKET, SO_RCVLOWAT, &want, sizeof want);
+        s->low_water = want;
+    }
+}
+
 /* timeout_ms bounds silence, not the whole batch: a large batch that keeps moving bytes
  * may take longer, a stalled or paused worker fails within timeout_ms */
 static int run_exchange(int fd, send_cursor *c, recv_state *s, int timeout_ms) {
@@ -303,6 +320,7 @@ static int run_exchange(int fd, send_cursor *c, recv_state *s, int timeout_ms) {
         if (got < 0) return got;
         if (s->req == c->count || s->refused) break;
         if (sent > 0 || got > 0) deadline = now_ms() + timeout_ms;
+        set_low_water(fd, c, s);
         int rc = wait_fd(fd, POLLIN | (c->req < c->count ? POLLOUT : 0), deadline);
         if (rc < 0) return rc;
     }
@@ -318,7 +336,12 @@ int mc_tcp_exchange(int fd, mc_tcp_request *requests, size_t count, int timeout_
     send_cursor c = {requests, count, headers, 0, 0, 0};
     recv_state s;
     memset(&s, 0, sizeof s);
+    s.low_water = 1;
     rc = run_exchange(fd, &c, &s, timeout_ms);
+    if (s.low_water != 1) {   /* the pooled connection's next exchange starts with headers */
+        int one = 1;
+        setsockopt(fd, SOL_SOCKET, SO_RCVLOWAT, &one, sizeof one);
+    }
     free(headers);
     if (rc == -ETIMEDOUT) mc_fail(rc, "no progress for %d ms", timeout_ms);
     return rc < 0 ? rc : (int)(s.req + (size_t)s.refused);
