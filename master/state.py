@@ -140,7 +140,9 @@ def _fail(code: ErrorCode, message: str) -> KeyResult:
 
 def _copy_replicas(replicas: list[Replica]) -> list[Replica]:
     # Callers get copies so that nothing outside can mutate the state behind validate().
-    return [dataclasses.replace(r) for r in replicas]
+    # (the constructor, not dataclasses.replace: this runs per replica of every get)
+    return [Replica(r.worker_id, r.segment_id, r.tier, r.offset, r.length, r.state)
+            for r in replicas]
 
 
 class MasterState:
