@@ -5,7 +5,7 @@ one place its errors become exceptions; segment.py maps segment files; buffers.p
 buffers into byte views and copies them; tcp.py is the client side of the TCP data plane.
 """
 from mooncake_native.binding import HAS_RDMA, VERSION
-from mooncake_native.buffers import as_byte_view, copy_into
+from mooncake_native.buffers import as_byte_view
 from mooncake_native.segment import SegmentMapping
 
-__all__ = ["HAS_RDMA", "VERSION", "as_byte_view", "copy_into", "SegmentMapping"]
+__all__ = ["HAS_RDMA", "VERSION", "as_byte_view", "SegmentMapping"]

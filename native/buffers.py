@@ -128,6 +128,3 @@ def copy_batch(pairs: list[tuple[memoryview, memoryview]]) -> None:
         item.dst, item.src, item.length = d, s, dst.nbytes
     check(lib.mc_copy_batch(items, len(pairs)), "copy")
 
-
-def copy_into(dst: memoryview, src: memoryview) -> None:
-    copy_batch([(dst, src)])

@@ -2,7 +2,9 @@
 
 A request is a fixed header, the grant, then (for WRITE) the payload. Requests may be
 pipelined on one persistent connection; responses come back in order. A malformed or
-unauthorised request gets an error response and the connection is closed.
+unauthorised request gets an error response and the connection is closed. Both ends are in C
+(native/src/tcp_client.c, native/src/server_conn.c); this module is the format's Python
+statement, used by tests that speak to a worker byte by byte.
 
     request:  magic "MCD1", op u8, flags u8, grant_len u16, segment_id u32, offset u64, length u64
     response: status i32 (0 or a Mooncake code), length u64, then `length` bytes for a READ
@@ -31,15 +33,3 @@ def recv_exact_into(sock: socket.socket, view: memoryview) -> None:
         if n == 0:
             raise ConnectionError("peer closed the connection mid-message")
         view = view[n:]
-
-
-def send_parts(sock: socket.socket, parts: list) -> None:
-    """sendall for several buffers: one gathered syscall in the common case."""
-    views = [memoryview(p).cast("B") for p in parts]
-    while views:
-        sent = sock.sendmsg(views)
-        while views and sent >= views[0].nbytes:
-            sent -= views[0].nbytes
-            views.pop(0)
-        if views and sent:
-            views[0] = views[0][sent:]

@@ -187,3 +187,31 @@ def test_large_copies_work_in_a_forked_child():
     os.kill(pid, 9)
     os.waitpid(pid, 0)
     pytest.fail("a large copy in a forked child hung")
+
+
+def test_c_calls_release_the_gil():
+    """While one thread is inside a single long C copy, Python code runs in another (cffi
+    releases the GIL around every call into the library). Were the GIL held, the counting
+    loop could not finish before the copy did."""
+    import threading
+    src = np.ones(512 << 20, dtype=np.uint8)
+    dst = np.empty_like(src)  # first touch inside the copy: it takes a while
+    check(lib.mc_copy_set_threads(1))
+    try:
+        started = threading.Event()
+
+        def copier():
+            started.set()
+            copy_batch([(memoryview(dst), memoryview(src))])
+
+        thread = threading.Thread(target=copier)
+        thread.start()
+        started.wait(10)
+        n = 0
+        while n < 100_000:
+            n += 1
+        assert thread.is_alive()
+        thread.join(60)
+        assert dst[-1] == 1
+    finally:
+        check(lib.mc_copy_set_threads(0))
