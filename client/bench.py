@@ -1,11 +1,12 @@
 """`mooncake-bench`: the store's throughput and latency beside what this machine can do at all.
 
-For every size it first measures two baselines on the same volume: `memcpy` (numpy copying
-from distinct source regions into one buffer, like reads of distinct objects) and `socket`
-(a plain Python loopback stream from another process into one buffer). Then, per transport
-(`shm`, `tcp`), it runs put/get, put_from/get_into and their batch forms (8 objects per call)
-and prints each row with its ratio to the baseline (shm rows to memcpy, tcp rows to socket),
-then the issue 3 targets with pass/fail. `--local` starts its own master and two workers on
+Per transport (`shm`, `tcp`) and size it measures a baseline on the same volume, right
+before the store's rows: `memcpy` for shm (numpy copying from distinct source regions into
+one buffer, like reads of distinct objects) and `socket` for tcp (a plain Python loopback
+stream from another process into one buffer). Then it runs put/get, put_from/get_into and
+their batch forms (8 objects per call) and prints each row with its ratio to that baseline,
+then the issue 3 targets with pass/fail. `--repeat N` measures everything N times back to
+back and keeps the median row. `--local` starts its own master and two workers on
 loopback and stops them. Performance goals are checked with this program, never with timed
 assertions in tests.
 """
@@ -241,31 +242,43 @@ def warm_up(client: Client) -> None:
     client.remove_all(force=True)
 
 
-def run(args, master: str, baselines: list[dict]) -> list[dict]:
+def median_row(rows: list[dict]) -> dict:
+    """Of repeated measurements of one row, the one with the median throughput."""
+    ordered = sorted(rows, key=lambda r: r["gb_per_s"])
+    return {**ordered[len(ordered) // 2], "repeats": len(rows)}
+
+
+def baseline(kind: str, size: int, count: int, volume: int) -> dict:
+    if kind == "memcpy":
+        return memcpy_baseline(size, count, volume)
+    return socket_baseline(size, count)
+
+
+def run(args, master: str) -> tuple[list[dict], list[dict]]:
+    """Per transport and size: its baseline, then the store's rows, each measured `repeat`
+    times back to back (median kept), so a ratio compares numbers taken in the same minute
+    (this kind of VM drifts by 2x and more over minutes)."""
     sizes = [parse_size(s) for s in args.sizes.split(",")]
     transports = [t.strip() for t in args.transports.split(",") if t.strip()]
+    volume = parse_size(args.volume)
     progress = Progress(len(sizes) * len(transports))
-    rows = []
+    rows, baselines = [], []
     for transport in transports:
         with Client(master, transports=(transport,)) as client:
             warm_up(client)
             for size in sizes:
-                count = count_for(size, parse_size(args.volume), args.max_count)
-                rows.extend(run_size(client, transport, size, count))
+                count = count_for(size, volume, args.max_count)
+                kind = BASELINE_FOR.get(transport, "memcpy")
+                runs = []
+                for _ in range(args.repeat):
+                    runs.append(baseline(kind, size, count, volume))
+                    runs.append(run_size(client, transport, size, count))
+                baselines.append(median_row(runs[0::2]))
+                per_op = zip(*runs[1::2])  # the same op's row from every repeat
+                rows.extend(median_row(list(same_op)) for same_op in per_op)
                 progress.step(f"{transport} {format_size(size)}")
     add_ratios(rows, baselines)
-    return rows
-
-
-def measure_baselines(args) -> list[dict]:
-    """Before any gRPC channel exists in this process (the socket sender is a child process)."""
-    volume = parse_size(args.volume)
-    rows = []
-    for size in (parse_size(s) for s in args.sizes.split(",")):
-        count = count_for(size, volume, args.max_count)
-        rows.append(memcpy_baseline(size, count, volume))
-        rows.append(socket_baseline(size, count))
-    return rows
+    return rows, baselines
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -280,15 +293,19 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--max-count", type=int, default=2000, help="most objects per row")
     parser.add_argument("--dram", default="4GiB", help="DRAM per worker with --local (removed "
                         "ranges stay held until their grants expire, so give room)")
+    parser.add_argument("--repeat", type=int, default=1,
+                        help="measure every row (and its baseline) this many times, keep the median")
     parser.add_argument("--json", help="also write the rows as JSON to this file")
     args = parser.parse_args(argv)
     started = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
-    baselines = measure_baselines(args)
+    if args.repeat < 1:
+        parser.error("--repeat must be at least 1")
     if args.local:
-        with LocalCluster(workers=2, dram=args.dram) as cluster:
-            rows = run(args, cluster.master_addr, baselines)
+        # a short lease: removed ranges come back sooner between repeats (reads take ms)
+        with LocalCluster(workers=2, dram=args.dram, master_args=("--lease-ttl", "3s")) as cluster:
+            rows, baselines = run(args, cluster.master_addr)
     else:
-        rows = run(args, args.master, baselines)
+        rows, baselines = run(args, args.master)
     targets = check_targets(rows)
     print_table(baselines + rows)
     print_targets(targets)
@@ -296,6 +313,7 @@ def main(argv: list[str] | None = None) -> int:
         with open(args.json, "w", encoding="utf-8") as f:
             json.dump({"command": " ".join(["mooncake-bench", *(argv or sys.argv[1:])]),
                        "started": started, "host": platform.node(), "cpus": os.cpu_count(),
+                       "repeat": args.repeat,
                        "baselines": baselines, "rows": rows, "targets": targets}, f, indent=1)
     return 0
 

@@ -10,7 +10,8 @@ def test_bench_local_prints_a_table_and_writes_json(tmp_path):
     out = tmp_path / "bench.json"
     proc = subprocess.run(
         [sys.executable, "-m", "mooncake_client.bench", "--local", "--sizes", "4KiB,1MiB",
-         "--volume", "2MiB", "--max-count", "20", "--dram", "64MiB", "--json", str(out)],
+         "--volume", "2MiB", "--max-count", "20", "--dram", "64MiB", "--repeat", "2",
+         "--json", str(out)],
         capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr
     assert "GB/s" in proc.stdout and "p99 us" in proc.stdout
@@ -24,4 +25,5 @@ def test_bench_local_prints_a_table_and_writes_json(tmp_path):
     assert {(b["transport"], b["size_bytes"]) for b in report["baselines"]} == {
         (t, s) for t in ("memcpy", "socket") for s in (4096, 1 << 20)}
     assert all(r["x_baseline"] is not None for r in rows)
+    assert all(r["repeats"] == 2 for r in rows + report["baselines"])  # medians of two runs
     assert "issue 3 targets" in proc.stdout and len(report["targets"]) == 7
