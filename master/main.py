@@ -34,10 +34,11 @@ OPTIONS = [
 
 
 class MasterHttp:
-    """The master's HTTP endpoints (read-only views of the state)."""
+    """The master's HTTP endpoints (read-only views of the state, under its lock)."""
 
-    def __init__(self, state: MasterState):
+    def __init__(self, state: MasterState, lock):
         self.state = state
+        self.lock = lock
         self.server = HttpServer({"/health": self.health, "/stats": self.stats,
                                   "/get_all_segments": self.get_all_segments})
 
@@ -45,21 +46,26 @@ class MasterHttp:
         return 200, "application/json", b'{"status": "ok"}\n'
 
     async def stats(self, _query):
-        return json_response(self.state.stats())
+        with self.lock:
+            stats = self.state.stats()
+        return json_response(stats)
 
     async def get_all_segments(self, _query):
         # SGLang polls this for readiness: one registered segment name a line
-        names = [f"{w.worker_id}/{sid}" for w in self.state.workers.values() for sid in w.segments]
+        with self.lock:
+            names = [f"{w.worker_id}/{sid}" for w in self.state.workers.values()
+                     for sid in w.segments]
         return 200, "text/plain", ("\n".join(names) + ("\n" if names else "")).encode()
 
 
-async def tick_loop(state: MasterState, stop: asyncio.Event) -> None:
+async def tick_loop(state: MasterState, lock, stop: asyncio.Event) -> None:
     while not stop.is_set():
         try:
             await asyncio.wait_for(stop.wait(), timeout=TICK_INTERVAL_S)
         except asyncio.TimeoutError:
             pass
-        report = state.tick(time.monotonic())
+        with lock:
+            report = state.tick(time.monotonic())
         for worker_id in report.dead_workers:
             log.warning(kv("worker_dead", worker_id=worker_id))
         if report.revoked_keys:
@@ -81,14 +87,14 @@ async def serve(settings) -> int:
     meta = MetaServer(servicer)
     if settings.meta_port >= 0:
         servicer.meta_addr = await meta.start(settings.host, settings.meta_port)
-    http = MasterHttp(state)
+    http = MasterHttp(state, servicer.lock)
     http_addr = await http.server.start(settings.host, settings.http_port)
     log.warning(kv("no_authentication", detail="tokens are not implemented yet; run on a trusted network"))
     log.info(kv("master_serving", master_id=servicer.master_id, grpc=grpc_addr, http=http_addr,
                 meta=servicer.meta_addr or "off"))
     write_ready_file(settings.ready_file, {"grpc": grpc_addr, "http": http_addr,
                                            "meta": servicer.meta_addr})
-    ticker = asyncio.create_task(tick_loop(state, stop))
+    ticker = asyncio.create_task(tick_loop(state, servicer.lock, stop))
     await stop.wait()
     log.info(kv("master_stopping", master_id=servicer.master_id))
     await ticker

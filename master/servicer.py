@@ -4,8 +4,10 @@ No metadata logic lives here (STYLE.md 1 and 5); domain errors leave through rpc
 """
 from __future__ import annotations
 
+import functools
 import logging
 import secrets
+import threading
 import time
 import uuid
 
@@ -26,19 +28,32 @@ def _status(key: str, result) -> pb.KeyStatus:
     return pb.KeyStatus(key=key, code=result.code, message=result.message)
 
 
+def _serialized(method):
+    """Runs an RPC under the servicer's lock: the framed port's threads call the same methods
+    (master/meta_server.py), and MasterState must see one call at a time."""
+    @functools.wraps(method)
+    async def locked(self, request, context):
+        with self.lock:
+            return await method(self, request, context)
+    return locked
+
+
 class MasterServicer(pb_grpc.MasterServiceServicer):
     def __init__(self, state: MasterState, clock=time.monotonic, wall_clock=time.time):
         self.state = state
         self.clock = clock
         self.wall_clock = wall_clock
         self.master_id = uuid.uuid4().hex[:12]
+        self.lock = threading.RLock()  # every access to `state`: RPCs, the tick, HTTP views
         self.meta_addr = ""  # the framed metadata port, once it listens (master/meta_server.py)
 
+    @_serialized
     async def Hello(self, request, context):
         return pb.HelloResponse(master_id=self.master_id, meta_addr=self.meta_addr)
 
     # ---- workers ----
 
+    @_serialized
     async def RegisterWorker(self, request, context):
         key = secrets.token_bytes(grants.KEY_BYTES)
         segments = [SegmentSpec(s.segment_id, s.tier, s.size_bytes, s.path) for s in request.segments]
@@ -50,11 +65,13 @@ class MasterServicer(pb_grpc.MasterServiceServicer):
         return pb.RegisterWorkerResponse(grant_key=key, master_id=self.master_id,
                                          heartbeat_interval_ms=HEARTBEAT_INTERVAL_MS)
 
+    @_serialized
     async def Heartbeat(self, request, context):
         return pb.HeartbeatResponse(registered=self.state.heartbeat(request.worker_id, self.clock()))
 
     # ---- objects ----
 
+    @_serialized
     async def PutStart(self, request, context):
         cfg = request.config
         config = PlacementConfig(replica_num=cfg.replica_num or 1,
@@ -69,12 +86,15 @@ class MasterServicer(pb_grpc.MasterServiceServicer):
                             replicas=self._descriptors(r.replicas, grants.Op.WRITE, expiry))
             for key, r in zip(request.keys, results)])
 
+    @_serialized
     async def PutEnd(self, request, context):
         return await self._finish_call(self.state.put_end, request, context)
 
+    @_serialized
     async def PutRevoke(self, request, context):
         return await self._finish_call(self.state.put_revoke, request, context)
 
+    @_serialized
     async def GetReplicas(self, request, context):
         results = await self._run(context, self.state.get_replicas, list(request.keys),
                                   self.clock())
@@ -85,15 +105,18 @@ class MasterServicer(pb_grpc.MasterServiceServicer):
                                replicas=self._descriptors(r.replicas, grants.Op.READ, expiry))
             for key, r in zip(request.keys, results)])
 
+    @_serialized
     async def Exists(self, request, context):
         results = await self._run(context, self.state.exists, list(request.keys), self.clock())
         return pb.ExistsResponse(statuses=[_status(k, r) for k, r in zip(request.keys, results)])
 
+    @_serialized
     async def Remove(self, request, context):
         results = await self._run(context, self.state.remove, list(request.keys), request.force,
                                   self.clock())
         return pb.KeysResponse(statuses=[_status(k, r) for k, r in zip(request.keys, results)])
 
+    @_serialized
     async def RemoveAll(self, request, context):
         removed = self.state.remove_all(request.force, self.clock())
         log.info(kv("remove_all", force=request.force, removed=removed))
