@@ -26,7 +26,9 @@ from mooncake_proto.identity import node_id
 
 KNOWN_TRANSPORTS = ("shm", "rdma", "tcp")  # the default preference order (DESIGN.md 4)
 MISS_CODES = (ErrorCode.OBJECT_NOT_FOUND, ErrorCode.REPLICA_IS_NOT_READY)
-META_RETRY_S = 5.0  # how often a client without a framed metadata channel asks Hello again
+META_RETRY_S = 5.0  # a client without a framed metadata channel asks Hello again after this,
+META_RETRY_MAX_S = 60.0  # doubling after each failure up to this
+META_CONNECT_TIMEOUT_S = 0.5  # a port that drops SYNs must not stall a call for rpc_timeout_s
 _TIER_NAMES = {pb.TIER_DRAM: "DRAM", pb.TIER_SSD: "SSD"}
 _STATE_NAMES = {pb.REPLICA_PENDING: "PENDING", pb.REPLICA_COMPLETE: "COMPLETE"}
 
@@ -84,7 +86,9 @@ class Client:
         self.framed_metadata = framed_metadata
         self._meta: MetaChannel | None = None
         self._meta_checked_at = -float("inf")
+        self._meta_failures = 0
         self._meta_lock = threading.Lock()
+        self._switch_lock = threading.Lock()
         self._master_index = 0
         self._channel = rpc.client_channel(self.masters[0])
         self._stub = pb_grpc.MasterServiceStub(self._channel)
@@ -94,8 +98,10 @@ class Client:
     def close(self) -> None:
         for transport in self._transports:
             transport.close()
-        if self._meta is not None:
-            self._meta.close()
+        meta, self._meta = self._meta, None
+        self.framed_metadata = False  # calls after close() must not reopen a channel
+        if meta is not None:
+            meta.close()
         self._channel.close()
 
     def __enter__(self) -> "Client":
@@ -382,9 +388,11 @@ class Client:
         meta = self._meta_channel() if method in metaframe.METHOD_IDS else None
         if meta is not None:
             try:
-                return meta.call(method, request, self.rpc_timeout_s)
+                response = meta.call(method, request, self.rpc_timeout_s)
+                self._meta_failures = 0
+                return response
             except NotSent:
-                self._forget_meta(meta)  # gone (master restarted?): gRPC, and Hello again later
+                self._forget_meta(meta)  # unreachable or busy: gRPC, and Hello again later
             except MaybeSent as exc:
                 self._forget_meta(meta)
                 if method not in metaframe.IDEMPOTENT:
@@ -396,33 +404,35 @@ class Client:
         """One master RPC; on an unreachable master, tries the next address once around."""
         last: grpc.RpcError | None = None
         for _ in range(len(self.masters)):
-            target = self.masters[self._master_index % len(self.masters)]
+            index, stub = self._master_index, self._stub
+            target = self.masters[index % len(self.masters)]
             try:
-                return getattr(self._stub, method)(request, timeout=self.rpc_timeout_s)
+                return getattr(stub, method)(request, timeout=self.rpc_timeout_s)
             except grpc.RpcError as exc:
                 last = exc
                 if exc.code() != grpc.StatusCode.UNAVAILABLE or len(self.masters) == 1:
                     break
-                self._switch_master()
+                self._switch_master(index)
         raise rpc.error_from_rpc(last, f"master {target} {method}")
 
     def _meta_channel(self) -> MetaChannel | None:
-        """The framed metadata channel of the current master; asks Hello at most every few
-        seconds when there is none (an older master, the port turned off, or just failed)."""
+        """The framed metadata channel of the current master; asks Hello again after a
+        back-off when there is none (an older master, the port turned off, or it failed)."""
         if self._meta is not None or not self.framed_metadata:
             return self._meta
         now = time.monotonic()
+        wait_s = min(META_RETRY_MAX_S, META_RETRY_S * 2 ** max(0, self._meta_failures - 1))
         with self._meta_lock:
-            if self._meta is None and now - self._meta_checked_at >= META_RETRY_S:
+            if self._meta is None and now - self._meta_checked_at >= wait_s:
                 self._meta_checked_at = now
+                master = self.masters[self._master_index % len(self.masters)]
                 try:
                     hello = self._stub.Hello(pb.HelloRequest(), timeout=self.rpc_timeout_s)
                 except grpc.RpcError:
                     return None  # an older master without Hello, or unreachable: gRPC it is
-                if hello.meta_addr:
-                    master = self.masters[self._master_index % len(self.masters)]
+                if hello.meta_addr and self.framed_metadata:
                     self._meta = MetaChannel(_reachable(hello.meta_addr, master),
-                                             self.rpc_timeout_s)
+                                             min(META_CONNECT_TIMEOUT_S, self.rpc_timeout_s))
             return self._meta
 
     def _forget_meta(self, meta: MetaChannel) -> None:
@@ -430,15 +440,22 @@ class Client:
             if self._meta is meta:
                 self._meta = None
                 self._meta_checked_at = time.monotonic()
+                self._meta_failures += 1
         meta.close()
 
-    def _switch_master(self) -> None:
-        if self._meta is not None:
-            self._forget_meta(self._meta)
-        self._channel.close()
-        self._master_index += 1
-        self._channel = rpc.client_channel(self.masters[self._master_index % len(self.masters)])
-        self._stub = pb_grpc.MasterServiceStub(self._channel)
+    def _switch_master(self, seen_index: int) -> None:
+        """Moves to the next master address, once per failure however many threads saw it."""
+        with self._switch_lock:
+            if self._master_index != seen_index:
+                return  # another thread already moved on
+            meta = self._meta
+            if meta is not None:
+                self._forget_meta(meta)
+            # the old channel is not closed here: other threads may still be inside a call
+            # on it (they fail over the same way); it closes when the last user drops it
+            self._master_index += 1
+            self._channel = rpc.client_channel(self.masters[self._master_index % len(self.masters)])
+            self._stub = pb_grpc.MasterServiceStub(self._channel)
 
 
 def _reachable(meta_addr: str, master: str) -> str:

@@ -1,20 +1,25 @@
 """The client side of the master's framed metadata port (proto/metaframe.py).
 
-Pooled blocking connections, one call in flight on each. A call whose connection could not
-be made is `NotSent` (the caller uses gRPC instead); one whose answer was lost after the frame
-left is `MaybeSent` (only idempotent calls may then be sent again, over gRPC).
+Pooled blocking connections, one call in flight on each. A call is never sent twice: one whose
+connection could not be made, or that the master turned away unread, is `NotSent` (the caller
+uses gRPC instead); one whose answer was lost after the frame left is `MaybeSent` (only an
+idempotent call may then be repeated, over gRPC). Idle connections are checked before reuse,
+so a master that restarted is noticed before a frame is sent into a dead connection.
 """
 from __future__ import annotations
 
+import select
 import socket
 import threading
 
 from mooncake_proto import metaframe
 from mooncake_proto.errors import error_for_code
 
+MAX_IDLE = 8  # pooled connections kept per client; more are closed after use
+
 
 class NotSent(Exception):
-    """The framed port could not be reached; the call was not made."""
+    """The framed port could not be reached or turned the call away; the call was not made."""
 
 
 class MaybeSent(Exception):
@@ -28,6 +33,7 @@ class MetaChannel:
         self.connect_timeout_s = connect_timeout_s
         self._idle: list[socket.socket] = []
         self._lock = threading.Lock()
+        self._closed = False
 
     def call(self, method: str, request, timeout_s: float):
         """The response message; raises the call's MooncakeError, NotSent or MaybeSent."""
@@ -35,21 +41,15 @@ class MetaChannel:
         response_type = metaframe.METHODS[method_id][2]
         payload = request.SerializeToString()
         frame = metaframe.REQUEST.pack(metaframe.MAGIC, method_id, len(payload)) + payload
-        conn, reused = self._checkout()
+        conn = self._checkout()
         try:
             status, body = self._exchange(conn, frame, timeout_s)
-        except _NoAnswer as exc:
+        except OSError as exc:
             conn.close()
-            if not reused:
-                raise MaybeSent(str(exc.__cause__ or exc)) from exc
-            # an idle connection to a master that has since gone (restarted): the frame was
-            # never read by anyone who could act on it; once more on a fresh connection
-            conn, _ = self._checkout(fresh=True)
-            try:
-                status, body = self._exchange(conn, frame, timeout_s)
-            except _NoAnswer as again:
-                conn.close()
-                raise MaybeSent(str(again.__cause__ or again)) from again
+            raise MaybeSent(str(exc) or type(exc).__name__) from exc
+        if status == metaframe.STATUS_BUSY:
+            conn.close()
+            raise NotSent(f"framed metadata port {self.addr}: {body.decode(errors='replace')}")
         self._checkin(conn)
         if status != 0:
             raise error_for_code(status, f"master {self.addr} {method}: {body.decode(errors='replace')}")
@@ -57,6 +57,7 @@ class MetaChannel:
 
     def close(self) -> None:
         with self._lock:
+            self._closed = True
             for conn in self._idle:
                 conn.close()
             self._idle.clear()
@@ -64,35 +65,45 @@ class MetaChannel:
     @staticmethod
     def _exchange(conn: socket.socket, frame: bytes, timeout_s: float) -> tuple[int, bytes]:
         conn.settimeout(timeout_s)
-        try:
-            conn.sendall(frame)
-            head = _recv_exact(conn, metaframe.RESPONSE.size)
-            status, length = metaframe.RESPONSE.unpack(head)
-            if length > metaframe.MAX_FRAME_BYTES:
-                raise ConnectionError(f"answer of {length} bytes")
-            return status, _recv_exact(conn, length)
-        except OSError as exc:
-            raise _NoAnswer() from exc
+        conn.sendall(frame)
+        status, length = metaframe.RESPONSE.unpack(_recv_exact(conn, metaframe.RESPONSE.size))
+        if length > metaframe.MAX_FRAME_BYTES:
+            raise ConnectionError(f"answer of {length} bytes: not a mooncake master?")
+        return status, _recv_exact(conn, length)
 
-    def _checkout(self, fresh: bool = False) -> tuple[socket.socket, bool]:
-        if not fresh:
+    def _checkout(self) -> socket.socket:
+        while True:
             with self._lock:
-                if self._idle:
-                    return self._idle.pop(), True
+                if self._closed:
+                    raise NotSent("the client is closed")
+                conn = self._idle.pop() if self._idle else None
+            if conn is None:
+                break
+            if _idle_and_open(conn):
+                return conn
+            conn.close()  # the master closed it (restarted, idle timeout): never send into it
         try:
             conn = socket.create_connection((self._host, self._port), self.connect_timeout_s)
         except OSError as exc:
             raise NotSent(f"framed metadata port {self.addr}: {exc}") from exc
         conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        return conn, False
+        return conn
 
     def _checkin(self, conn: socket.socket) -> None:
         with self._lock:
-            self._idle.append(conn)
+            if not self._closed and len(self._idle) < MAX_IDLE:
+                self._idle.append(conn)
+                return
+        conn.close()
 
 
-class _NoAnswer(Exception):
-    pass
+def _idle_and_open(conn: socket.socket) -> bool:
+    """An idle connection has nothing to read; anything readable is a close (or garbage)."""
+    try:
+        readable, _, _ = select.select([conn], [], [], 0)
+    except (OSError, ValueError):
+        return False
+    return not readable
 
 
 def _recv_exact(conn: socket.socket, length: int) -> bytes:

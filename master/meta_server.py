@@ -24,6 +24,8 @@ from mooncake_proto.rpc import CODE_METADATA_KEY
 log = logging.getLogger("mooncake.master.meta")
 
 MAX_CONNECTIONS = 1024  # each holds a thread
+IDLE_TIMEOUT_S = 300.0  # a connection silent this long (also mid-frame) is dropped
+BODY_CHUNK_BYTES = 1 << 20  # a frame's body is read as it arrives, not allocated up front
 
 
 class CallEnded(Exception):
@@ -94,12 +96,15 @@ class MetaServer:
                 time.sleep(0.05)
                 continue
             with self._lock:
-                if len(self._conns) >= MAX_CONNECTIONS:
-                    log.warning(kv("meta_connection_refused", peer=_peer(peer), reason="too many"))
-                    conn.close()
-                    continue
-                self._conns.add(conn)
+                busy = len(self._conns) >= MAX_CONNECTIONS
+                if not busy:
+                    self._conns.add(conn)
+            if busy:
+                self._refuse_busy(conn, _peer(peer))
+                continue
             conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            conn.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
+            conn.settimeout(IDLE_TIMEOUT_S)
             threading.Thread(target=self._serve, args=(conn, _peer(peer)), name="meta-conn",
                              daemon=True).start()
 
@@ -111,10 +116,9 @@ class MetaServer:
                 if magic != metaframe.MAGIC or method_id not in metaframe.METHODS \
                         or length > metaframe.MAX_FRAME_BYTES:
                     return self._refuse(conn, peer, "malformed frame header")
-                body = bytearray(length)
-                _recv_exact_into(conn, memoryview(body))
+                body = _recv_body(conn, length)
                 try:
-                    status, payload = self.answer(method_id, bytes(body))
+                    status, payload = self.answer(method_id, body)
                 except DecodeError:
                     name = metaframe.METHODS[method_id][0]
                     return self._refuse(conn, peer, f"undecodable {name} request")
@@ -146,6 +150,17 @@ class MetaServer:
         log.error(kv("meta_call_suspended", method=name))
         return ErrorCode.INTERNAL_ERROR, f"{name}: cannot be served on the framed port".encode()
 
+    def _refuse_busy(self, conn: socket.socket, peer: str) -> None:
+        """At the connection cap: an answer the client reads as "not sent" (it uses gRPC)."""
+        log.warning(kv("meta_connection_refused", peer=peer, reason="too many connections"))
+        message = b"too many connections"
+        try:
+            conn.sendall(metaframe.RESPONSE.pack(metaframe.STATUS_BUSY, len(message)) + message)
+            conn.shutdown(socket.SHUT_WR)
+        except OSError:
+            pass
+        conn.close()
+
     def _refuse(self, conn: socket.socket, peer: str, reason: str) -> None:
         self.refused += 1
         log.warning(kv("meta_request_refused", peer=peer, reason=reason))
@@ -169,6 +184,19 @@ def _recv_exact_into(conn: socket.socket, view: memoryview, at_boundary: bool = 
         first = False
         view = view[n:]
     return True
+
+
+def _recv_body(conn: socket.socket, length: int) -> bytes:
+    """Reads a frame's body, growing the buffer with what arrives: a header alone cannot make
+    the master allocate MAX_FRAME_BYTES."""
+    chunks, got = [], 0
+    while got < length:
+        chunk = conn.recv(min(BODY_CHUNK_BYTES, length - got))
+        if not chunk:
+            raise ConnectionError("peer closed the connection mid-frame")
+        chunks.append(chunk)
+        got += len(chunk)
+    return b"".join(chunks)
 
 
 def _peer(peer) -> str:

@@ -28,13 +28,25 @@ def _status(key: str, result) -> pb.KeyStatus:
     return pb.KeyStatus(key=key, code=result.code, message=result.message)
 
 
+class _CallFailed(Exception):
+    """A whole-call domain error, carried out of the lock before the RPC is aborted."""
+
+    def __init__(self, error: MooncakeError):
+        super().__init__(str(error))
+        self.error = error
+
+
 def _serialized(method):
     """Runs an RPC under the servicer's lock: the framed port's threads call the same methods
-    (master/meta_server.py), and MasterState must see one call at a time."""
+    (master/meta_server.py), and MasterState must see one call at a time. The body never
+    awaits while it holds the lock; an abort (which does await) happens after release."""
     @functools.wraps(method)
     async def locked(self, request, context):
-        with self.lock:
-            return await method(self, request, context)
+        try:
+            with self.lock:
+                return await method(self, request, context)
+        except _CallFailed as failed:
+            await abort_with(context, failed.error)
     return locked
 
 
@@ -126,11 +138,12 @@ class MasterServicer(pb_grpc.MasterServiceServicer):
 
     @staticmethod
     async def _run(context, method, *args):
-        """Calls a state method; a whole-call domain error ends the RPC with its status and code."""
+        """Calls a state method; a whole-call domain error ends the RPC with its status and
+        code (raised here, aborted by `_serialized` once the lock is released)."""
         try:
             return method(*args)
         except MooncakeError as exc:
-            await abort_with(context, exc)
+            raise _CallFailed(exc) from exc
 
     async def _finish_call(self, method, request, context):
         put_ids = list(request.put_ids) if request.put_ids else None

@@ -20,6 +20,9 @@ MAGIC = b"MCM1"
 REQUEST = struct.Struct("!4sBI")
 RESPONSE = struct.Struct("!iI")
 MAX_FRAME_BYTES = 64 << 20  # as gRPC's message cap (proto/rpc.py)
+# the answer to a connection the master would not serve (at its connection cap): sent before
+# reading anything, so the client knows its call was not made. Not a Mooncake code.
+STATUS_BUSY = -10001
 
 # method id -> (MasterService method, request type, response type)
 METHODS = {

@@ -116,3 +116,53 @@ def test_frame_format_is_fixed():
     assert metaframe.REQUEST.size == 9 and metaframe.RESPONSE.size == 8
     assert struct.unpack("!4sBI", metaframe.REQUEST.pack(metaframe.MAGIC, 4, 7)) == (b"MCM1", 4, 7)
     assert set(metaframe.IDEMPOTENT) <= set(metaframe.METHOD_IDS)
+
+
+@pytest.mark.timeout(60)
+def test_a_write_whose_answer_is_lost_raises_and_is_never_sent_twice(fresh_cluster):
+    """The master stalls past the client's timeout while a put is in flight: the put must
+    fail loudly. Sending PutStart again would meet the first one's PENDING key, count as
+    'already exists' and report success for bytes that were never written."""
+    import signal
+    import threading
+    from mooncake_proto.errors import UnavailableError
+    cluster = fresh_cluster(workers=1, dram="8MiB")
+    master = cluster.master.proc
+    with Client(cluster.master_addr, rpc_timeout_s=0.5) as c:
+        c.put("meta/warm", b"w")  # the framed channel exists and has an idle connection
+        master.send_signal(signal.SIGSTOP)
+        resume = threading.Timer(1.0, master.send_signal, args=(signal.SIGCONT,))
+        resume.start()  # the fault's length, not a wait for readiness
+        try:
+            with pytest.raises(UnavailableError, match="outcome is unknown"):
+                c.put("meta/lost", b"data")
+        finally:
+            resume.join()
+            master.send_signal(signal.SIGCONT)
+        # the store says what happened: never "present" without its bytes
+        assert c.get("meta/lost") is None
+        c.put("meta/after-stall", b"ok")
+        assert c.get("meta/after-stall") == b"ok"
+
+
+def test_a_busy_master_turns_calls_away_unread_and_grpc_serves_them():
+    """At its connection cap the master answers STATUS_BUSY before reading: NotSent."""
+    import threading
+    from mooncake_client.meta_channel import MetaChannel, NotSent
+    listener = socket.create_server(("127.0.0.1", 0))
+
+    def busy():
+        conn, _ = listener.accept()
+        conn.sendall(metaframe.RESPONSE.pack(metaframe.STATUS_BUSY, 4) + b"busy")
+        conn.close()
+
+    thread = threading.Thread(target=busy, daemon=True)
+    thread.start()
+    channel = MetaChannel(f"127.0.0.1:{listener.getsockname()[1]}", 2)
+    with pytest.raises(NotSent, match="busy"):
+        channel.call("Exists", pb.KeysRequest(keys=["k"]), 2)
+    thread.join(5)
+    listener.close()
+    channel.close()
+    with pytest.raises(NotSent, match="closed"):
+        channel.call("Exists", pb.KeysRequest(keys=["k"]), 2)
