@@ -102,7 +102,7 @@ class ShmTransport:
             if target is not None:
                 pairs.extend((dst, src) for src, dst in split(target, t.parts))
                 started.append(t)
-        self._copy(pairs, started)
+        self._copy(pairs, started, streaming=True)  # nobody here reads the segment next
 
     def read(self, transfers: list[Transfer]) -> None:
         pairs, started, checked = [], [], {}
@@ -129,10 +129,10 @@ class ShmTransport:
             return None
 
     @staticmethod
-    def _copy(pairs, transfers: list[Transfer]) -> None:
+    def _copy(pairs, transfers: list[Transfer], streaming: bool = False) -> None:
         """One C call copies the whole batch, split across threads when large."""
         if pairs:
-            copy_batch(pairs)
+            copy_batch(pairs, streaming)
         for t in transfers:
             t.done = True
 

@@ -116,8 +116,9 @@ def fresh_bytes(size: int) -> tuple[bytes, memoryview]:
     return data, memoryview(data)
 
 
-def copy_batch(pairs: list[tuple[memoryview, memoryview]]) -> None:
-    """Copies each (dst, src) pair; one C call for the whole batch, split across threads."""
+def copy_batch(pairs: list[tuple[memoryview, memoryview]], streaming: bool = False) -> None:
+    """Copies each (dst, src) pair; one C call for the whole batch, split across threads.
+    streaming: non-temporal stores, for targets this process will not read soon (segments)."""
     items = ffi.new("mc_copy_item[]", len(pairs))
     keep = []
     for item, (dst, src) in zip(items, pairs):
@@ -126,5 +127,5 @@ def copy_batch(pairs: list[tuple[memoryview, memoryview]]) -> None:
         d, s = ffi.from_buffer("char[]", dst, require_writable=True), ffi.from_buffer("char[]", src)
         keep.append((d, s))
         item.dst, item.src, item.length = d, s, dst.nbytes
-    check(lib.mc_copy_batch(items, len(pairs)), "copy")
+    check(lib.mc_copy_batch(items, len(pairs), lib.MC_COPY_STREAM if streaming else 0), "copy")
 

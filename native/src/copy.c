@@ -9,10 +9,15 @@
 
 #include <errno.h>
 #include <pthread.h>
+#if defined(__x86_64__) || defined(__i386__)
+#include <emmintrin.h>
+#define HAVE_STREAM_STORES 1
+#endif
 #include <stdlib.h>
 #include <string.h>
 
 #define PARALLEL_MIN_BYTES (1u << 20)
+#define STREAM_MIN_BYTES (256u << 10)   /* below this, the stores' fence costs more than it saves */
 #define SHARE_ALIGN 4096u
 #define MAX_THREADS 16
 
@@ -25,6 +30,7 @@ static struct {
     pthread_cond_t work, done;
     const mc_copy_item *items;   /* the current job: valid until its caller returns */
     size_t count;
+    int flags;
     uint64_t share;              /* bytes per participant */
     unsigned generation;
     int job_threads;             /* participants of the current job, caller included */
@@ -32,7 +38,7 @@ static struct {
     int helpers;                 /* helper threads started */
     int configured;              /* participants a large copy uses, caller included */
 } pool = {PTHREAD_MUTEX_INITIALIZER, PTHREAD_MUTEX_INITIALIZER, PTHREAD_COND_INITIALIZER,
-          PTHREAD_COND_INITIALIZER, NULL, 0, 0, 0, 0, 0, 0, 0};
+          PTHREAD_COND_INITIALIZER, NULL, 0, 0, 0, 0, 0, 0, 0, 0};
 
 typedef struct {
     int index;                   /* participant number; 0 is the caller */
@@ -40,14 +46,45 @@ typedef struct {
                                     are finished and their items gone */
 } helper_start;
 
+/* memcpy with non-temporal 16-byte stores for the aligned middle */
+static void stream_copy(char *dst, const char *src, uint64_t n) {
+#ifdef HAVE_STREAM_STORES
+    if (n >= STREAM_MIN_BYTES) {
+        uint64_t head = (16 - ((uintptr_t)dst & 15)) & 15;
+        memcpy(dst, src, head);
+        dst += head;
+        src += head;
+        n -= head;
+        for (uint64_t blocks = n / 64; blocks > 0; blocks--, src += 64, dst += 64) {
+            __m128i a = _mm_loadu_si128((const __m128i *)src);
+            __m128i b = _mm_loadu_si128((const __m128i *)(src + 16));
+            __m128i c = _mm_loadu_si128((const __m128i *)(src + 32));
+            __m128i d = _mm_loadu_si128((const __m128i *)(src + 48));
+            _mm_stream_si128((__m128i *)dst, a);
+            _mm_stream_si128((__m128i *)(dst + 16), b);
+            _mm_stream_si128((__m128i *)(dst + 32), c);
+            _mm_stream_si128((__m128i *)(dst + 48), d);
+        }
+        _mm_sfence();   /* the streamed bytes are visible before the caller says "done" */
+        n %= 64;
+    }
+#endif
+    memcpy(dst, src, n);
+}
+
 /* copies bytes [begin, end) of the batch seen as one concatenated stream */
-static void copy_range(const mc_copy_item *items, size_t count, uint64_t begin, uint64_t end) {
+static void copy_range(const mc_copy_item *items, size_t count, uint64_t begin, uint64_t end,
+                       int flags) {
     uint64_t base = 0;
     for (size_t i = 0; i < count && base < end; i++) {
         uint64_t len = items[i].length, lo = begin > base ? begin - base : 0;
         uint64_t hi = end - base < len ? end - base : len;
-        if (lo < hi)
-            memcpy((char *)items[i].dst + lo, (const char *)items[i].src + lo, hi - lo);
+        char *dst = (char *)items[i].dst + lo;
+        const char *src = (const char *)items[i].src + lo;
+        if (lo < hi && (flags & MC_COPY_STREAM))
+            stream_copy(dst, src, hi - lo);
+        else if (lo < hi)
+            memcpy(dst, src, hi - lo);
         base += len;
     }
 }
@@ -71,11 +108,12 @@ static void *helper_main(void *arg) {
         if (index >= job_threads) continue;   /* not a participant of this job */
         const mc_copy_item *items = pool.items;
         size_t count = pool.count;
+        int flags = pool.flags;
         uint64_t share = pool.share, total = total_bytes(items, count);
         pthread_mutex_unlock(&pool.lock);
         uint64_t begin = share * (uint64_t)index, end = begin + share;
         if (end > total || index == job_threads - 1) end = total;
-        if (begin < end) copy_range(items, count, begin, end);
+        if (begin < end) copy_range(items, count, begin, end, flags);
         pthread_mutex_lock(&pool.lock);
         if (--pool.pending == 0) pthread_cond_signal(&pool.done);
     }
@@ -164,11 +202,11 @@ int mc_copy_threads(void) {
     return n;
 }
 
-int mc_copy_batch(const mc_copy_item *items, size_t count) {
+int mc_copy_batch(const mc_copy_item *items, size_t count, int flags) {
     uint64_t total = total_bytes(items, count);
     int threads = total >= PARALLEL_MIN_BYTES ? mc_copy_threads() : 1;
     if (threads < 2 || pthread_mutex_trylock(&pool.busy) != 0) {
-        copy_range(items, count, 0, total);
+        copy_range(items, count, 0, total, flags);
         return 0;
     }
     uint64_t share = (total / (uint64_t)threads + SHARE_ALIGN - 1) / SHARE_ALIGN * SHARE_ALIGN;
@@ -176,13 +214,14 @@ int mc_copy_batch(const mc_copy_item *items, size_t count) {
     if (threads > pool.helpers + 1) threads = pool.helpers + 1;
     pool.items = items;
     pool.count = count;
+    pool.flags = flags;
     pool.share = share;
     pool.job_threads = threads;
     pool.pending = threads - 1;
     pool.generation++;
     pthread_cond_broadcast(&pool.work);
     pthread_mutex_unlock(&pool.lock);
-    copy_range(items, count, 0, share < total ? share : total);
+    copy_range(items, count, 0, share < total ? share : total, flags);
     pthread_mutex_lock(&pool.lock);
     while (pool.pending > 0) pthread_cond_wait(&pool.done, &pool.lock);
     pthread_mutex_unlock(&pool.lock);
@@ -192,5 +231,5 @@ int mc_copy_batch(const mc_copy_item *items, size_t count) {
 
 int mc_copy(void *dst, const void *src, uint64_t length) {
     mc_copy_item item = {dst, src, length};
-    return mc_copy_batch(&item, 1);
+    return mc_copy_batch(&item, 1, 0);
 }

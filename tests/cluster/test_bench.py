@@ -23,7 +23,7 @@ def test_bench_local_prints_a_table_and_writes_json(tmp_path):
     assert all(r["gb_per_s"] > 0 and r["p50_us"] > 0 and r["count"] >= 8 for r in rows)
     # every store row has its same-size baseline measured in the same run
     assert {(b["transport"], b["size_bytes"]) for b in report["baselines"]} == {
-        (t, s) for t in ("memcpy", "socket") for s in (4096, 1 << 20)}
+        (t, s) for t in ("memcpy", "memcpy-w", "socket") for s in (4096, 1 << 20)}
     assert all(r["x_baseline"] is not None for r in rows)
     assert all(r["repeats"] == 2 for r in rows + report["baselines"])  # medians of two runs
     assert "issue 3 targets" in proc.stdout and len(report["targets"]) == 7

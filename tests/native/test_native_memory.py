@@ -35,14 +35,16 @@ def test_check_is_the_one_place_codes_become_exceptions(rc, kind):
     assert check(7) == 7
 
 
+@pytest.mark.parametrize("streaming", [False, True])
 @pytest.mark.parametrize("threads", [1, 2, 3])
-@pytest.mark.parametrize("size", [0, 1, 4095, 4096, (1 << 20) - 3, (4 << 20) + 17])
-def test_copy_moves_exact_bytes_for_every_size_and_thread_count(threads, size):
+@pytest.mark.parametrize("size", [0, 1, 4095, 4096, (256 << 10) + 1, (1 << 20) - 3, (4 << 20) + 17])
+def test_copy_moves_exact_bytes_for_every_size_and_thread_count(threads, size, streaming):
     check(lib.mc_copy_set_threads(threads))
     try:
         src = np.random.default_rng(size).integers(0, 256, size + 5, dtype=np.uint8)
         dst = np.zeros(size + 9, dtype=np.uint8)
-        copy_batch([(memoryview(dst[3:3 + size]), memoryview(src[5:5 + size]))])  # unaligned
+        copy_batch([(memoryview(dst[3:3 + size]), memoryview(src[5:5 + size]))],  # unaligned
+                   streaming)
         assert np.array_equal(dst[3:3 + size], src[5:5 + size])
         assert not dst[:3].any() and not dst[3 + size:].any()  # nothing outside the target
     finally:
