@@ -28,6 +28,10 @@ def _status(key: str, result) -> pb.KeyStatus:
     return pb.KeyStatus(key=key, code=result.code, message=result.message)
 
 
+def _fill_status(status: pb.KeyStatus, key: str, result) -> None:
+    status.key, status.code, status.message = key, result.code, result.message
+
+
 class _CallFailed(Exception):
     """A whole-call domain error, carried out of the lock before the RPC is aborted."""
 
@@ -93,10 +97,12 @@ class MasterServicer(pb_grpc.MasterServiceServicer):
                                   list(request.sizes), config, request.client_node_id, self.clock())
         timeout_s = self.state.config.put_timeout_s
         expiry = self._expiry_ms(timeout_s)
-        return pb.PutStartResponse(put_timeout_ms=int(timeout_s * 1000), items=[
-            pb.PutStartItem(status=_status(key, r), put_id=r.put_id,
-                            replicas=self._descriptors(r.replicas, grants.Op.WRITE, expiry))
-            for key, r in zip(request.keys, results)])
+        response = pb.PutStartResponse(put_timeout_ms=int(timeout_s * 1000))
+        for key, r in zip(request.keys, results):
+            item = response.items.add(put_id=r.put_id)
+            _fill_status(item.status, key, r)
+            self._add_descriptors(item.replicas, r.replicas, grants.Op.WRITE, expiry)
+        return response
 
     @_serialized
     async def PutEnd(self, request, context):
@@ -112,10 +118,12 @@ class MasterServicer(pb_grpc.MasterServiceServicer):
                                   self.clock())
         ttl_s = self.state.config.lease_ttl_s
         expiry = self._expiry_ms(ttl_s)
-        return pb.GetReplicasResponse(lease_ttl_ms=int(ttl_s * 1000), items=[
-            pb.GetReplicasItem(status=_status(key, r), size=r.size,
-                               replicas=self._descriptors(r.replicas, grants.Op.READ, expiry))
-            for key, r in zip(request.keys, results)])
+        response = pb.GetReplicasResponse(lease_ttl_ms=int(ttl_s * 1000))
+        for key, r in zip(request.keys, results):
+            item = response.items.add(size=r.size)
+            _fill_status(item.status, key, r)
+            self._add_descriptors(item.replicas, r.replicas, grants.Op.READ, expiry)
+        return response
 
     @_serialized
     async def Exists(self, request, context):
@@ -153,16 +161,15 @@ class MasterServicer(pb_grpc.MasterServiceServicer):
     def _expiry_ms(self, ttl_s: float) -> int:
         return int((self.wall_clock() + ttl_s + self.state.config.grant_margin_s) * 1000)
 
-    def _descriptors(self, replicas, op: grants.Op, expiry_ms: int) -> list[pb.ReplicaDescriptor]:
-        out = []
+    def _add_descriptors(self, out, replicas, op: grants.Op, expiry_ms: int) -> None:
+        """Appends a signed descriptor per replica to `out` (a repeated field: built in place,
+        not constructed and then copied in, which is most of a batch answer's cost)."""
         for r in replicas:
             worker = self.state.workers[r.worker_id]
             segment = worker.segments[r.segment_id]
             grant = grants.Grant(op, r.worker_id, r.segment_id, r.offset, r.length, expiry_ms)
-            out.append(pb.ReplicaDescriptor(
-                worker_id=r.worker_id, segment_id=r.segment_id, tier=r.tier, offset=r.offset,
-                length=r.length, state=r.state, data_addr=worker.data_addr,
-                node_id=worker.node_id, path=segment.path, segment_size=segment.size_bytes,
-                grant=grants.sign(worker.grant_key, grant), grpc_addr=worker.grpc_addr,
-                rdma=worker.rdma))
-        return out
+            out.add(worker_id=r.worker_id, segment_id=r.segment_id, tier=r.tier,
+                    offset=r.offset, length=r.length, state=r.state,
+                    data_addr=worker.data_addr, node_id=worker.node_id, path=segment.path,
+                    segment_size=segment.size_bytes, grant=grants.sign(worker.grant_key, grant),
+                    grpc_addr=worker.grpc_addr, rdma=worker.rdma)
