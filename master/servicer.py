@@ -24,12 +24,16 @@ log = logging.getLogger("mooncake.master")
 HEARTBEAT_INTERVAL_MS = 1000
 
 
-def _status(key: str, result) -> pb.KeyStatus:
-    return pb.KeyStatus(key=key, code=result.code, message=result.message)
-
-
 def _fill_status(status: pb.KeyStatus, key: str, result) -> None:
+    """Sets a KeyStatus in place: an item's status, or `statuses.add()` of a batch answer."""
     status.key, status.code, status.message = key, result.code, result.message
+
+
+def _with_statuses(response, keys, results):
+    """Fills a batch answer's `statuses` (KeysResponse, ExistsResponse) and returns it."""
+    for key, r in zip(keys, results):
+        _fill_status(response.statuses.add(), key, r)
+    return response
 
 
 class _CallFailed(Exception):
@@ -128,13 +132,13 @@ class MasterServicer(pb_grpc.MasterServiceServicer):
     @_serialized
     async def Exists(self, request, context):
         results = await self._run(context, self.state.exists, list(request.keys), self.clock())
-        return pb.ExistsResponse(statuses=[_status(k, r) for k, r in zip(request.keys, results)])
+        return _with_statuses(pb.ExistsResponse(), request.keys, results)
 
     @_serialized
     async def Remove(self, request, context):
         results = await self._run(context, self.state.remove, list(request.keys), request.force,
                                   self.clock())
-        return pb.KeysResponse(statuses=[_status(k, r) for k, r in zip(request.keys, results)])
+        return _with_statuses(pb.KeysResponse(), request.keys, results)
 
     @_serialized
     async def RemoveAll(self, request, context):
@@ -156,7 +160,7 @@ class MasterServicer(pb_grpc.MasterServiceServicer):
     async def _finish_call(self, method, request, context):
         put_ids = list(request.put_ids) if request.put_ids else None
         results = await self._run(context, method, list(request.keys), self.clock(), put_ids)
-        return pb.KeysResponse(statuses=[_status(k, r) for k, r in zip(request.keys, results)])
+        return _with_statuses(pb.KeysResponse(), request.keys, results)
 
     def _expiry_ms(self, ttl_s: float) -> int:
         return int((self.wall_clock() + ttl_s + self.state.config.grant_margin_s) * 1000)
