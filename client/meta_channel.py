@@ -66,10 +66,11 @@ class MetaChannel:
     def _exchange(conn: socket.socket, frame: bytes, timeout_s: float) -> tuple[int, bytes]:
         conn.settimeout(timeout_s)
         conn.sendall(frame)
-        status, length = metaframe.RESPONSE.unpack(_recv_exact(conn, metaframe.RESPONSE.size))
+        status, length = metaframe.RESPONSE.unpack(
+            metaframe.recv_exact(conn, metaframe.RESPONSE.size))
         if length > metaframe.MAX_FRAME_BYTES:
             raise ConnectionError(f"answer of {length} bytes: not a mooncake master?")
-        return status, _recv_exact(conn, length)
+        return status, metaframe.recv_exact(conn, length)
 
     def _checkout(self) -> socket.socket:
         while True:
@@ -104,18 +105,3 @@ def _idle_and_open(conn: socket.socket) -> bool:
     except (OSError, ValueError):
         return False
     return not readable
-
-
-def _recv_exact(conn: socket.socket, length: int) -> bytes:
-    data = conn.recv(length, socket.MSG_WAITALL) if length else b""
-    if len(data) == length:
-        return data
-    parts = [data]
-    got = len(data)
-    while got < length:
-        chunk = conn.recv(length - got)
-        if not chunk:
-            raise ConnectionError("master closed the connection mid-answer")
-        parts.append(chunk)
-        got += len(chunk)
-    return b"".join(parts)

@@ -25,7 +25,6 @@ log = logging.getLogger("mooncake.master.meta")
 
 MAX_CONNECTIONS = 1024  # each holds a thread
 IDLE_TIMEOUT_S = 300.0  # a connection silent this long (also mid-frame) is dropped
-BODY_CHUNK_BYTES = 1 << 20  # a frame's body is read as it arrives, not allocated up front
 
 
 class CallEnded(Exception):
@@ -58,8 +57,6 @@ class MetaServer:
 
     def __init__(self, servicer):
         self.servicer = servicer
-        self.calls = 0
-        self.refused = 0
         self._listener: socket.socket | None = None
         self._conns: set[socket.socket] = set()
         self._lock = threading.Lock()
@@ -109,14 +106,13 @@ class MetaServer:
                              daemon=True).start()
 
     def _serve(self, conn: socket.socket, peer: str) -> None:
-        head = bytearray(metaframe.REQUEST.size)
         try:
-            while _recv_exact_into(conn, memoryview(head), at_boundary=True):
+            while (head := metaframe.recv_exact(conn, metaframe.REQUEST.size, True)) is not None:
                 magic, method_id, length = metaframe.REQUEST.unpack(head)
                 if magic != metaframe.MAGIC or method_id not in metaframe.METHODS \
                         or length > metaframe.MAX_FRAME_BYTES:
                     return self._refuse(conn, peer, "malformed frame header")
-                body = _recv_body(conn, length)
+                body = metaframe.recv_exact(conn, length)
                 try:
                     status, payload = self.answer(method_id, body)
                 except DecodeError:
@@ -135,7 +131,6 @@ class MetaServer:
         """Runs one decoded call; (status, payload) to frame back."""
         name, request_type, _ = metaframe.METHODS[method_id]
         request = request_type.FromString(body)  # DecodeError: the caller refuses the frame
-        self.calls += 1
         call = getattr(self.servicer, name)(request, FrameContext())
         try:
             call.send(None)
@@ -153,50 +148,22 @@ class MetaServer:
     def _refuse_busy(self, conn: socket.socket, peer: str) -> None:
         """At the connection cap: an answer the client reads as "not sent" (it uses gRPC)."""
         log.warning(kv("meta_connection_refused", peer=peer, reason="too many connections"))
-        message = b"too many connections"
-        try:
-            conn.sendall(metaframe.RESPONSE.pack(metaframe.STATUS_BUSY, len(message)) + message)
-            conn.shutdown(socket.SHUT_WR)
-        except OSError:
-            pass
+        _answer_and_shut(conn, metaframe.STATUS_BUSY, "too many connections")
         conn.close()
 
     def _refuse(self, conn: socket.socket, peer: str, reason: str) -> None:
-        self.refused += 1
         log.warning(kv("meta_request_refused", peer=peer, reason=reason))
-        message = reason.encode()
-        try:
-            conn.sendall(metaframe.RESPONSE.pack(ErrorCode.INVALID_PARAMS, len(message)) + message)
-            conn.shutdown(socket.SHUT_WR)
-        except OSError:
-            pass
+        _answer_and_shut(conn, ErrorCode.INVALID_PARAMS, reason)
 
 
-def _recv_exact_into(conn: socket.socket, view: memoryview, at_boundary: bool = False) -> bool:
-    """Fills view; False for a clean close before its first byte when at_boundary."""
-    first = True
-    while view.nbytes:
-        n = conn.recv_into(view)
-        if n == 0:
-            if first and at_boundary:
-                return False
-            raise ConnectionError("peer closed the connection mid-frame")
-        first = False
-        view = view[n:]
-    return True
-
-
-def _recv_body(conn: socket.socket, length: int) -> bytes:
-    """Reads a frame's body, growing the buffer with what arrives: a header alone cannot make
-    the master allocate MAX_FRAME_BYTES."""
-    chunks, got = [], 0
-    while got < length:
-        chunk = conn.recv(min(BODY_CHUNK_BYTES, length - got))
-        if not chunk:
-            raise ConnectionError("peer closed the connection mid-frame")
-        chunks.append(chunk)
-        got += len(chunk)
-    return b"".join(chunks)
+def _answer_and_shut(conn: socket.socket, status: int, message: str) -> None:
+    """A last answer, then no more from us (the caller closes the connection)."""
+    body = message.encode()
+    try:
+        conn.sendall(metaframe.RESPONSE.pack(status, len(body)) + body)
+        conn.shutdown(socket.SHUT_WR)
+    except OSError:
+        pass
 
 
 def _peer(peer) -> str:

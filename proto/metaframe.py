@@ -12,6 +12,7 @@ MasterService.Hello. One request in flight per connection; answers come back in 
 """
 from __future__ import annotations
 
+import socket
 import struct
 
 from mooncake_proto import mooncake_pb2 as pb
@@ -37,3 +38,21 @@ METHOD_IDS = {name: method_id for method_id, (name, _, _) in METHODS.items()}
 # safe to send again over gRPC when a framed call's answer was lost: they change no object
 # (leases aside); the others could double-allocate or revoke
 IDEMPOTENT = frozenset({"GetReplicas", "Exists"})
+
+RECV_CHUNK_BYTES = 1 << 20
+
+
+def recv_exact(sock: socket.socket, length: int, at_boundary: bool = False) -> bytes | None:
+    """Exactly `length` bytes, read as they arrive (a claimed length alone allocates nothing
+    up front); None when the peer closed before the first byte and `at_boundary` allows it
+    (a clean close between frames)."""
+    chunks, got = [], 0
+    while got < length:
+        chunk = sock.recv(min(RECV_CHUNK_BYTES, length - got))
+        if not chunk:
+            if got == 0 and at_boundary:
+                return None
+            raise ConnectionError("peer closed the connection mid-frame")
+        chunks.append(chunk)
+        got += len(chunk)
+    return b"".join(chunks)
