@@ -15,7 +15,7 @@ import grpc
 from mooncake_client.meta_channel import MaybeSent, MetaChannel, NotSent
 from mooncake_client.rdma_transport import RdmaTransport
 from mooncake_client.transports import ShmTransport, TcpTransport, Transfer
-from mooncake_native.buffers import RegisteredBuffers, as_byte_view, parts_size
+from mooncake_native.buffers import RegisteredBuffers, as_parts, parts_size
 from mooncake_proto import mooncake_pb2 as pb
 from mooncake_proto import mooncake_pb2_grpc as pb_grpc
 from mooncake_proto import metaframe, rpc
@@ -250,29 +250,7 @@ class Client:
                                        + ("" if sizes is None else f" and {len(sizes)} sizes"))
         if sizes is None:
             sizes = [None] * len(keys)
-        return [self._object_parts(b, s, writable) for b, s in zip(buffers, sizes)]
-
-    def _object_parts(self, buffer, size, writable: bool) -> list[memoryview]:
-        if not isinstance(buffer, (list, tuple)):
-            return [self._part(buffer, size, writable)]
-        if not buffer:
-            raise InvalidArgumentError("an object needs at least one buffer")
-        part_sizes = size if isinstance(size, (list, tuple)) else [None] * len(buffer)
-        if len(part_sizes) != len(buffer):
-            raise InvalidArgumentError(f"{len(buffer)} buffers but {len(part_sizes)} sizes")
-        return [self._part(b, s, writable) for b, s in zip(buffer, part_sizes)]
-
-    def _part(self, buffer, size: int | None, writable: bool) -> memoryview:
-        if isinstance(buffer, int):
-            if size is None:
-                raise InvalidArgumentError("a raw pointer needs its size")
-            return self._registered.view(buffer, size)
-        view = as_byte_view(buffer, writable)
-        if size is not None:
-            if not 0 <= size <= view.nbytes:
-                raise InvalidArgumentError(f"size {size} outside a buffer of {view.nbytes} bytes")
-            view = view[:size]
-        return view
+        return [as_parts(b, writable, s, self._registered) for b, s in zip(buffers, sizes)]
 
     def _read(self, keys: list[str], parts: list[list[memoryview]] | None):
         started = time.monotonic()

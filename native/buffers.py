@@ -79,22 +79,40 @@ class RegisteredBuffers:
         return memoryview(ffi.buffer(ffi.cast("char *", address), size))
 
 
-def as_parts(buffer, writable: bool = False) -> list[memoryview]:
-    """The byte views of one object's buffer: a buffer, or a list/tuple of them in order."""
-    if isinstance(buffer, (list, tuple)):
-        if not buffer:
-            raise InvalidArgumentError("an empty list of buffers")
-        return [as_byte_view(b, writable) for b in buffer]
-    return [as_byte_view(buffer, writable)]
+def as_parts(buffer, writable: bool = False, size=None,
+             registered: RegisteredBuffers | None = None) -> list[memoryview]:
+    """The byte views of one object: a buffer, a raw pointer inside a `registered` range, or
+    a list/tuple of those in order (scatter-gather). `size` caps a buffer (or is a pointer's
+    length); for a list it is a list with one entry (or None) per part."""
+    if not isinstance(buffer, (list, tuple)):
+        return [_part(buffer, size, writable, registered)]
+    if not buffer:
+        raise InvalidArgumentError("an object needs at least one buffer")
+    part_sizes = size if isinstance(size, (list, tuple)) else [None] * len(buffer)
+    if len(part_sizes) != len(buffer):
+        raise InvalidArgumentError(f"{len(buffer)} buffers but {len(part_sizes)} sizes")
+    return [_part(b, s, writable, registered) for b, s in zip(buffer, part_sizes)]
+
+
+def _part(buffer, size: int | None, writable: bool,
+          registered: RegisteredBuffers | None) -> memoryview:
+    if isinstance(buffer, int):
+        if size is None:
+            raise InvalidArgumentError("a raw pointer needs its size")
+        if registered is None:
+            raise InvalidArgumentError(f"{size} bytes at {buffer:#x} are not inside a "
+                                       f"registered buffer (register_buffer first)")
+        return registered.view(buffer, size)
+    view = as_byte_view(buffer, writable)
+    if size is not None:
+        if not 0 <= size <= view.nbytes:
+            raise InvalidArgumentError(f"size {size} outside a buffer of {view.nbytes} bytes")
+        view = view[:size]
+    return view
 
 
 def parts_size(parts: list[memoryview]) -> int:
     return sum(p.nbytes for p in parts)
-
-
-def pointer(view: memoryview):
-    """A char* into view (kept alive by the returned cdata)."""
-    return ffi.from_buffer("char[]", view)
 
 
 _CPYTHON = sys.implementation.name == "cpython"

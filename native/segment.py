@@ -6,8 +6,6 @@ opens, sizes, maps and pre-faults; this class owns the mapping's lifetime.
 """
 from __future__ import annotations
 
-import os
-
 from mooncake_native.binding import check, ffi, lib
 
 SEGMENT_FILE_PREFIX = "mooncake-"
@@ -33,10 +31,3 @@ class SegmentMapping:
         if self._segment.addr != ffi.NULL:
             self.view.release()
             check(lib.mc_segment_unmap(self._segment), f"segment {self.path}")
-
-    @staticmethod
-    def remove_file(path: str) -> None:
-        try:
-            os.unlink(path)
-        except FileNotFoundError:
-            pass

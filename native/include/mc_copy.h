@@ -16,7 +16,6 @@ typedef struct {
  * cold memory here, and the caller's cache is left alone */
 #define MC_COPY_STREAM 1
 
-int mc_copy(void *dst, const void *src, uint64_t length);
 int mc_copy_batch(const mc_copy_item *items, size_t count, int flags);
 int mc_copy_set_threads(int threads);
 int mc_copy_threads(void);

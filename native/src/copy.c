@@ -228,8 +228,3 @@ int mc_copy_batch(const mc_copy_item *items, size_t count, int flags) {
     pthread_mutex_unlock(&pool.busy);
     return 0;
 }
-
-int mc_copy(void *dst, const void *src, uint64_t length) {
-    mc_copy_item item = {dst, src, length};
-    return mc_copy_batch(&item, 1, 0);
-}
