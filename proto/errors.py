@@ -30,6 +30,7 @@ class ErrorCode(enum.IntEnum):
     UNAVAILABLE_IN_CURRENT_STATUS = -1010
     UNAUTHENTICATED = -1300
     PERMISSION_DENIED = -1301
+    SPACE_BEING_FREED = -1400  # PutStart: eviction under way, retry (clients wait, then -200)
 
 
 class MooncakeError(Exception):
@@ -107,6 +108,7 @@ CODE_TO_ERROR: dict[int, type[MooncakeError]] = {
     ErrorCode.BUFFER_OVERFLOW: InvalidArgumentError,
     ErrorCode.SEGMENT_NOT_FOUND: UnavailableError,
     ErrorCode.NO_AVAILABLE_HANDLE: NoSpaceError,
+    ErrorCode.SPACE_BEING_FREED: NoSpaceError,  # reaches a caller only once its wait ran out
     ErrorCode.INVALID_KEY: InvalidArgumentError,
     ErrorCode.WRITE_FAIL: TransferError,
     ErrorCode.INVALID_PARAMS: InvalidArgumentError,

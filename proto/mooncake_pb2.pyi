@@ -142,14 +142,16 @@ class PutStartRequest(_message.Message):
     def __init__(self, keys: _Optional[_Iterable[str]] = ..., sizes: _Optional[_Iterable[int]] = ..., config: _Optional[_Union[ReplicaConfig, _Mapping]] = ..., client_node_id: _Optional[str] = ...) -> None: ...
 
 class PutStartItem(_message.Message):
-    __slots__ = ("status", "replicas", "put_id")
+    __slots__ = ("status", "replicas", "put_id", "retry_after_ms")
     STATUS_FIELD_NUMBER: _ClassVar[int]
     REPLICAS_FIELD_NUMBER: _ClassVar[int]
     PUT_ID_FIELD_NUMBER: _ClassVar[int]
+    RETRY_AFTER_MS_FIELD_NUMBER: _ClassVar[int]
     status: KeyStatus
     replicas: _containers.RepeatedCompositeFieldContainer[ReplicaDescriptor]
     put_id: int
-    def __init__(self, status: _Optional[_Union[KeyStatus, _Mapping]] = ..., replicas: _Optional[_Iterable[_Union[ReplicaDescriptor, _Mapping]]] = ..., put_id: _Optional[int] = ...) -> None: ...
+    retry_after_ms: int
+    def __init__(self, status: _Optional[_Union[KeyStatus, _Mapping]] = ..., replicas: _Optional[_Iterable[_Union[ReplicaDescriptor, _Mapping]]] = ..., put_id: _Optional[int] = ..., retry_after_ms: _Optional[int] = ...) -> None: ...
 
 class PutStartResponse(_message.Message):
     __slots__ = ("items", "put_timeout_ms")
@@ -282,3 +284,33 @@ class RdmaConnectResponse(_message.Message):
     worker_endpoint: bytes
     segments: _containers.RepeatedCompositeFieldContainer[RdmaSegment]
     def __init__(self, worker_endpoint: _Optional[bytes] = ..., segments: _Optional[_Iterable[_Union[RdmaSegment, _Mapping]]] = ...) -> None: ...
+
+class MoveItem(_message.Message):
+    __slots__ = ("src_segment_id", "src_offset", "dst_segment_id", "dst_offset", "length", "read_grant", "write_grant")
+    SRC_SEGMENT_ID_FIELD_NUMBER: _ClassVar[int]
+    SRC_OFFSET_FIELD_NUMBER: _ClassVar[int]
+    DST_SEGMENT_ID_FIELD_NUMBER: _ClassVar[int]
+    DST_OFFSET_FIELD_NUMBER: _ClassVar[int]
+    LENGTH_FIELD_NUMBER: _ClassVar[int]
+    READ_GRANT_FIELD_NUMBER: _ClassVar[int]
+    WRITE_GRANT_FIELD_NUMBER: _ClassVar[int]
+    src_segment_id: int
+    src_offset: int
+    dst_segment_id: int
+    dst_offset: int
+    length: int
+    read_grant: bytes
+    write_grant: bytes
+    def __init__(self, src_segment_id: _Optional[int] = ..., src_offset: _Optional[int] = ..., dst_segment_id: _Optional[int] = ..., dst_offset: _Optional[int] = ..., length: _Optional[int] = ..., read_grant: _Optional[bytes] = ..., write_grant: _Optional[bytes] = ...) -> None: ...
+
+class MoveRequest(_message.Message):
+    __slots__ = ("items",)
+    ITEMS_FIELD_NUMBER: _ClassVar[int]
+    items: _containers.RepeatedCompositeFieldContainer[MoveItem]
+    def __init__(self, items: _Optional[_Iterable[_Union[MoveItem, _Mapping]]] = ...) -> None: ...
+
+class MoveResponse(_message.Message):
+    __slots__ = ("statuses",)
+    STATUSES_FIELD_NUMBER: _ClassVar[int]
+    statuses: _containers.RepeatedCompositeFieldContainer[KeyStatus]
+    def __init__(self, statuses: _Optional[_Iterable[_Union[KeyStatus, _Mapping]]] = ...) -> None: ...

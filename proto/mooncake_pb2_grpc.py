@@ -498,6 +498,11 @@ class WorkerServiceStub(object):
                 request_serializer=mooncake__proto_dot_mooncake__pb2.DescribeRequest.SerializeToString,
                 response_deserializer=mooncake__proto_dot_mooncake__pb2.DescribeResponse.FromString,
                 _registered_method=True)
+        self.MoveReplicas = channel.unary_unary(
+                '/mooncake.v1.WorkerService/MoveReplicas',
+                request_serializer=mooncake__proto_dot_mooncake__pb2.MoveRequest.SerializeToString,
+                response_deserializer=mooncake__proto_dot_mooncake__pb2.MoveResponse.FromString,
+                _registered_method=True)
         self.RdmaConnect = channel.unary_unary(
                 '/mooncake.v1.WorkerService/RdmaConnect',
                 request_serializer=mooncake__proto_dot_mooncake__pb2.RdmaConnectRequest.SerializeToString,
@@ -509,6 +514,12 @@ class WorkerServiceServicer(object):
     """Missing associated documentation comment in .proto file."""
 
     def Describe(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def MoveReplicas(self, request, context):
         """Missing associated documentation comment in .proto file."""
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -528,6 +539,11 @@ def add_WorkerServiceServicer_to_server(servicer, server):
                     servicer.Describe,
                     request_deserializer=mooncake__proto_dot_mooncake__pb2.DescribeRequest.FromString,
                     response_serializer=mooncake__proto_dot_mooncake__pb2.DescribeResponse.SerializeToString,
+            ),
+            'MoveReplicas': grpc.unary_unary_rpc_method_handler(
+                    servicer.MoveReplicas,
+                    request_deserializer=mooncake__proto_dot_mooncake__pb2.MoveRequest.FromString,
+                    response_serializer=mooncake__proto_dot_mooncake__pb2.MoveResponse.SerializeToString,
             ),
             'RdmaConnect': grpc.unary_unary_rpc_method_handler(
                     servicer.RdmaConnect,
@@ -562,6 +578,33 @@ class WorkerService(object):
             '/mooncake.v1.WorkerService/Describe',
             mooncake__proto_dot_mooncake__pb2.DescribeRequest.SerializeToString,
             mooncake__proto_dot_mooncake__pb2.DescribeResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def MoveReplicas(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/mooncake.v1.WorkerService/MoveReplicas',
+            mooncake__proto_dot_mooncake__pb2.MoveRequest.SerializeToString,
+            mooncake__proto_dot_mooncake__pb2.MoveResponse.FromString,
             options,
             channel_credentials,
             insecure,
