@@ -10,128 +10,19 @@ from __future__ import annotations
 import dataclasses
 import random
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
 
 from mooncake_master.allocator import OffsetAllocator, align_up
+from mooncake_master.model import (COMPLETE, DEMOTE, MAX_REPLICA_NUM, PENDING, PROMOTE,
+                                   TIER_DRAM, TIER_NAMES, TIER_SSD, KeyResult, MasterConfig,
+                                   Move, ObjectMeta, PendingFree, PlacementConfig, Replica,
+                                   Segment, SegmentSpec, TickReport, WorkerInfo)
+from mooncake_master.placement import Placement
+from mooncake_master.tiering import MOVE_DONE, MOVE_FAILED, MOVE_UNKNOWN, Tiering
 from mooncake_proto.errors import ErrorCode, InvalidArgumentError
 
-# Values of the proto enums Tier and ReplicaState.
-TIER_DRAM = 1
-TIER_SSD = 2
-PENDING = 1
-COMPLETE = 2
-
-TIER_NAMES = {TIER_DRAM: "DRAM", TIER_SSD: "SSD"}
-MAX_REPLICA_NUM = 64
-
-
-@dataclass(slots=True)
-class MasterConfig:
-    lease_ttl_s: float = 10.0
-    worker_ttl_s: float = 10.0
-    put_timeout_s: float = 30.0
-    # grants outlive leases and put timeouts by this much (two nodes' clocks differ); a range
-    # is reused only once every grant on it has expired
-    grant_margin_s: float = 2.0
-    max_batch: int = 4096
-    max_key_bytes: int = 4096
-    placement_sample: int = 4
-
-
-@dataclass(slots=True)
-class SegmentSpec:
-    segment_id: int
-    tier: int
-    size_bytes: int
-    path: str
-
-
-@dataclass(slots=True)
-class Segment:
-    worker_id: str
-    segment_id: int
-    tier: int
-    size_bytes: int
-    path: str
-    allocator: OffsetAllocator
-
-    @property
-    def free_ratio(self) -> float:
-        return self.allocator.free_bytes / self.size_bytes
-
-
-@dataclass(slots=True)
-class WorkerInfo:
-    worker_id: str
-    node_id: str
-    data_addr: str
-    grpc_addr: str
-    http_addr: str
-    segments: dict[int, Segment]
-    grant_key: bytes
-    last_heartbeat: float
-    registered_at: float
-    rdma: bool = False          # serves RdmaConnect: clients may use the rdma transport
-
-
-@dataclass(slots=True)
-class Replica:
-    worker_id: str
-    segment_id: int
-    tier: int
-    offset: int
-    length: int
-    state: int
-
-
-@dataclass(slots=True)
-class ObjectMeta:
-    key: str
-    size: int
-    state: int
-    replicas: list[Replica]
-    replica_num: int
-    lease_until: float
-    soft_pin: bool
-    hard_pin: bool
-    last_access: float
-    put_started_at: float
-    put_id: int = 0  # ties PutEnd/PutRevoke to the PutStart that allocated the ranges
-
-
-@dataclass(slots=True)
-class PlacementConfig:
-    replica_num: int = 1
-    preferred_worker: str = ""
-    soft_pin: bool = False
-    hard_pin: bool = False
-
-
-@dataclass(slots=True)
-class KeyResult:
-    code: int = 0
-    message: str = ""
-    size: int = 0
-    replicas: list[Replica] = field(default_factory=list)
-    put_id: int = 0
-
-
-@dataclass(slots=True)
-class TickReport:
-    revoked_keys: list[str] = field(default_factory=list)
-    dead_workers: list[str] = field(default_factory=list)
-    lost_keys: list[str] = field(default_factory=list)
-    freed_ranges: int = 0
-
-
-@dataclass(slots=True)
-class PendingFree:
-    """A range of a deleted object, held until the last grant that covers it has expired."""
-    worker_id: str
-    segment_id: int
-    offset: int
-    length: int
-    free_at: float
+__all__ = ["COMPLETE", "DEMOTE", "PENDING", "PROMOTE", "TIER_DRAM", "TIER_SSD", "KeyResult",
+           "MasterConfig", "MasterState", "Move", "MOVE_DONE", "MOVE_FAILED", "MOVE_UNKNOWN",
+           "PlacementConfig", "SegmentSpec", "TickReport"]
 
 
 def _fail(code: ErrorCode, message: str) -> KeyResult:
@@ -145,7 +36,7 @@ def _copy_replicas(replicas: list[Replica]) -> list[Replica]:
             for r in replicas]
 
 
-class MasterState:
+class MasterState(Placement, Tiering):
     """Every piece of metadata the master holds, and the only code that changes it."""
 
     def __init__(self, config: MasterConfig | None = None, rng: random.Random | None = None):
@@ -158,6 +49,11 @@ class MasterState:
         # again (same segment file), they stay reserved until then
         self._held_after_drop: dict[str, list[PendingFree]] = {}
         self._next_put_id = 1
+        self.moves: dict[int, Move] = {}   # demotions and promotions under way (tiering.py)
+        self.unsent_moves = 0              # planned, not yet taken by the mover
+        self._next_move_id = 1
+        self.counters = {"evicted_objects": 0, "evicted_replicas": 0, "demotions": 0,
+                         "promotions": 0}
 
     # -- workers --------------------------------------------------------------------------
 
@@ -230,6 +126,8 @@ class MasterState:
         _held_after_drop, for the case that the worker registers again with the same files."""
         del self.workers[worker_id]
         held = [p for p in self.pending_frees if p.worker_id == worker_id]
+        held.extend(PendingFree(r.worker_id, r.segment_id, r.offset, r.length, free_at)
+                    for r, free_at in self._forget_moves_of(worker_id))
         self.pending_frees = [p for p in self.pending_frees if p.worker_id != worker_id]
         lost: list[str] = []
         for key, obj in list(self.objects.items()):
@@ -283,16 +181,18 @@ class MasterState:
                 f"replica_num {config.replica_num} is over the limit of {MAX_REPLICA_NUM}")
         results: list[KeyResult] = []
         failed_in_batch: dict[str, KeyResult] = {}
+        report = TickReport()  # what making room evicted; the next tick's report is the log's
         for key, size in zip(keys, sizes):
-            result = self._put_start_one(key, size, config, client_node_id, now, failed_in_batch)
+            result = self._put_start_one(key, size, config, client_node_id, now,
+                                         failed_in_batch, report)
             if result.code != ErrorCode.OK and isinstance(key, str):
                 failed_in_batch.setdefault(key, result)
             results.append(result)
         return results
 
     def _put_start_one(self, key: str, size: int, config: PlacementConfig,
-                       client_node_id: str, now: float,
-                       failed_in_batch: dict[str, KeyResult]) -> KeyResult:
+                       client_node_id: str, now: float, failed_in_batch: dict[str, KeyResult],
+                       report: TickReport) -> KeyResult:
         error = self._key_error(key)
         if error is not None:
             return error
@@ -305,10 +205,20 @@ class MasterState:
             return dataclasses.replace(failed_in_batch[key])
         replica_num = max(1, config.replica_num)
         replicas = self._place(size, replica_num, config.preferred_worker, client_node_id)
+        wait_s = None
         if not replicas:
+            wait_s = self._make_room(size, config.preferred_worker, client_node_id, now, report)
+            if wait_s == 0.0:
+                replicas = self._place(size, replica_num, config.preferred_worker,
+                                       client_node_id)
+        if not replicas:
+            if wait_s is not None:
+                return KeyResult(code=int(ErrorCode.SPACE_BEING_FREED),
+                                 message=f"eviction is freeing room for {size} bytes",
+                                 retry_after_s=max(wait_s, 0.001))
             largest = max((s.size_bytes for s in self._dram_segments()), default=0)
             return _fail(ErrorCode.NO_AVAILABLE_HANDLE,
-                         f"no segment has room for {size} bytes "
+                         f"no segment has room for {size} bytes and nothing is evictable "
                          f"(largest DRAM segment: {largest} bytes)")
         self.objects[key] = ObjectMeta(
             key=key, size=size, state=PENDING, replicas=replicas, replica_num=replica_num,
@@ -327,7 +237,7 @@ class MasterState:
         def end(obj: ObjectMeta) -> KeyResult:
             if obj.state == PENDING:
                 obj.state = COMPLETE
-                obj.last_access = now
+                self._touch(obj, now)
                 for replica in obj.replicas:
                     replica.state = COMPLETE
             return KeyResult(code=int(ErrorCode.OK), size=obj.size)
@@ -351,6 +261,7 @@ class MasterState:
             if obj.state != COMPLETE:
                 return _fail(ErrorCode.REPLICA_IS_NOT_READY, f"key {obj.key!r} is being written")
             self._grant_lease(obj, now)
+            self._note_read(obj, now)
             ready = [r for r in obj.replicas if r.state == COMPLETE]
             return KeyResult(code=int(ErrorCode.OK), size=obj.size, replicas=_copy_replicas(ready))
         return self._for_each_object(keys, replicas_of)
@@ -383,7 +294,12 @@ class MasterState:
 
     def _grant_lease(self, obj: ObjectMeta, now: float) -> None:
         obj.lease_until = max(obj.lease_until, now + self.config.lease_ttl_s)
+        self._touch(obj, now)
+
+    def _touch(self, obj: ObjectMeta, now: float) -> None:
+        """Marks an access: `objects` is kept least recently accessed first (tiering.py)."""
         obj.last_access = now
+        self.objects[obj.key] = self.objects.pop(obj.key)
 
     def _lookup(self, key: str) -> tuple[ObjectMeta | None, KeyResult | None]:
         error = self._key_error(key)
@@ -417,15 +333,21 @@ class MasterState:
         return len(doomed)
 
     def _delete(self, obj: ObjectMeta, now: float) -> None:
+        """Forgets obj; its ranges come free once no grant on them can be used (a move of
+        it finishes on its own: finish_move finds the object gone)."""
         del self.objects[obj.key]
         free_at = self._grants_expire_at(obj)
         for replica in obj.replicas:
-            if free_at > now:
-                self.pending_frees.append(PendingFree(
-                    worker_id=replica.worker_id, segment_id=replica.segment_id,
-                    offset=replica.offset, length=replica.length, free_at=free_at))
-            else:
-                self._free_range(replica.worker_id, replica.segment_id, replica.offset)
+            self._release(replica, free_at, now)
+
+    def _release(self, replica: Replica, free_at: float, now: float) -> None:
+        """Frees a range now, or at free_at when a grant may still use it until then."""
+        if free_at > now:
+            self.pending_frees.append(PendingFree(
+                worker_id=replica.worker_id, segment_id=replica.segment_id,
+                offset=replica.offset, length=replica.length, free_at=free_at))
+        else:
+            self._free_range(replica.worker_id, replica.segment_id, replica.offset)
 
     def _grants_expire_at(self, obj: ObjectMeta) -> float:
         """When no grant on obj's ranges can still be used: a reader may copy until its lease
@@ -444,8 +366,10 @@ class MasterState:
     # -- time -----------------------------------------------------------------------------
 
     def tick(self, now: float) -> TickReport:
-        """Revoke stalled puts, bury silent workers, and free ranges whose grants expired."""
+        """Revoke stalled puts, bury silent workers, free ranges whose grants expired, give
+        up on moves nobody answered, and evict from segments past the high watermark."""
         report = TickReport()
+        self._abandon_stalled_moves(now, report)
         stalled = [obj for obj in self.objects.values()
                    if obj.state == PENDING and now - obj.put_started_at > self.config.put_timeout_s]
         for obj in stalled:
@@ -468,70 +392,8 @@ class MasterState:
             for pending in due:
                 self._free_range(pending.worker_id, pending.segment_id, pending.offset)
             report.freed_ranges = len(due)
+        self._evict_over_watermark(now, report)
         return report
-
-    # -- placement ------------------------------------------------------------------------
-
-    def _dram_segments(self) -> list[Segment]:
-        return [seg for worker in self.workers.values() for seg in worker.segments.values()
-                if seg.tier == TIER_DRAM]
-
-    @staticmethod
-    def _free_ratio(worker: WorkerInfo) -> float:
-        return max((s.free_ratio for s in worker.segments.values() if s.tier == TIER_DRAM),
-                   default=-1.0)
-
-    @staticmethod
-    def _has_dram(worker: WorkerInfo) -> bool:
-        return any(s.tier == TIER_DRAM for s in worker.segments.values())
-
-    def _allocate_on(self, worker: WorkerInfo, size: int) -> Replica | None:
-        segments = sorted((s for s in worker.segments.values() if s.tier == TIER_DRAM),
-                          key=lambda s: (-s.free_ratio, s.segment_id))
-        for seg in segments:
-            offset = seg.allocator.allocate(size)
-            if offset is not None:
-                return Replica(worker_id=worker.worker_id, segment_id=seg.segment_id,
-                               tier=TIER_DRAM, offset=offset, length=size, state=PENDING)
-        return None
-
-    def _preferred(self, preferred_worker: str, client_node_id: str) -> WorkerInfo | None:
-        worker = self.workers.get(preferred_worker)
-        if worker is not None:
-            return worker
-        if not client_node_id:
-            return None
-        local = [w for w in self.workers.values()
-                 if w.node_id == client_node_id and self._has_dram(w)]
-        if not local:
-            return None
-        return min(local, key=lambda w: (-self._free_ratio(w), w.worker_id))
-
-    def _place(self, size: int, replica_num: int, preferred_worker: str,
-               client_node_id: str) -> list[Replica]:
-        """Up to replica_num PENDING replicas on distinct workers, preferred (local) one first."""
-        replicas: list[Replica] = []
-        first = self._preferred(preferred_worker, client_node_id)
-        if first is not None:
-            replica = self._allocate_on(first, size)
-            if replica is not None:
-                replicas.append(replica)
-        # Sorted so that the injected rng alone decides the sample.
-        rest = sorted(wid for wid, w in self.workers.items()
-                      if (first is None or wid != first.worker_id) and self._has_dram(w))
-        sample_size = max(1, self.config.placement_sample)
-        while len(replicas) < replica_num and rest:
-            sample = self.rng.sample(rest, min(sample_size, len(rest)))
-            sampled = set(sample)
-            rest = [wid for wid in rest if wid not in sampled]
-            sample.sort(key=lambda wid: -self._free_ratio(self.workers[wid]))
-            for wid in sample:
-                if len(replicas) == replica_num:
-                    break
-                replica = self._allocate_on(self.workers[wid], size)
-                if replica is not None:
-                    replicas.append(replica)
-        return replicas
 
     # -- invariants and reporting ---------------------------------------------------------
 
@@ -552,6 +414,12 @@ class MasterState:
         for pending in self.pending_frees:
             self._expect_range(expected, pending.worker_id, pending.segment_id, pending.offset,
                                pending.length, f"pending free at {pending.free_at}")
+        for move in self.moves.values():
+            self._validate_move(move)
+            self._expect_range(expected, move.dst.worker_id, move.dst.segment_id,
+                               move.dst.offset, move.dst.length, f"target of move {move.move_id}")
+        unsent = sum(1 for m in self.moves.values() if not m.sent_at)
+        assert unsent == self.unsent_moves, f"{unsent} unsent moves, counted {self.unsent_moves}"
         for (worker_id, segment_id), blocks in expected.items():
             allocated = self.workers[worker_id].segments[segment_id].allocator.allocated_blocks()
             assert allocated == blocks, (
@@ -563,6 +431,9 @@ class MasterState:
         assert obj.key == key, f"object {obj.key!r} stored under {key!r}"
         assert obj.state in (PENDING, COMPLETE), f"{key!r}: bad state {obj.state}"
         assert obj.replicas, f"{key!r} has no replica"
+        if obj.moving:
+            assert any(m.key == key and m.put_id == obj.put_id for m in self.moves.values()), \
+                f"{key!r} is moving without a move"
         workers = [r.worker_id for r in obj.replicas]
         assert len(set(workers)) == len(workers), f"{key!r} has two replicas on one worker"
         for replica in obj.replicas:
@@ -579,6 +450,16 @@ class MasterState:
                 f"{key!r}: replica on {replica.worker_id}/{replica.segment_id}, no such segment"
             self._expect_range(expected, replica.worker_id, replica.segment_id, replica.offset,
                                replica.length, f"replica of {key!r}")
+
+    def _validate_move(self, move: Move) -> None:
+        assert move.src.worker_id == move.dst.worker_id, f"move {move.move_id} crosses workers"
+        assert move.dst.length == move.src.length, f"move {move.move_id} changes the length"
+        obj = self.objects.get(move.key)
+        if obj is not None and obj.put_id == move.put_id:
+            assert obj.moving, f"{move.key!r} has move {move.move_id} but is not moving"
+            assert sum(1 for m in self.moves.values()
+                       if m.key == move.key and m.put_id == move.put_id) == 1, \
+                f"{move.key!r} has two moves"
 
     def _expect_range(self, expected: dict[tuple[str, int], dict[int, int]], worker_id: str,
                       segment_id: int, offset: int, length: int, what: str) -> None:
@@ -604,5 +485,12 @@ class MasterState:
             workers.append({"worker_id": worker.worker_id, "node_id": worker.node_id,
                             "data_addr": worker.data_addr, "segments": segments})
         pending = sum(1 for obj in self.objects.values() if obj.state == PENDING)
+        objects_per_tier = {name: 0 for name in TIER_NAMES.values()}
+        for obj in self.objects.values():
+            for replica in obj.replicas:
+                objects_per_tier[TIER_NAMES[replica.tier]] += 1
+        for name, count in objects_per_tier.items():
+            tiers[name]["replicas"] = count
         return {"objects": len(self.objects), "pending": pending,
-                "pending_frees": len(self.pending_frees), "workers": workers, "tiers": tiers}
+                "pending_frees": len(self.pending_frees), "moves": len(self.moves),
+                **self.counters, "workers": workers, "tiers": tiers}

@@ -236,7 +236,10 @@ def test_no_space_when_full_and_other_keys_still_proceed():
                               ErrorCode.NO_AVAILABLE_HANDLE]
     assert {r.replicas[0].worker_id for r in results[:2]} == {"w0", "w1"}
     state.put_revoke(["a"], 0.0)
-    assert codes(put(state, ["c"], [1])) == [ErrorCode.NO_AVAILABLE_HANDLE]  # grant still live
+    # the revoked range waits for its write grant: room is on its way, so "ask again later"
+    [waiting] = put(state, ["c"], [1])
+    assert waiting.code == ErrorCode.SPACE_BEING_FREED
+    assert waiting.retry_after_s == pytest.approx(34.0)
     heartbeat_all(state, 34.0)
     state.tick(34.0)
     assert codes(put(state, ["c"], [1], now=34.0)) == [OK]
@@ -392,10 +395,11 @@ def test_force_remove_of_leased_object_holds_its_range_until_the_lease_ends():
     assert call(state, "exists", ["a"], 1.0) == [ErrorCode.OBJECT_NOT_FOUND]
     assert len(state.pending_frees) == 1 and state.pending_frees[0].free_at == 14.0
     assert used(state, "w0") == 4096
-    assert codes(put(state, ["b"], [1], now=2.0)) == [ErrorCode.NO_AVAILABLE_HANDLE]
+    [waiting] = put(state, ["b"], [1], now=2.0)  # room comes when the lease's grants end
+    assert (waiting.code, waiting.retry_after_s) == (ErrorCode.SPACE_BEING_FREED, 12.0)
     assert state.tick(13.9).freed_ranges == 0
     state.validate()
-    assert codes(put(state, ["b"], [1], now=13.9)) == [ErrorCode.NO_AVAILABLE_HANDLE]
+    assert codes(put(state, ["b"], [1], now=13.9)) == [ErrorCode.SPACE_BEING_FREED]
     assert state.tick(14.0).freed_ranges == 1
     state.validate()
     assert state.pending_frees == [] and used(state, "w0") == 0
@@ -606,8 +610,8 @@ def test_stats():
     put(state, ["b"], [64], preferred="w0")
     stats = state.stats()
     assert (stats["objects"], stats["pending"]) == (2, 1)
-    assert stats["tiers"] == {"DRAM": {"total_bytes": 8192, "used_bytes": 1088},
-                              "SSD": {"total_bytes": 8192, "used_bytes": 0}}
+    assert stats["tiers"] == {"DRAM": {"total_bytes": 8192, "used_bytes": 1088, "replicas": 2},
+                              "SSD": {"total_bytes": 8192, "used_bytes": 0, "replicas": 0}}
     w0 = stats["workers"][0]
     assert (w0["worker_id"], w0["node_id"], w0["data_addr"]) == ("w0", "n0", "w0:1")
     assert w0["segments"][0] == {"segment_id": 0, "tier": TIER_DRAM, "size_bytes": 4096,
@@ -689,7 +693,8 @@ class MasterMachine(RuleBasedStateMachine):
             elif result.code == OK:
                 self._check_new_replicas(result, replica_num, preferred)
             else:
-                assert result.code == ErrorCode.NO_AVAILABLE_HANDLE
+                assert result.code in (ErrorCode.NO_AVAILABLE_HANDLE,
+                                       ErrorCode.SPACE_BEING_FREED)
             seen.add(key)
 
     def _check_new_replicas(self, result: KeyResult, replica_num: int, preferred: str):

@@ -1,0 +1,267 @@
+"""Freeing space: eviction at the high watermark and on a failed allocation, demotion of DRAM
+replicas to their worker's SSD segment, promotion of hot SSD objects back to DRAM.
+
+A mixin of MasterState, pure like it (time passed in). Moves are planned here and carried out
+by the master's mover (master/mover.py), which asks the worker to copy, then calls
+`finish_move`; until then the object keeps serving reads from its old replica, and the
+target range is reserved so that nothing else lands there.
+
+Victims are chosen least recently accessed first: `objects` is kept in access order (a touch
+moves the key to the end), so the scan stops as soon as it has found enough.
+"""
+from __future__ import annotations
+
+import dataclasses
+
+from mooncake_master.model import (COMPLETE, DEMOTE, PROMOTE, TIER_DRAM, TIER_SSD, Move,
+                                   ObjectMeta, Replica, Segment, TickReport)
+
+# outcomes the mover reports for a move
+MOVE_DONE = "done"        # the worker copied the bytes
+MOVE_FAILED = "failed"    # the worker answered that it did not (it writes nothing more)
+MOVE_UNKNOWN = "unknown"  # no answer: the worker may write the target until its grant expires
+
+# how soon a writer that got SPACE_BEING_FREED asks again while a demotion copies
+MOVE_RETRY_S = 0.02
+MIN_RETRY_S = 0.005
+
+
+def _replica_on(obj: ObjectMeta, seg: Segment) -> Replica | None:
+    for replica in obj.replicas:
+        if replica.worker_id == seg.worker_id and replica.segment_id == seg.segment_id:
+            return replica
+    return None
+
+
+class Tiering:
+    # -- eviction -------------------------------------------------------------------------
+
+    def _evictable(self, obj: ObjectMeta, now: float) -> bool:
+        """Leased, uncommitted, hard-pinned and moving objects stay where they are."""
+        return (obj.state == COMPLETE and not obj.hard_pin and not obj.moving
+                and obj.lease_until <= now)
+
+    def _victims(self, seg: Segment, want_bytes: float,
+                 now: float) -> list[tuple[ObjectMeta, Replica]]:
+        """Replicas on seg to free for want_bytes: least recently accessed first, soft-pinned
+        objects only once everything else on the segment is taken."""
+        chosen, soft, total = [], [], 0
+        for obj in self.objects.values():
+            if total >= want_bytes:
+                return chosen
+            if not self._evictable(obj, now):
+                continue
+            replica = _replica_on(obj, seg)
+            if replica is None:
+                continue
+            if obj.soft_pin:
+                soft.append((obj, replica))
+                continue
+            chosen.append((obj, replica))
+            total += replica.length
+        for obj, replica in soft:
+            if total >= want_bytes:
+                break
+            chosen.append((obj, replica))
+            total += replica.length
+        return chosen
+
+    def _evict_from(self, seg: Segment, want_bytes: float, now: float,
+                    report: TickReport) -> int:
+        """Frees, or starts freeing, about want_bytes of seg: a DRAM replica is demoted to its
+        worker's SSD while the SSD has room (making room there by LRU first), else dropped.
+        Returns the bytes chosen."""
+        chosen = 0
+        for obj, replica in self._victims(seg, want_bytes, now):
+            if seg.tier == TIER_DRAM and self._demote(obj, replica, now, report):
+                report.moves_planned += 1
+            else:
+                self._drop_replica(obj, replica, now, report)
+            chosen += replica.length
+        return chosen
+
+    def _demote(self, obj: ObjectMeta, replica: Replica, now: float, report: TickReport) -> bool:
+        worker = self.workers[replica.worker_id]
+        for seg in worker.segments.values():
+            if seg.tier != TIER_SSD or seg.size_bytes < obj.size:
+                continue
+            dst = self._allocate_in(seg, obj.size)
+            if dst is None:  # the SSD tier evicts by LRU (drops: there is no tier below)
+                self._evict_from(seg, obj.size, now, report)
+                dst = self._allocate_in(seg, obj.size)
+            if dst is not None:
+                self._start_move(DEMOTE, obj, replica, dst, now)
+                self.counters["demotions"] += 1
+                return True
+        return False
+
+    def _drop_replica(self, obj: ObjectMeta, replica: Replica, now: float,
+                      report: TickReport) -> None:
+        """Forgets one replica; the object goes with its last one (it becomes a miss)."""
+        self.counters["evicted_replicas"] += 1
+        if len(obj.replicas) == 1:
+            self._delete(obj, now)
+            report.evicted_keys.append(obj.key)
+            self.counters["evicted_objects"] += 1
+            return
+        obj.replicas = [r for r in obj.replicas if r is not replica]
+        self._release(replica, self._grants_expire_at(obj), now)
+
+    def _evict_over_watermark(self, now: float, report: TickReport) -> None:
+        """Every segment whose use, less what is already leaving it, is past the high
+        watermark frees eviction_ratio of its size."""
+        leaving: dict[tuple[str, int], int] = {}
+        for pending in self.pending_frees:
+            at = (pending.worker_id, pending.segment_id)
+            leaving[at] = leaving.get(at, 0) + pending.length
+        for move in self.moves.values():
+            at = (move.src.worker_id, move.src.segment_id)
+            leaving[at] = leaving.get(at, 0) + move.src.length
+        for worker in self.workers.values():
+            for seg in worker.segments.values():
+                used = seg.allocator.used_bytes - leaving.get((seg.worker_id, seg.segment_id), 0)
+                if used > self.config.high_watermark * seg.size_bytes:
+                    self._evict_from(seg, self.config.eviction_ratio * seg.size_bytes, now,
+                                     report)
+
+    def _make_room(self, size: int, preferred_worker: str, client_node_id: str,
+                   now: float, report: TickReport) -> float | None:
+        """After a placement found no room for size bytes: frees or starts freeing some.
+        Returns 0.0 when room was freed now (place again), seconds to wait when room is on
+        its way (a demotion copying, ranges waiting for old grants), None when nothing can
+        be freed (NO_SPACE)."""
+        seg = self._segment_to_evict(size, preferred_worker, client_node_id, now)
+        if seg is not None:
+            free_before = seg.allocator.free_bytes
+            self._evict_from(seg, max(size, self.config.eviction_ratio * seg.size_bytes),
+                             now, report)
+            if seg.allocator.free_bytes > free_before:
+                return 0.0
+        return self._room_coming_in_s(now)
+
+    def _segment_to_evict(self, size: int, preferred_worker: str, client_node_id: str,
+                          now: float) -> Segment | None:
+        """The writer's preferred (local) DRAM segment when it has a victim, else the DRAM
+        segment that holds the least recently accessed evictable object."""
+        first = self._preferred(preferred_worker, client_node_id)
+        if first is not None:
+            for seg in first.segments.values():
+                if seg.tier == TIER_DRAM and seg.size_bytes >= size \
+                        and self._victims(seg, 1, now):
+                    return seg
+        for obj in self.objects.values():
+            if not self._evictable(obj, now):
+                continue
+            for replica in obj.replicas:
+                seg = self.workers[replica.worker_id].segments[replica.segment_id]
+                if seg.tier == TIER_DRAM and seg.size_bytes >= size:
+                    return seg
+        return None
+
+    def _room_coming_in_s(self, now: float) -> float | None:
+        """How soon DRAM space already on its way out is free: a demotion in flight, or a
+        range waiting for the grants on it to expire; None when none is."""
+        if any(m.src.tier == TIER_DRAM for m in self.moves.values()):
+            return MOVE_RETRY_S
+        waits = [p.free_at - now for p in self.pending_frees
+                 if self.workers[p.worker_id].segments[p.segment_id].tier == TIER_DRAM]
+        return max(MIN_RETRY_S, min(waits)) if waits else None
+
+    # -- promotion ------------------------------------------------------------------------
+
+    def _note_read(self, obj: ObjectMeta, now: float) -> None:
+        """Counts a read of an object held on SSD only; promotes it once read often enough."""
+        if obj.moving or any(r.tier == TIER_DRAM for r in obj.replicas):
+            return
+        window = self.config.promotion_window_s
+        obj.ssd_hits = [t for t in obj.ssd_hits if now - t <= window] + [now]
+        if len(obj.ssd_hits) >= self.config.promotion_hits:
+            self._promote(obj, now)
+
+    def _promote(self, obj: ObjectMeta, now: float) -> None:
+        """Copies an SSD replica to its worker's DRAM when that stays under the watermark
+        (promotion never evicts: it would only push another object down)."""
+        for replica in obj.replicas:
+            for seg in self.workers[replica.worker_id].segments.values():
+                limit = self.config.high_watermark * seg.size_bytes
+                if seg.tier != TIER_DRAM or seg.allocator.used_bytes + obj.size > limit:
+                    continue
+                dst = self._allocate_in(seg, obj.size)
+                if dst is not None:
+                    self._start_move(PROMOTE, obj, replica, dst, now)
+                    self.counters["promotions"] += 1
+                    return
+
+    # -- moves ----------------------------------------------------------------------------
+
+    def _start_move(self, kind: str, obj: ObjectMeta, src: Replica, dst: Replica,
+                    now: float) -> None:
+        move = Move(self._next_move_id, kind, obj.key, obj.put_id, src, dst, now)
+        self._next_move_id += 1
+        self.moves[move.move_id] = move
+        self.unsent_moves += 1
+        obj.moving = True
+
+    def take_moves(self, now: float) -> list[Move]:
+        """The moves not handed to the mover yet (copies), now marked as sent."""
+        if not self.unsent_moves:
+            return []
+        taken = []
+        for move in self.moves.values():
+            if not move.sent_at:
+                move.sent_at = now
+                taken.append(dataclasses.replace(move, src=dataclasses.replace(move.src),
+                                                 dst=dataclasses.replace(move.dst)))
+        self.unsent_moves = 0
+        return taken
+
+    def finish_move(self, move_id: int, outcome: str, now: float) -> bool:
+        """Swaps the copied replica in (MOVE_DONE), or gives the target range back. True when
+        the object now lives in the new place."""
+        move = self.moves.pop(move_id, None)
+        if move is None:
+            return False  # abandoned on timeout, or its worker was dropped
+        obj = self.objects.get(move.key)
+        if obj is not None and obj.put_id != move.put_id:
+            obj = None  # removed and written again meanwhile: another object
+        if obj is not None:
+            obj.moving = False
+        index = next((i for i, r in enumerate(obj.replicas) if r is move.src), None) \
+            if obj is not None else None
+        if outcome == MOVE_DONE and index is not None:
+            move.dst.state = COMPLETE
+            obj.replicas[index] = move.dst
+            obj.ssd_hits = []
+            # readers holding the old range's grants finish before it is reused
+            self._release(move.src, self._grants_expire_at(obj), now)
+            return True
+        free_at = self._move_grant_expires_at(move) if outcome == MOVE_UNKNOWN else now
+        self._release(move.dst, free_at, now)
+        return False
+
+    def _move_grant_expires_at(self, move: Move) -> float:
+        sent = move.sent_at or move.created_at
+        return sent + self.config.move_timeout_s + 2 * self.config.grant_margin_s
+
+    def _abandon_stalled_moves(self, now: float, report: TickReport) -> None:
+        for move in [m for m in self.moves.values()
+                     if now - (m.sent_at or m.created_at) > self.config.move_timeout_s]:
+            if not move.sent_at:
+                self.unsent_moves -= 1
+            self.finish_move(move.move_id, MOVE_UNKNOWN if move.sent_at else MOVE_FAILED, now)
+            report.moves_abandoned += 1
+
+    def _forget_moves_of(self, worker_id: str) -> list:
+        """Drops the moves on a worker being forgotten; the target ranges its old grants may
+        still write, for _held_after_drop."""
+        held = []
+        for move in [m for m in self.moves.values() if m.worker_id == worker_id]:
+            del self.moves[move.move_id]
+            if not move.sent_at:
+                self.unsent_moves -= 1
+            obj = self.objects.get(move.key)
+            if obj is not None and obj.put_id == move.put_id:
+                obj.moving = False
+            if move.sent_at:
+                held.append((move.dst, self._move_grant_expires_at(move)))
+        return held
