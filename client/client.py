@@ -20,8 +20,8 @@ from mooncake_proto import mooncake_pb2 as pb
 from mooncake_proto import mooncake_pb2_grpc as pb_grpc
 from mooncake_proto import metaframe, rpc
 from mooncake_proto.errors import (ErrorCode, InvalidArgumentError, LeaseExpiredError,
-                                   MooncakeError, TransferError, UnavailableError,
-                                   error_for_code)
+                                   MooncakeError, NoSpaceError, TransferError,
+                                   UnavailableError, error_for_code)
 from mooncake_proto.identity import node_id
 
 KNOWN_TRANSPORTS = ("shm", "rdma", "tcp")  # the default preference order (DESIGN.md 4)
@@ -29,6 +29,8 @@ MISS_CODES = (ErrorCode.OBJECT_NOT_FOUND, ErrorCode.REPLICA_IS_NOT_READY)
 META_RETRY_S = 5.0  # a client without a framed metadata channel asks Hello again after this,
 META_RETRY_MAX_S = 60.0  # doubling after each failure up to this
 META_CONNECT_TIMEOUT_S = 0.5  # a port that drops SYNs must not stall a call for rpc_timeout_s
+PUT_RETRY_MAX_S = 0.5  # a put told to wait for eviction asks again at least this often
+READ_CHUNK_BYTES = 256 << 20  # a long batch read checks (and renews) its lease between chunks
 _TIER_NAMES = {pb.TIER_DRAM: "DRAM", pb.TIER_SSD: "SSD"}
 _STATE_NAMES = {pb.REPLICA_PENDING: "PENDING", pb.REPLICA_COMPLETE: "COMPLETE"}
 
@@ -64,9 +66,11 @@ class BatchError(MooncakeError):
 class Client:
     def __init__(self, master: str | Sequence[str], transports: Iterable[str] = KNOWN_TRANSPORTS,
                  rpc_timeout_s: float = 10.0, transfer_timeout_s: float = 10.0,
-                 framed_metadata: bool = True):
+                 framed_metadata: bool = True, put_wait_s: float = 10.0):
         """framed_metadata: send object calls over the master's framed metadata port when it
-        offers one (found with Hello; gRPC otherwise, and for everything else)."""
+        offers one (found with Hello; gRPC otherwise, and for everything else).
+        put_wait_s: how long a put waits for eviction to free room (a full pool evicts, and
+        demotes to SSD, rather than refuse writes) before it raises NoSpaceError."""
         self.masters = [m.strip() for m in master.split(",")] if isinstance(master, str) \
             else list(master)
         if not self.masters or not all(self.masters):
@@ -77,6 +81,7 @@ class Client:
             raise InvalidArgumentError(
                 f"transports must be chosen from {KNOWN_TRANSPORTS}, got {self.transport_names}")
         self.rpc_timeout_s = rpc_timeout_s
+        self.put_wait_s = put_wait_s
         self.node_id = node_id()
         tcp = TcpTransport(transfer_timeout_s)  # also rdma's fallback: one connection pool
         self._transports = [ShmTransport(self.node_id) if name == "shm"
@@ -143,19 +148,48 @@ class Client:
         keys = list(keys)
         parts = self._buffers_parts(keys, buffers, sizes, writable=False)
         config = config or ReplicaConfig()
+        wire_config = pb.ReplicaConfig(replica_num=config.replica_num,
+                                       preferred_worker=config.preferred_worker or "",
+                                       soft_pin=config.soft_pin, hard_pin=config.hard_pin)
+        errors: dict[str, MooncakeError] = {}
+        todo = list(range(len(keys)))
+        give_up_at = time.monotonic() + self.put_wait_s
+        while todo:
+            waiting = self._put_round([keys[i] for i in todo], [parts[i] for i in todo],
+                                      wire_config, errors)
+            todo = [todo[j] for j in waiting]
+            if not todo:
+                break
+            pause = min(max(waiting.values()), PUT_RETRY_MAX_S)
+            if time.monotonic() + pause > give_up_at:
+                for i in todo:
+                    errors[keys[i]] = NoSpaceError(
+                        f"put {keys[i]!r}: eviction did not free room within {self.put_wait_s}s")
+                break
+            time.sleep(pause)
+        if errors:
+            raise next(iter(errors.values())) if len(errors) == 1 and len(keys) == 1 \
+                else BatchError(errors)
+        return [parts_size(p) for p in parts]
+
+    def _put_round(self, keys: list[str], parts: list[list[memoryview]],
+                   config: pb.ReplicaConfig, errors: dict[str, MooncakeError]) -> dict[int, float]:
+        """One PutStart, the writes and one PutEnd for keys; failures go into errors. Returns
+        the positions (in keys) the master asked to try again once eviction has freed room,
+        with the seconds it suggested."""
         started = time.monotonic()
         reply = self._call("PutStart", pb.PutStartRequest(
             keys=keys, sizes=[parts_size(p) for p in parts], client_node_id=self.node_id,
-            config=pb.ReplicaConfig(replica_num=config.replica_num,
-                                    preferred_worker=config.preferred_worker or "",
-                                    soft_pin=config.soft_pin, hard_pin=config.hard_pin)))
+            config=config))
         deadline = started + reply.put_timeout_ms / 1000
-        errors: dict[str, MooncakeError] = {}
+        waiting: dict[int, float] = {}
         started_puts: dict[str, tuple[int, list[Transfer]]] = {}
-        for key, object_parts, item in zip(keys, parts, reply.items):
+        for j, (key, object_parts, item) in enumerate(zip(keys, parts, reply.items)):
             if item.status.code == ErrorCode.OK:
                 started_puts[key] = (item.put_id,
                                      [Transfer(r, object_parts, deadline) for r in item.replicas])
+            elif item.status.code == ErrorCode.SPACE_BEING_FREED:
+                waiting[j] = item.retry_after_ms / 1000
             elif item.status.code != ErrorCode.OBJECT_ALREADY_EXISTS:
                 errors[key] = error_for_code(item.status.code, f"put {key!r}: {item.status.message}")
         try:
@@ -173,10 +207,7 @@ class Client:
             for st in self._call("PutEnd", finish).statuses:
                 if st.code != ErrorCode.OK:
                     errors[st.key] = error_for_code(st.code, f"put {st.key!r}: {st.message}")
-        if errors:
-            raise next(iter(errors.values())) if len(errors) == 1 and len(keys) == 1 \
-                else BatchError(errors)
-        return [parts_size(p) for p in parts]
+        return waiting
 
     def _write_all(self, started_puts) -> dict[str, MooncakeError]:
         """Writes every replica of every key; returns the keys whose writes failed."""
@@ -253,12 +284,37 @@ class Client:
         return [as_parts(b, writable, s, self._registered) for b, s in zip(buffers, sizes)]
 
     def _read(self, keys: list[str], parts: list[list[memoryview]] | None):
-        started = time.monotonic()
-        reply = self._call("GetReplicas", pb.KeysRequest(keys=keys))
-        lease_deadline = started + reply.lease_ttl_ms / 1000
-        pending: list[tuple[int, list[pb.ReplicaDescriptor], Transfer]] = []
+        """One GetReplicas for the batch, then reads in chunks of READ_CHUNK_BYTES: before a
+        chunk, a lease past half its life is renewed (a second GetReplicas for the keys
+        left, with fresh replicas and grants); after it, a chunk that outlived its lease
+        raises LeaseExpiredError rather than return bytes that may have been overwritten."""
         results: list = [None] * len(keys)
-        for i, (key, item) in enumerate(zip(keys, reply.items)):
+        todo = list(range(len(keys)))
+        while todo:
+            leased_at = time.monotonic()
+            reply = self._call("GetReplicas", pb.KeysRequest(keys=[keys[i] for i in todo]))
+            ttl_s = reply.lease_ttl_ms / 1000
+            pending = self._plan_reads(keys, parts, todo, reply.items)
+            todo = []
+            while pending:
+                chunk, pending = _take_chunk(pending, READ_CHUNK_BYTES)
+                self._read_with_fallback(keys, chunk)
+                if time.monotonic() > leased_at + ttl_s:
+                    raise LeaseExpiredError(
+                        f"read of {len(chunk)} object(s) finished after the {reply.lease_ttl_ms} "
+                        "ms lease; the bytes may be stale")
+                for i, _, transfer in chunk:
+                    results[i] = transfer.result if parts is None else transfer.replica.length
+                if pending and time.monotonic() > leased_at + ttl_s / 2:
+                    todo = [entry[0] for entry in pending]  # renew for what is left
+                    break
+        return results
+
+    def _plan_reads(self, keys: list[str], parts, indices: list[int], items):
+        """(index, replica candidates, Transfer) for each key of `indices` that is present."""
+        pending: list[tuple[int, list[pb.ReplicaDescriptor], Transfer]] = []
+        for i, item in zip(indices, items):
+            key = keys[i]
             if item.status.code in MISS_CODES:
                 continue
             if item.status.code != ErrorCode.OK:
@@ -275,13 +331,7 @@ class Client:
                 raise TransferError(f"get {key!r}: no allowed transport "
                                     f"({', '.join(self.transport_names)}) reaches any replica")
             pending.append((i, candidates, Transfer(candidates[0][1], target)))
-        self._read_with_fallback(keys, pending)
-        if time.monotonic() > lease_deadline:
-            raise LeaseExpiredError(f"read of {len(pending)} object(s) finished after the "
-                                    f"{reply.lease_ttl_ms} ms lease; the bytes may be stale")
-        for i, _, transfer in pending:
-            results[i] = transfer.result if parts is None else transfer.replica.length
-        return results
+        return pending
 
     def _read_with_fallback(self, keys, pending) -> None:
         """Reads each key from its best replica, moving to the next replica when one fails."""
@@ -443,6 +493,16 @@ def _reachable(meta_addr: str, master: str) -> str:
     if host.strip("[]") in ("0.0.0.0", "::", ""):
         host = master.rpartition(":")[0]
     return f"{host}:{port}"
+
+
+def _take_chunk(pending: list, limit_bytes: int) -> tuple[list, list]:
+    """The first entries of pending up to limit_bytes (at least one), and the rest."""
+    total = 0
+    for n, entry in enumerate(pending):
+        total += entry[2].replica.length
+        if total > limit_bytes and n > 0:
+            return pending[:n], pending[n:]
+    return pending, []
 
 
 def _trim(parts: list[memoryview], size: int) -> list[memoryview]:

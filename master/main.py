@@ -7,6 +7,7 @@ import sys
 import time
 
 from mooncake_master.meta_server import MetaServer
+from mooncake_master.mover import Mover
 from mooncake_master.state import MasterConfig, MasterState
 from mooncake_master.servicer import MasterServicer
 from mooncake_proto import mooncake_pb2_grpc as pb_grpc
@@ -28,6 +29,9 @@ OPTIONS = [
     Option("--lease-ttl", "10s", DURATION, "read lease granted by GetReplicas and Exists"),
     Option("--worker-ttl", "10s", DURATION, "silence after which a worker is declared dead"),
     Option("--put-timeout", "30s", DURATION, "a PENDING put older than this is revoked"),
+    Option("--high-watermark", 0.90, float,
+           "a segment fuller than this fraction evicts (demotes to SSD, or drops) LRU objects"),
+    Option("--eviction-ratio", 0.05, float, "fraction of a segment one eviction frees"),
     Option("--ready-file", "", str, "write bound addresses here as JSON once serving"),
     Option("--log-level", "info", str, "debug, info, warning or error"),
 ]
@@ -58,7 +62,7 @@ class MasterHttp:
         return 200, "text/plain", ("\n".join(names) + ("\n" if names else "")).encode()
 
 
-async def tick_loop(state: MasterState, lock, stop: asyncio.Event) -> None:
+async def tick_loop(state: MasterState, lock, mover: Mover, stop: asyncio.Event) -> None:
     while not stop.is_set():
         try:
             await asyncio.wait_for(stop.wait(), timeout=TICK_INTERVAL_S)
@@ -66,6 +70,13 @@ async def tick_loop(state: MasterState, lock, stop: asyncio.Event) -> None:
             pass
         with lock:
             report = state.tick(time.monotonic())
+        if report.moves_planned:
+            mover.wake()
+        if report.evicted_keys or report.moves_planned:
+            log.info(kv("evicted", dropped=len(report.evicted_keys),
+                        demotions_planned=report.moves_planned))
+        if report.moves_abandoned:
+            log.warning(kv("moves_abandoned", count=report.moves_abandoned))
         for worker_id in report.dead_workers:
             log.warning(kv("worker_dead", worker_id=worker_id))
         if report.revoked_keys:
@@ -76,9 +87,14 @@ async def tick_loop(state: MasterState, lock, stop: asyncio.Event) -> None:
 
 async def serve(settings) -> int:
     stop = stop_event()
+    if not 0 < settings.high_watermark <= 1 or not 0 < settings.eviction_ratio <= 1:
+        log.error(kv("bad_option", detail="--high-watermark and --eviction-ratio must be in (0, 1]"))
+        return 2
     state = MasterState(MasterConfig(lease_ttl_s=settings.lease_ttl,
                                      worker_ttl_s=settings.worker_ttl,
-                                     put_timeout_s=settings.put_timeout))
+                                     put_timeout_s=settings.put_timeout,
+                                     high_watermark=settings.high_watermark,
+                                     eviction_ratio=settings.eviction_ratio))
     servicer = MasterServicer(state)
     server = rpc.aio_server()
     pb_grpc.add_MasterServiceServicer_to_server(servicer, server)
@@ -94,10 +110,14 @@ async def serve(settings) -> int:
                 meta=servicer.meta_addr or "off"))
     write_ready_file(settings.ready_file, {"grpc": grpc_addr, "http": http_addr,
                                            "meta": servicer.meta_addr})
-    ticker = asyncio.create_task(tick_loop(state, servicer.lock, stop))
+    mover = Mover(state, servicer.lock)
+    servicer.on_moves_planned = mover.wake
+    ticker = asyncio.create_task(tick_loop(state, servicer.lock, mover, stop))
+    moving = asyncio.create_task(mover.run(stop))
     await stop.wait()
     log.info(kv("master_stopping", master_id=servicer.master_id))
     await ticker
+    await moving
     await meta.stop()
     await server.stop(grace=1.0)
     await http.server.stop()

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import functools
 import logging
+import math
 import secrets
 import threading
 import time
@@ -66,6 +67,7 @@ class MasterServicer(pb_grpc.MasterServiceServicer):
         self.master_id = uuid.uuid4().hex[:12]
         self.lock = threading.RLock()  # every access to `state`: RPCs, the tick, HTTP views
         self.meta_addr = ""  # the framed metadata port, once it listens (master/meta_server.py)
+        self.on_moves_planned = lambda: None  # wakes the mover (master/mover.py), any thread
 
     @_serialized
     async def Hello(self, request, context):
@@ -105,7 +107,10 @@ class MasterServicer(pb_grpc.MasterServiceServicer):
         for key, r in zip(request.keys, results):
             item = response.items.add(put_id=r.put_id)
             _fill_status(item.status, key, r)
+            if r.retry_after_s:
+                item.retry_after_ms = max(1, math.ceil(r.retry_after_s * 1000))
             self._add_descriptors(item.replicas, r.replicas, grants.Op.WRITE, expiry)
+        self._wake_mover()
         return response
 
     @_serialized
@@ -127,6 +132,7 @@ class MasterServicer(pb_grpc.MasterServiceServicer):
             item = response.items.add(size=r.size)
             _fill_status(item.status, key, r)
             self._add_descriptors(item.replicas, r.replicas, grants.Op.READ, expiry)
+        self._wake_mover()  # reads may have made an SSD object hot enough to promote
         return response
 
     @_serialized
@@ -147,6 +153,10 @@ class MasterServicer(pb_grpc.MasterServiceServicer):
         return pb.RemoveAllResponse(removed=removed)
 
     # ---- helpers ----
+
+    def _wake_mover(self) -> None:
+        if self.state.unsent_moves:
+            self.on_moves_planned()
 
     @staticmethod
     async def _run(context, method, *args):

@@ -4,7 +4,7 @@ import signal
 
 import pytest
 
-from mooncake_client import Client
+from mooncake_client import Client, ReplicaConfig
 from mooncake_proto.errors import (ErrorCode, InvalidArgumentError, LeaseExpiredError, NoSpaceError,
                                    TransferError, UnavailableError)
 
@@ -37,14 +37,29 @@ def test_key_of_4096_bytes_is_fine(client):
     assert client.get(key) == b"ok"
 
 
-def test_pool_full_raises_no_space_and_damages_nothing(fresh_cluster):
+def test_full_pool_evicts_least_recently_used_instead_of_refusing(fresh_cluster):
+    cluster = fresh_cluster(workers=2, dram="4MiB")
+    with Client(cluster.master_addr) as c:
+        written = {}
+        for i in range(40):  # 20 MiB through an 8 MiB pool, no SSD tier: old objects go
+            written[f"lru/{i}"] = os.urandom(512 * 1024)
+            c.put(f"lru/{i}", written[f"lru/{i}"])
+        present = [k for k in written if c.exists(k)]
+        assert 8 <= len(present) <= 16 and "lru/39" in present and "lru/0" not in present
+        for key in present:
+            assert c.get(key) == written[key]
+        assert c.get("lru/0") is None  # an evicted object is a miss, never wrong bytes
+
+
+def test_no_space_only_when_nothing_is_evictable(fresh_cluster):
     cluster = fresh_cluster(workers=2, dram="4MiB")
     with Client(cluster.master_addr) as c:
         stored = {}
+        pinned = ReplicaConfig(hard_pin=True)  # hard-pinned objects are never evicted
         with pytest.raises(NoSpaceError) as info:
             for i in range(100):
                 data = os.urandom(512 * 1024)
-                c.put(f"fill/{i}", data)
+                c.put(f"fill/{i}", data, config=pinned)
                 stored[f"fill/{i}"] = data
         assert info.value.code == -200
         assert 10 <= len(stored) <= 16  # 8 MiB of pool, 512 KiB objects
