@@ -64,16 +64,19 @@ class Daemon:
 
 
 class LocalCluster:
-    """A master plus `workers` workers of `dram` each, all on 127.0.0.1."""
+    """A master plus `workers` workers of `dram` each (and an SSD segment file of `ssd` each,
+    when given), all on 127.0.0.1."""
 
     def __init__(self, workers: int = 2, dram: str = "256MiB", master_args: tuple = (),
-                 worker_args: tuple = (), workdir: str | None = None):
+                 worker_args: tuple = (), workdir: str | None = None, ssd: str | None = None):
         self.dir = workdir or tempfile.mkdtemp(prefix="mooncake-cluster-")
         os.makedirs(self.dir, exist_ok=True)
         self._own_dir = workdir is None
         # a directory of its own for segment files: stop() deletes exactly this one
         self.shm_dir = tempfile.mkdtemp(prefix="mooncake-cluster-", dir=SHM_ROOT)
-        self.n_workers, self.dram = workers, dram
+        self.n_workers, self.dram, self.ssd = workers, dram, ssd
+        # SSD segment files (on the work directory's disk): stop() deletes exactly this one
+        self.ssd_dir = tempfile.mkdtemp(prefix="ssd-", dir=self.dir) if ssd else None
         self.master_args, self.worker_args = list(master_args), list(worker_args)
         self.master: Daemon | None = None
         self.workers: dict[str, Daemon] = {}
@@ -96,10 +99,11 @@ class LocalCluster:
         return self
 
     def start_worker(self, worker_id: str, dram: str | None = None, extra: tuple = ()) -> Daemon:
+        ssd = ["--ssd", self.ssd_dir, "--ssd-size", self.ssd] if self.ssd else []
         daemon = self._spawn(worker_id, "mooncake_worker", [
             "--master", self.master_addr, "--dram", dram or self.dram, "--worker-id", worker_id,
             "--data-port", "0", "--grpc-port", "0", "--http-port", "0",
-            "--shm-dir", self.shm_dir] + self.worker_args + list(extra))
+            "--shm-dir", self.shm_dir] + ssd + self.worker_args + list(extra))
         self.workers[worker_id] = daemon
         daemon.wait_ready()
         return daemon
@@ -121,6 +125,8 @@ class LocalCluster:
         if self.master is not None:
             self.master.stop()
         shutil.rmtree(self.shm_dir, ignore_errors=True)  # segment files: this cluster's only
+        if self.ssd_dir:
+            shutil.rmtree(self.ssd_dir, ignore_errors=True)
         if self._own_dir:
             shutil.rmtree(self.dir, ignore_errors=True)
 
