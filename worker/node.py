@@ -17,6 +17,7 @@ from mooncake_proto import mooncake_pb2_grpc as pb_grpc
 from mooncake_proto import rpc
 from mooncake_proto.daemon import HttpServer, json_response, kv
 from mooncake_proto.identity import node_id
+from mooncake_worker.mover import ReplicaMover
 from mooncake_worker.rdma_endpoint import WorkerRdma
 from mooncake_worker.servicer import WorkerServicer
 
@@ -68,13 +69,14 @@ class WorkerNode:
         self.dram = SegmentMapping(dram_segment_path(shm_dir, worker_id), dram_bytes, create=True)
         self.ssd = open_ssd_segment(ssd_segment_path(ssd_dir, worker_id), ssd_bytes) \
             if ssd_dir else None
-        # segment id -> the mapping or file behind it
+        # segment id -> the mapping or file behind it (what MoveReplicas copies between)
         self.segments: dict[int, SegmentMapping | FileSegment] = {DRAM_SEGMENT_ID: self.dram}
         if self.ssd is not None:
             self.segments[SSD_SEGMENT_ID] = self.ssd
         self.data_server = DataServer(
             worker_id, {DRAM_SEGMENT_ID: self.dram.view},
             file_segments={SSD_SEGMENT_ID: self.ssd} if self.ssd is not None else None)
+        self.mover = ReplicaMover(worker_id, self.segments, lambda: self.data_server.grant_key)
         self.rdma = WorkerRdma.open({DRAM_SEGMENT_ID: self.dram.view}, rdma_device)
         self.data_addr = self.grpc_addr = self.http_addr = ""
         self.registered = False
@@ -120,6 +122,8 @@ class WorkerNode:
         await self._http.stop()
         if self._grpc_server is not None:
             await self._grpc_server.stop(grace=1.0)
+        # a cancelled MoveReplicas leaves its copy running in a thread: wait for it
+        await asyncio.to_thread(self.mover.close)
         self.rdma.close()  # queue pairs and registrations before the memory they name
         self.dram.close()  # the files stay: a restarted worker finds its bytes there
         if self.ssd is not None:
@@ -189,4 +193,6 @@ class WorkerNode:
         return json_response({"worker_id": self.worker_id, "registered": self.registered,
                               "bytes_in": ds.bytes_in, "bytes_out": ds.bytes_out,
                               "requests_refused": ds.refused, "dram_bytes": self.dram.size_bytes,
-                              "ssd_bytes": self.ssd.size_bytes if self.ssd is not None else 0})
+                              "ssd_bytes": self.ssd.size_bytes if self.ssd is not None else 0,
+                              "moved_items": self.mover.items_moved,
+                              "moved_bytes": self.mover.bytes_moved})
