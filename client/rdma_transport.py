@@ -57,8 +57,9 @@ class RdmaTransport:
         return self._context is not None
 
     def usable(self, replica: pb.ReplicaDescriptor) -> bool:
+        # an SSD segment is a file, never registered with the adapter: tcp serves it (sendfile)
         return (self._context is not None and replica.rdma and bool(replica.grpc_addr)
-                and replica.grpc_addr not in self._refused)
+                and replica.tier != pb.TIER_SSD and replica.grpc_addr not in self._refused)
 
     def read(self, transfers: list[Transfer]) -> None:
         self._run(transfers, rdma.OP_READ)

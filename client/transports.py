@@ -12,7 +12,7 @@ import os
 import threading
 import time
 
-from mooncake_native import SegmentMapping
+from mooncake_native import FileSegment, SegmentMapping
 from mooncake_native.buffers import copy_batch, fresh_bytes
 from mooncake_native.segment import SEGMENT_FILE_PREFIX
 from mooncake_native.tcp import OP_READ, OP_WRITE, DataConnection, DataRequest
@@ -50,22 +50,23 @@ def split(source: memoryview, parts: list[memoryview]) -> list[tuple[memoryview,
 
 
 class ShmTransport:
-    """Copies straight between the user's buffers and the worker's mapped segment file."""
+    """Copies straight between the user's buffers and the worker's segment files on this node:
+    a mapped DRAM segment, or (reads only) an SSD segment file, pread into the buffers."""
 
     name = "shm"
 
     def __init__(self, node_id: str):
         self.node_id = node_id
-        self._mappings: dict[str, SegmentMapping] = {}
-        self._retired: list[SegmentMapping] = []  # replaced mappings, unmapped at close()
+        self._segments: dict[str, SegmentMapping | FileSegment] = {}  # by path
+        self._retired: list[SegmentMapping | FileSegment] = []  # replaced ones, closed at close()
         self._lock = threading.Lock()
 
     def usable(self, replica: pb.ReplicaDescriptor) -> bool:
-        """Whether shm reaches the replica: a segment file of this node we can map. A segment
-        mapped before counts without a stat; the copy itself revalidates (see _segment)."""
+        """Whether shm reaches the replica: a segment file of this node we can open. A segment
+        opened before counts without a stat; the copy itself revalidates (see _segment)."""
         if replica.node_id != self.node_id:
             return False
-        if replica.path in self._mappings:
+        if replica.path in self._segments:
             return True
         if not os.path.basename(replica.path).startswith(SEGMENT_FILE_PREFIX):
             return False
@@ -73,30 +74,37 @@ class ShmTransport:
             self._segment(replica)
             return True
         except (OSError, ValueError, MooncakeError):
-            return False  # not ours to map (other user, other mount namespace): use tcp
+            return False  # not ours to open (other user, other mount namespace): use tcp
 
-    def _segment(self, replica: pb.ReplicaDescriptor) -> SegmentMapping:
-        """The mapping of the replica's segment file, remapped when the file was replaced
-        (a restarted worker with a new file or size must not be written through a stale map)."""
+    def _segment(self, replica: pb.ReplicaDescriptor) -> SegmentMapping | FileSegment:
+        """The replica's segment file, mapped (DRAM) or open read-only (SSD), and opened again
+        when the file was replaced (a restarted worker with a new file or size must not be
+        read or written through a stale one)."""
         st = os.stat(replica.path)
         identity = (st.st_dev, st.st_ino, replica.segment_size)
-        mapping = self._mappings.get(replica.path)
-        if mapping is None or mapping.identity != identity:
+        kind = FileSegment if replica.tier == pb.TIER_SSD else SegmentMapping
+        segment = self._segments.get(replica.path)
+        if segment is None or segment.identity != identity or type(segment) is not kind:
             with self._lock:
-                mapping = self._mappings.get(replica.path)
-                if mapping is None or mapping.identity != identity:
-                    if mapping is not None:
-                        # another thread may still be copying through it: unmap at close()
-                        self._retired.append(mapping)
-                    mapping = SegmentMapping(replica.path, replica.segment_size)
-                    self._mappings[replica.path] = mapping
-        return mapping
+                segment = self._segments.get(replica.path)
+                if segment is None or segment.identity != identity or type(segment) is not kind:
+                    if segment is not None:
+                        # another thread may still be copying through it: close at close()
+                        self._retired.append(segment)
+                    segment = SegmentMapping(replica.path, replica.segment_size) \
+                        if kind is SegmentMapping else FileSegment(replica.path,
+                                                                   replica.segment_size)
+                    self._segments[replica.path] = segment
+        return segment
 
     def write(self, transfers: list[Transfer]) -> None:
         pairs, started, checked = [], [], {}
         for t in transfers:
             if time.monotonic() > t.deadline:
                 t.error = TransferError(f"{_describe(t.replica)}: put timeout passed before the shm copy")
+                continue
+            if t.replica.tier == pb.TIER_SSD:  # the master grants clients no SSD writes
+                t.error = TransferError(f"{_describe(t.replica)}: shm does not write SSD replicas")
                 continue
             target = self._range(t, checked)
             if target is not None:
@@ -107,26 +115,51 @@ class ShmTransport:
     def read(self, transfers: list[Transfer]) -> None:
         pairs, started, checked = [], [], {}
         for t in transfers:
+            if t.replica.tier == pb.TIER_SSD:
+                self._read_file(t, checked)
+                continue
             source = self._range(t, checked)
             if source is not None:
                 pairs.extend(split(source, t.target_parts()))
                 started.append(t)
         self._copy(pairs, started)
 
+    def _checked(self, t: Transfer, checked: dict) -> SegmentMapping | FileSegment:
+        """The replica's segment with its range checked; each segment file is checked once
+        per batch (`checked`: path -> segment), not once per object."""
+        r = t.replica
+        segment = checked.get(r.path)
+        if segment is None:
+            segment = checked[r.path] = self._segment(r)
+        if r.offset + r.length > segment.size_bytes:
+            raise ValueError(f"range {r.offset}+{r.length} is outside the segment")
+        return segment
+
     def _range(self, t: Transfer, checked: dict) -> memoryview | None:
-        """The replica's bytes in its mapped segment; each segment file is checked once per
-        batch (`checked`: path -> mapping), not once per object."""
+        """The replica's bytes in its mapped segment."""
         r = t.replica
         try:
-            mapping = checked.get(r.path)
-            if mapping is None:
-                mapping = checked[r.path] = self._segment(r)
-            if r.offset + r.length > mapping.size_bytes:
-                raise ValueError(f"range {r.offset}+{r.length} is outside the segment")
-            return mapping.view[r.offset:r.offset + r.length]
+            return self._checked(t, checked).view[r.offset:r.offset + r.length]
         except (OSError, ValueError, MooncakeError) as exc:
             t.error = TransferError(f"{_describe(r)}: shm segment {r.path}: {exc}")
             return None
+
+    def _read_file(self, t: Transfer, checked: dict) -> None:
+        """An SSD replica: one pread per target part, straight into it (GIL released)."""
+        r = t.replica
+        try:
+            segment = self._checked(t, checked)
+            parts = t.target_parts()
+            if sum(p.nbytes for p in parts) != r.length:
+                raise ValueError(f"buffers hold {sum(p.nbytes for p in parts)} bytes, "
+                                 f"replica {r.length}")
+            at = r.offset
+            for part in parts:
+                at += segment.read_into(at, part)
+            t.done = True
+        except (OSError, ValueError, MooncakeError) as exc:
+            t.result = None  # a half-filled bytes object is not a result
+            t.error = TransferError(f"{_describe(r)}: shm segment {r.path}: {exc}")
 
     @staticmethod
     def _copy(pairs, transfers: list[Transfer], streaming: bool = False) -> None:
@@ -138,9 +171,9 @@ class ShmTransport:
 
     def close(self) -> None:
         with self._lock:
-            for mapping in [*self._mappings.values(), *self._retired]:
-                mapping.close()
-            self._mappings.clear()
+            for segment in [*self._segments.values(), *self._retired]:
+                segment.close()
+            self._segments.clear()
             self._retired.clear()
 
 

@@ -10,6 +10,7 @@ import logging
 import threading
 
 from mooncake_native.binding import check, ffi, lib
+from mooncake_native.file_segment import FileSegment
 from mooncake_proto.daemon import kv
 
 log = logging.getLogger("mooncake.worker.data")
@@ -23,10 +24,13 @@ _EVENT_LOG = {  # event kind -> (log level, event name)
 
 
 class DataServer:
-    """Serves granted READ/WRITE requests on `segments` (segment id -> writable buffer)."""
+    """Serves granted READ/WRITE requests on `segments` (segment id -> writable buffer) and
+    `file_segments` (segment id -> a writable FileSegment: the C server keeps its own
+    descriptor, so the FileSegment may close at any time)."""
 
     def __init__(self, worker_id: str, segments: dict[int, memoryview],
-                 max_connections: int = 0, idle_timeout_s: float = 0):
+                 max_connections: int = 0, idle_timeout_s: float = 0,
+                 file_segments: dict[int, FileSegment] | None = None):
         self._worker_id = worker_id
         self._grant_key: bytes | None = None
         out = ffi.new("mc_server **")
@@ -45,6 +49,9 @@ class DataServer:
                 self._buffers.append(buffer)
                 check(lib.mc_server_add_segment(self._server, segment_id, buffer, len(buffer)),
                       f"segment {segment_id}")
+            for segment_id, file in (file_segments or {}).items():
+                check(lib.mc_server_add_file_segment(self._server, segment_id, file.fd,
+                                                     file.size_bytes), f"segment {segment_id}")
         except Exception:
             self._close()
             raise

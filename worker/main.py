@@ -31,6 +31,8 @@ OPTIONS = [
     Option("--http-port", 9300, int, "HTTP port for /health and /stats (0 picks one)"),
     Option("--worker-id", "", str, "stable identity (default: host name + data directories)"),
     Option("--shm-dir", "/dev/shm", str, "directory of the DRAM segment file"),
+    Option("--ssd", "", str, "directory of the SSD segment file (with --ssd-size)"),
+    Option("--ssd-size", 0, SIZE, "SSD segment size, e.g. 64GiB (with --ssd)"),
     Option("--ready-file", "", str, "write bound addresses here as JSON once registered"),
     Option("--log-level", "info", str, "debug, info, warning or error"),
     Option("--rdma-device", "", str, "RDMA device to serve on (default: the first active one)"),
@@ -41,13 +43,17 @@ OPTIONS = [
 
 async def serve(settings) -> int:
     stop = stop_event()
-    worker_id = settings.worker_id or default_worker_id(settings.shm_dir)
+    # the SSD directory joins the identity only when given: ids of DRAM-only workers stay
+    worker_id = settings.worker_id or default_worker_id(
+        settings.shm_dir, *([settings.ssd] if settings.ssd else []))
     node = WorkerNode(worker_id, settings.master, settings.dram, settings.shm_dir,
-                      settings.rdma_device)
+                      settings.rdma_device, settings.ssd, settings.ssd_size)
     await node.start(settings.host, settings.data_port, settings.grpc_port, settings.http_port)
+    ssd = ({"ssd_bytes": node.ssd.size_bytes, "ssd_segment": node.ssd.path}
+           if node.ssd is not None else {})
     log.info(kv("worker_listening", worker_id=worker_id, data=node.data_addr,
                 grpc=node.grpc_addr, http=node.http_addr, dram_bytes=settings.dram,
-                segment=node.dram.path))
+                segment=node.dram.path, **ssd))
     heartbeats = None
     try:
         if await node.register(stop):
@@ -81,13 +87,17 @@ def rdma_device_table() -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    settings = load_settings("mooncake-worker", "Contributes DRAM to the pool and moves bytes.",
+    settings = load_settings("mooncake-worker",
+                             "Contributes DRAM (and optionally SSD) to the pool and moves bytes.",
                              OPTIONS, argv)
     if settings.list_rdma_devices:
         print(rdma_device_table())
         return 0
     if not settings.master or not settings.dram:
         print("mooncake-worker: --master and --dram are required", file=sys.stderr)
+        return 2
+    if bool(settings.ssd) != bool(settings.ssd_size):
+        print("mooncake-worker: --ssd and --ssd-size go together", file=sys.stderr)
         return 2
     setup_logging(settings.log_level)
     return asyncio.run(serve(settings))

@@ -5,39 +5,78 @@ import asyncio
 import logging
 import os
 import random
+import stat
 
 import grpc
 
 from mooncake_native.data_server import DataServer
+from mooncake_native.file_segment import FileSegment
 from mooncake_native.segment import SEGMENT_FILE_PREFIX, SegmentMapping
 from mooncake_proto import mooncake_pb2 as pb
 from mooncake_proto import mooncake_pb2_grpc as pb_grpc
 from mooncake_proto import rpc
 from mooncake_proto.daemon import HttpServer, json_response, kv
 from mooncake_proto.identity import node_id
+from mooncake_worker.mover import ReplicaMover
 from mooncake_worker.rdma_endpoint import WorkerRdma
 from mooncake_worker.servicer import WorkerServicer
 
 log = logging.getLogger("mooncake.worker")
 
 DRAM_SEGMENT_ID = 0
+SSD_SEGMENT_ID = 1
 REGISTER_BACKOFF_MAX_S = 2.0
 RPC_TIMEOUT_S = 5.0
 
 
-def dram_segment_path(shm_dir: str, worker_id: str) -> str:
+def _segment_path(directory: str, worker_id: str, tier: str) -> str:
     safe = "".join(c if c.isalnum() or c in "-_." else "_" for c in worker_id)
-    return os.path.join(shm_dir, f"{SEGMENT_FILE_PREFIX}{safe}-dram")
+    return os.path.join(directory, f"{SEGMENT_FILE_PREFIX}{safe}-{tier}")
+
+
+def dram_segment_path(shm_dir: str, worker_id: str) -> str:
+    return _segment_path(shm_dir, worker_id, "dram")
+
+
+def ssd_segment_path(ssd_dir: str, worker_id: str) -> str:
+    return _segment_path(ssd_dir, worker_id, "ssd")
+
+
+def open_ssd_segment(path: str, size_bytes: int) -> FileSegment:
+    """The SSD segment file: the one a previous run left (bytes kept, so the objects in it can
+    be re-adopted), or a new one. A file of another size is replaced, not resized: its
+    offsets describe another layout, and a new inode tells same-node clients to reopen."""
+    try:
+        st = os.lstat(path)
+    except FileNotFoundError:
+        st = None
+    if st is not None and stat.S_ISREG(st.st_mode) and st.st_size != size_bytes:
+        log.warning(kv("ssd_segment_recreated", path=path, old_bytes=st.st_size,
+                       size_bytes=size_bytes))
+        os.unlink(path)
+    return FileSegment(path, size_bytes, create=True)  # refuses a symlink or a non-file
 
 
 class WorkerNode:
     def __init__(self, worker_id: str, masters: list[str], dram_bytes: int, shm_dir: str,
-                 rdma_device: str = ""):
+                 rdma_device: str = "", ssd_dir: str = "", ssd_bytes: int = 0):
+        """ssd_dir and ssd_bytes (both or neither) add the SSD segment, served from a file."""
+        if bool(ssd_dir) != bool(ssd_bytes):
+            raise ValueError("an SSD segment needs both a directory and a size")
         self.worker_id = worker_id
         self.node_id = node_id()
         self.masters = masters
         self.dram = SegmentMapping(dram_segment_path(shm_dir, worker_id), dram_bytes, create=True)
-        self.data_server = DataServer(worker_id, {DRAM_SEGMENT_ID: self.dram.view})
+        self.ssd = open_ssd_segment(ssd_segment_path(ssd_dir, worker_id), ssd_bytes) \
+            if ssd_dir else None
+        # segment id -> the mapping or file behind it (what MoveReplicas copies between)
+        self.segments: dict[int, SegmentMapping | FileSegment] = {DRAM_SEGMENT_ID: self.dram}
+        if self.ssd is not None:
+            self.segments[SSD_SEGMENT_ID] = self.ssd
+        self.data_server = DataServer(
+            worker_id, {DRAM_SEGMENT_ID: self.dram.view},
+            file_segments={SSD_SEGMENT_ID: self.ssd} if self.ssd is not None else None)
+        self.mover = ReplicaMover(worker_id, self.segments, lambda: self.data_server.grant_key)
         self.rdma = WorkerRdma.open({DRAM_SEGMENT_ID: self.dram.view}, rdma_device)
         self.data_addr = self.grpc_addr = self.http_addr = ""
         self.registered = False
@@ -61,8 +100,12 @@ class WorkerNode:
         self._master_index += 1
 
     def segment_infos(self) -> list[pb.SegmentInfo]:
-        return [pb.SegmentInfo(segment_id=DRAM_SEGMENT_ID, tier=pb.TIER_DRAM,
-                               size_bytes=self.dram.size_bytes, path=self.dram.path)]
+        infos = [pb.SegmentInfo(segment_id=DRAM_SEGMENT_ID, tier=pb.TIER_DRAM,
+                                size_bytes=self.dram.size_bytes, path=self.dram.path)]
+        if self.ssd is not None:
+            infos.append(pb.SegmentInfo(segment_id=SSD_SEGMENT_ID, tier=pb.TIER_SSD,
+                                        size_bytes=self.ssd.size_bytes, path=self.ssd.path))
+        return infos
 
     async def start(self, host: str, data_port: int, grpc_port: int, http_port: int) -> None:
         self.data_addr = self.data_server.start(host, data_port)
@@ -79,8 +122,12 @@ class WorkerNode:
         await self._http.stop()
         if self._grpc_server is not None:
             await self._grpc_server.stop(grace=1.0)
+        # a cancelled MoveReplicas leaves its copy running in a thread: wait for it
+        await asyncio.to_thread(self.mover.close)
         self.rdma.close()  # queue pairs and registrations before the memory they name
-        self.dram.close()  # the file stays: a restarted worker finds its bytes there
+        self.dram.close()  # the files stay: a restarted worker finds its bytes there
+        if self.ssd is not None:
+            self.ssd.close()
 
     async def register(self, stop: asyncio.Event) -> bool:
         """Registers with the first master that accepts, retrying with backoff until stopped."""
@@ -145,4 +192,7 @@ class WorkerNode:
         ds = self.data_server
         return json_response({"worker_id": self.worker_id, "registered": self.registered,
                               "bytes_in": ds.bytes_in, "bytes_out": ds.bytes_out,
-                              "requests_refused": ds.refused, "dram_bytes": self.dram.size_bytes})
+                              "requests_refused": ds.refused, "dram_bytes": self.dram.size_bytes,
+                              "ssd_bytes": self.ssd.size_bytes if self.ssd is not None else 0,
+                              "moved_items": self.mover.items_moved,
+                              "moved_bytes": self.mover.bytes_moved})

@@ -19,6 +19,14 @@ class WorkerServicer(pb_grpc.WorkerServiceServicer):
                                    data_addr=node.data_addr, segments=node.segment_infos(),
                                    registered=node.registered, rdma=node.rdma.serving)
 
+    async def MoveReplicas(self, request, context):
+        # copies take milliseconds to seconds of memory and disk time: off the event loop
+        statuses = await asyncio.to_thread(self.node.mover.move_batch, request.items)
+        response = pb.MoveResponse()
+        for status in statuses:
+            response.statuses.add(code=status.code, message=status.message)
+        return response
+
     async def RdmaConnect(self, request, context):
         node = self.node
         try:

@@ -17,4 +17,10 @@ int mc_segment_map(const char *path, uint64_t size, int create, mc_segment *out)
 int mc_segment_unmap(mc_segment *segment);
 /* CDEF-END */
 
+/* for file_segment.c, which opens SSD segment files with the same checks: the open
+ * descriptor of a regular file (never through a symlink) of at least `size` bytes, or with
+ * `create` one made (mode 0660 whatever the umask) and sized to `size`; or -errno */
+int mc_segment_open_file(const char *path, uint64_t size, int create, int writable,
+                         uint64_t *dev, uint64_t *ino);
+
 #endif

@@ -6,7 +6,8 @@
  * Requests may be pipelined on a persistent connection; responses come back in order.
  *
  * One thread per connection. Bytes go socket <-> segment with no staging copy (recv into the
- * segment, sendmsg of header + segment). A malformed or unauthorised request gets its error
+ * segment, sendmsg of header + segment). A file segment (the SSD tier) is read with sendfile
+ * and written through a bounded per-connection buffer and pwrite. A malformed or unauthorised request gets its error
  * response, then a lingering close of that connection alone.
  *
  * Refusals and connection faults become events (mc_server_next_event) that the caller logs
@@ -19,6 +20,7 @@
 
 /* CDEF-BEGIN */
 /* Mooncake status codes (proto/errors.py ErrorCode) this server answers with */
+#define MC_CODE_WRITE_FAIL (-500)
 #define MC_CODE_INVALID_PARAMS (-600)
 #define MC_CODE_LEASE_EXPIRED (-707)
 #define MC_CODE_UNAVAILABLE_IN_CURRENT_STATUS (-1010)
@@ -32,6 +34,7 @@
 #define MC_SERVER_LINGER_MS 1000
 #define MC_SERVER_MAX_SEGMENTS 64
 #define MC_SERVER_MAX_KEY_BYTES 256
+#define MC_SERVER_FILE_CHUNK_BYTES 262144   /* per-connection buffer for WRITEs into files */
 
 /* event kinds */
 #define MC_SERVER_EVENT_REFUSED 1          /* a request got an error response */
@@ -62,6 +65,9 @@ typedef struct {
 int mc_server_create(const char *worker_id, mc_server **out);
 /* before start only; `addr` must stay valid until mc_server_stop returns */
 int mc_server_add_segment(mc_server *server, uint32_t segment_id, void *addr, uint64_t size);
+/* before start only: a segment file opened read-write, of at least `size` bytes; the server
+ * keeps a duplicate of `fd` (closed by mc_server_destroy), so the caller may close its own */
+int mc_server_add_file_segment(mc_server *server, uint32_t segment_id, int fd, uint64_t size);
 /* before start only; 0 keeps a default */
 int mc_server_set_limits(mc_server *server, int max_connections, int idle_timeout_ms);
 /* binds and starts accepting; returns the bound port */

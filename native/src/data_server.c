@@ -9,6 +9,7 @@
 
 #include <arpa/inet.h>
 #include <errno.h>
+#include <fcntl.h>
 #include <netdb.h>
 #include <netinet/in.h>
 #include <netinet/tcp.h>
@@ -19,6 +20,7 @@
 #include <string.h>
 #include <sys/eventfd.h>
 #include <sys/socket.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #define LISTEN_BACKLOG 128
@@ -57,16 +59,48 @@ int mc_server_create(const char *worker_id, mc_server **out) {
     return 0;
 }
 
-int mc_server_add_segment(mc_server *s, uint32_t segment_id, void *addr, uint64_t size) {
+static int check_new_segment(const mc_server *s, uint32_t segment_id) {
     if (s->state != SERVER_CREATED)   /* the table is read without locks once serving */
         return mc_fail(-EBUSY, "segments are fixed once the server has started");
-    if (addr == NULL && size > 0) return mc_fail(-EINVAL, "segment %u has no memory", segment_id);
     if (s->segment_count == MC_SERVER_MAX_SEGMENTS)
         return mc_fail(-ENOSPC, "at most %d segments", MC_SERVER_MAX_SEGMENTS);
     for (int i = 0; i < s->segment_count; i++)
         if (s->segments[i].id == segment_id)
             return mc_fail(-EEXIST, "segment %u is already served", segment_id);
-    s->segments[s->segment_count++] = (server_segment){segment_id, addr, size};
+    return 0;
+}
+
+int mc_server_add_segment(mc_server *s, uint32_t segment_id, void *addr, uint64_t size) {
+    int rc = check_new_segment(s, segment_id);
+    if (rc != 0) return rc;
+    if (addr == NULL && size > 0) return mc_fail(-EINVAL, "segment %u has no memory", segment_id);
+    s->segments[s->segment_count++] = (server_segment){segment_id, addr, -1, size};
+    return 0;
+}
+
+/* a descriptor of a regular file, open for reading and writing, of at least `size` bytes */
+static int check_segment_file(uint32_t segment_id, int fd, uint64_t size) {
+    struct stat st;
+    int flags = fcntl(fd, F_GETFL);
+    if (flags < 0 || fstat(fd, &st) != 0)
+        return mc_fail(-errno, "segment %u: %s", segment_id, strerror(errno));
+    if ((flags & O_ACCMODE) != O_RDWR || !S_ISREG(st.st_mode))
+        return mc_fail(-EINVAL, "segment %u: not a regular file open for reading and writing",
+                       segment_id);
+    if ((uint64_t)st.st_size < size)
+        return mc_fail(-EINVAL, "segment %u: file has %lld bytes, the segment %llu", segment_id,
+                       (long long)st.st_size, (unsigned long long)size);
+    return 0;
+}
+
+int mc_server_add_file_segment(mc_server *s, uint32_t segment_id, int fd, uint64_t size) {
+    int rc = check_new_segment(s, segment_id);
+    if (rc == 0) rc = check_segment_file(segment_id, fd, size);
+    if (rc != 0) return rc;
+    /* our own descriptor: the caller's may close or be reused while a thread reads through it */
+    int own = fcntl(fd, F_DUPFD_CLOEXEC, 0);
+    if (own < 0) return mc_fail(-errno, "segment %u: dup: %s", segment_id, strerror(errno));
+    s->segments[s->segment_count++] = (server_segment){segment_id, NULL, own, size};
     return 0;
 }
 
@@ -185,6 +219,7 @@ static void unregister_conn(mc_conn *c) {
     else s->conns = c->next;
     if (c->next) c->next->prev = c->prev;
     close(c->fd);
+    free(c->file_buffer);
     if (--s->conn_count == 0) pthread_cond_broadcast(&s->conns_gone);
     pthread_mutex_unlock(&s->lock);
     free(c);   /* after the unlock nothing here touches the server: stop() may free it */
@@ -374,6 +409,8 @@ int mc_server_stop(mc_server *s) {
 void mc_server_destroy(mc_server *s) {
     if (s == NULL) return;
     mc_server_stop(s);
+    for (int i = 0; i < s->segment_count; i++)
+        if (s->segments[i].fd >= 0) close(s->segments[i].fd);
     pthread_cond_destroy(&s->event_ready);
     pthread_mutex_destroy(&s->event_lock);
     pthread_cond_destroy(&s->conns_gone);

@@ -1,4 +1,5 @@
-/* Creates and maps segment files, pre-faulted so the data path never takes a first-touch fault.
+/* Creates and maps segment files, pre-faulted so the data path never takes a first-touch fault;
+ * opens and checks every segment file (file_segment.c's SSD segments too).
  *
  * Fresh memory copies at ~0.5 GB/s on first touch against ~16 GB/s warm, so the worker
  * allocates the file's pages at start (posix_fallocate on tmpfs) and every mapping is
@@ -15,6 +16,7 @@
 
 #define SEGMENT_FILE_MODE 0660   /* the worker's user and group only (DESIGN.md section 5) */
 
+/* allocating now makes a full tmpfs or disk show at start, not as a failed put or demotion */
 static int size_file(int fd, const char *path, uint64_t size, uint64_t current) {
     if (current != size && ftruncate(fd, (off_t)size) != 0)
         return mc_fail(-errno, "ftruncate %s to %llu bytes: %s", path,
@@ -53,37 +55,58 @@ static void *map_populated(int fd, uint64_t size, int *huge_pages) {
     return addr;
 }
 
-int mc_segment_map(const char *path, uint64_t size, int create, mc_segment *out) {
-    memset(out, 0, sizeof *out);
+static int check_file(int fd, const char *path, uint64_t size, int create, struct stat *st) {
+    if (fstat(fd, st) != 0) return mc_fail(-errno, "stat segment %s: %s", path, strerror(errno));
+    if (!S_ISREG(st->st_mode))
+        return mc_fail(-EINVAL, "segment file %s is not a regular file", path);
+    if (create) {
+        /* exactly the worker's user and group, whatever the umask */
+        return fchmod(fd, SEGMENT_FILE_MODE) == 0
+                   ? size_file(fd, path, size, (uint64_t)st->st_size)
+                   : mc_fail(-errno, "chmod segment %s: %s", path, strerror(errno));
+    }
+    if ((uint64_t)st->st_size < size)
+        return mc_fail(-EINVAL, "segment file %s has %lld bytes, expected %llu", path,
+                       (long long)st->st_size, (unsigned long long)size);
+    return 0;
+}
+
+int mc_segment_open_file(const char *path, uint64_t size, int create, int writable,
+                         uint64_t *dev, uint64_t *ino) {
     if (size == 0) return mc_fail(-EINVAL, "segment %s: size must be positive", path);
+    if (create && !writable) return mc_fail(-EINVAL, "segment %s: create needs writable", path);
     /* O_NOFOLLOW and the regular-file check: a name from elsewhere must not make us map (and
-     * write) something that merely looks like a segment */
-    int fd = open(path, O_RDWR | O_NOFOLLOW | O_CLOEXEC | (create ? O_CREAT : 0),
-                  SEGMENT_FILE_MODE);
+     * write) something that merely looks like a segment. O_NONBLOCK until the check passes:
+     * a read-only open of a FIFO planted there would otherwise wait for a writer forever. */
+    int fd = open(path, (writable ? O_RDWR : O_RDONLY) | O_NOFOLLOW | O_CLOEXEC | O_NONBLOCK
+                            | (create ? O_CREAT : 0), SEGMENT_FILE_MODE);
     if (fd < 0) return mc_fail(-errno, "open segment %s: %s", path, strerror(errno));
     struct stat st;
+    int rc = check_file(fd, path, size, create, &st);
+    if (rc == 0 && fcntl(fd, F_SETFL, fcntl(fd, F_GETFL) & ~O_NONBLOCK) != 0)
+        rc = mc_fail(-errno, "segment %s: fcntl: %s", path, strerror(errno));
+    if (rc != 0) {
+        close(fd);
+        return rc;
+    }
+    *dev = (uint64_t)st.st_dev;
+    *ino = (uint64_t)st.st_ino;
+    return fd;
+}
+
+int mc_segment_map(const char *path, uint64_t size, int create, mc_segment *out) {
+    memset(out, 0, sizeof *out);
+    int fd = mc_segment_open_file(path, size, create, 1, &out->dev, &out->ino);
+    if (fd < 0) return fd;
     int rc = 0;
-    if (fstat(fd, &st) != 0) {
-        rc = mc_fail(-errno, "stat segment %s: %s", path, strerror(errno));
-    } else if (!S_ISREG(st.st_mode)) {
-        rc = mc_fail(-EINVAL, "segment file %s is not a regular file", path);
-    } else if (create) {
-        /* exactly the worker's user and group, whatever the umask */
-        rc = fchmod(fd, SEGMENT_FILE_MODE) == 0 ? size_file(fd, path, size, (uint64_t)st.st_size)
-             : mc_fail(-errno, "chmod segment %s: %s", path, strerror(errno));
-    } else if ((uint64_t)st.st_size < size) {
-        rc = mc_fail(-EINVAL, "segment file %s has %lld bytes, expected %llu", path,
-                     (long long)st.st_size, (unsigned long long)size);
-    }
-    if (rc == 0) {
-        out->addr = map_populated(fd, size, &out->huge_pages);
-        if (out->addr == NULL) rc = mc_fail(-errno, "mmap %s: %s", path, strerror(errno));
-    }
+    out->addr = map_populated(fd, size, &out->huge_pages);
+    if (out->addr == NULL) rc = mc_fail(-errno, "mmap %s: %s", path, strerror(errno));
     close(fd);
-    if (rc != 0) return rc;
+    if (rc != 0) {
+        out->dev = out->ino = 0;
+        return rc;
+    }
     out->size = size;
-    out->dev = (uint64_t)st.st_dev;
-    out->ino = (uint64_t)st.st_ino;
     return 0;
 }
 

@@ -3,8 +3,11 @@
  * Helpers return 0, a negative errno for a connection fault (reported, closed without a
  * reply), or REFUSED once refuse() recorded the Mooncake code and reason to answer with.
  * Bytes go socket <-> segment directly: recv into the granted range for a WRITE, one sendmsg
- * of response header + granted range for a READ.
+ * of response header + granted range for a READ. A file segment's READ is the header then
+ * sendfile (page cache to socket, no copy here); its WRITE goes through the connection's
+ * bounded buffer, a pwrite per chunk.
  */
+#include "mc_file.h"
 #include "server_internal.h"
 
 #include <errno.h>
@@ -12,7 +15,9 @@
 #include <poll.h>
 #include <stdarg.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
+#include <sys/sendfile.h>
 #include <sys/socket.h>
 #include <sys/uio.h>
 #include <time.h>
@@ -20,6 +25,7 @@
 #define REFUSED (-100000)            /* far from any -errno */
 #define DATAPLANE_MAGIC "MCD1"
 #define MAX_RECV_BYTES (1u << 30)    /* below Linux's per-call cap (INT_MAX rounded to pages) */
+#define MAX_SENDFILE_BYTES (1u << 30)
 #define LINGER_SCRATCH_BYTES 16384
 
 typedef struct {
@@ -70,10 +76,11 @@ static ssize_t recv_full(mc_conn *c, void *buf, size_t len) {
     return (ssize_t)got;
 }
 
-static int send_all(mc_conn *c, struct iovec *iov, int iovcnt) {
+/* flags: MSG_MORE when more bytes follow at once (a header before sendfile) */
+static int send_all_flags(mc_conn *c, struct iovec *iov, int iovcnt, int flags) {
     while (iovcnt > 0) {
         struct msghdr msg = {.msg_iov = iov, .msg_iovlen = (size_t)iovcnt};
-        ssize_t n = sendmsg(c->fd, &msg, MSG_NOSIGNAL);
+        ssize_t n = sendmsg(c->fd, &msg, MSG_NOSIGNAL | flags);
         if (n < 0) {
             if (errno == EINTR) continue;
             return fault(errno, "send");
@@ -85,6 +92,10 @@ static int send_all(mc_conn *c, struct iovec *iov, int iovcnt) {
         }
     }
     return 0;
+}
+
+static int send_all(mc_conn *c, struct iovec *iov, int iovcnt) {
+    return send_all_flags(c, iov, iovcnt, 0);
 }
 
 static void pack_response(uint8_t *out, int status, uint64_t length) {
@@ -113,9 +124,9 @@ static const server_segment *find_segment(const mc_server *s, uint32_t id) {
 }
 
 /* checks the grant under the current key (which re-registration may swap at any time), then
- * the range against the segment; on success *target is the first byte of the range */
-static int authorize(mc_conn *c, const request *r, const uint8_t *token, uint8_t **target,
-                     uint64_t *expiry_ms) {
+ * the range against the segment; on success *target is the segment the range lies in */
+static int authorize(mc_conn *c, const request *r, const uint8_t *token,
+                     const server_segment **target, uint64_t *expiry_ms) {
     mc_server *s = c->server;
     mc_grant grant;
     pthread_rwlock_rdlock(&s->auth_lock);
@@ -132,7 +143,7 @@ static int authorize(mc_conn *c, const request *r, const uint8_t *token, uint8_t
     const server_segment *segment = find_segment(s, r->segment_id);
     if (segment == NULL || r->offset > segment->size || r->length > segment->size - r->offset)
         return refuse(c, MC_CODE_INVALID_PARAMS, "range is outside the segment");
-    *target = segment->addr + r->offset;
+    *target = segment;
     *expiry_ms = grant.expiry_ms;
     return 0;
 }
@@ -174,8 +185,33 @@ static int recv_payload(mc_conn *c, uint8_t *dst, uint64_t length, uint64_t expi
     return 0;
 }
 
-static int serve_write(mc_conn *c, const request *r, uint8_t *target, uint64_t expiry_ms) {
-    int rc = recv_payload(c, target, r->length, expiry_ms);
+/* a WRITE into a file segment: the payload through the connection's buffer, a pwrite per
+ * whole chunk and only while the grant lasts (the rule recv_payload keeps for memory) */
+static int recv_to_file(mc_conn *c, int fd, uint64_t offset, uint64_t length,
+                        uint64_t expiry_ms) {
+    if (length > 0 && c->file_buffer == NULL &&
+        (c->file_buffer = malloc(MC_SERVER_FILE_CHUNK_BYTES)) == NULL)
+        return refuse(c, MC_CODE_WRITE_FAIL, "no memory for a file write buffer");
+    while (length > 0) {
+        size_t chunk = length > MC_SERVER_FILE_CHUNK_BYTES ? MC_SERVER_FILE_CHUNK_BYTES
+                                                           : (size_t)length;
+        int rc = recv_payload(c, c->file_buffer, chunk, expiry_ms);
+        if (rc != 0) return rc;
+        if (clock_ms(CLOCK_REALTIME) > expiry_ms)
+            return refuse(c, MC_CODE_LEASE_EXPIRED, "write grant expired mid-payload");
+        if (mc_file_write(fd, offset, c->file_buffer, chunk) != 0)
+            return refuse(c, MC_CODE_WRITE_FAIL, "%s", mc_last_error());
+        offset += chunk;
+        length -= chunk;
+    }
+    return 0;
+}
+
+static int serve_write(mc_conn *c, const request *r, const server_segment *segment,
+                       uint64_t expiry_ms) {
+    int rc = segment->fd >= 0
+                 ? recv_to_file(c, segment->fd, r->offset, r->length, expiry_ms)
+                 : recv_payload(c, segment->addr + r->offset, r->length, expiry_ms);
     if (rc != 0) return rc;
     COUNT(c->server, bytes_in, r->length);
     uint8_t response[MC_DATAPLANE_RESPONSE_BYTES];
@@ -184,12 +220,54 @@ static int serve_write(mc_conn *c, const request *r, uint8_t *target, uint64_t e
     return send_all(c, &iov, 1);
 }
 
-static int serve_read(mc_conn *c, const request *r, uint8_t *target) {
+/* waits until the socket takes bytes again or the connection has been idle too long */
+static int wait_writable(mc_conn *c, uint64_t idle_deadline_ms) {
+    uint64_t mono = clock_ms(CLOCK_MONOTONIC);
+    if (mono >= idle_deadline_ms) return mc_fail(-ETIMEDOUT, "sendfile: connection idle too long");
+    uint64_t wait_ms = idle_deadline_ms - mono;
+    struct pollfd pfd = {.fd = c->fd, .events = POLLOUT};
+    if (poll(&pfd, 1, wait_ms > INT_MAX ? INT_MAX : (int)wait_ms) < 0 && errno != EINTR)
+        return fault(errno, "poll");
+    return 0;
+}
+
+/* the range of a file segment, page cache to socket. The socket blocks for at most the idle
+ * timeout (SO_SNDTIMEO); EAGAIN after that is the idle rule, as for send_all. SIGPIPE cannot
+ * reach Python: our threads block every signal and Python ignores it anyway. */
+static int send_file_range(mc_conn *c, int fd, uint64_t offset, uint64_t length) {
+    off_t at = (off_t)offset;
+    uint64_t idle_deadline_ms = clock_ms(CLOCK_MONOTONIC) + (uint64_t)c->server->idle_timeout_ms;
+    while (length > 0) {
+        size_t want = length > MAX_SENDFILE_BYTES ? MAX_SENDFILE_BYTES : (size_t)length;
+        ssize_t n = sendfile(c->fd, fd, &at, want);
+        if (n > 0) {
+            length -= (uint64_t)n;
+            idle_deadline_ms = clock_ms(CLOCK_MONOTONIC) + (uint64_t)c->server->idle_timeout_ms;
+            continue;
+        }
+        if (n == 0) return mc_fail(-EIO, "sendfile: segment file ends before byte %lld",
+                                   (long long)at);
+        if (errno == EINTR) continue;
+        if (errno != EAGAIN && errno != EWOULDBLOCK) return fault(errno, "sendfile");
+        int rc = wait_writable(c, idle_deadline_ms);
+        if (rc != 0) return rc;
+    }
+    return 0;
+}
+
+static int serve_read(mc_conn *c, const request *r, const server_segment *segment) {
     uint8_t response[MC_DATAPLANE_RESPONSE_BYTES];
     pack_response(response, 0, r->length);
-    struct iovec iov[2] = {{.iov_base = response, .iov_len = sizeof response},
-                           {.iov_base = target, .iov_len = (size_t)r->length}};
-    int rc = send_all(c, iov, 2);
+    struct iovec iov[2] = {{.iov_base = response, .iov_len = sizeof response}};
+    int rc;
+    if (segment->fd >= 0) {   /* MSG_MORE: the header leaves with the file's first bytes */
+        rc = send_all_flags(c, iov, 1, r->length > 0 ? MSG_MORE : 0);
+        if (rc == 0) rc = send_file_range(c, segment->fd, r->offset, r->length);
+    } else {
+        iov[1] = (struct iovec){.iov_base = segment->addr + r->offset,
+                                .iov_len = (size_t)r->length};
+        rc = send_all(c, iov, 2);
+    }
     if (rc == 0) COUNT(c->server, bytes_out, r->length);
     return rc;
 }
@@ -198,7 +276,7 @@ static int serve_read(mc_conn *c, const request *r, uint8_t *target) {
 static int serve_request(mc_conn *c, const uint8_t *head) {
     request r;
     uint8_t token[MC_DATAPLANE_MAX_GRANT_LEN];
-    uint8_t *target = NULL;
+    const server_segment *target = NULL;
     uint64_t expiry_ms = 0;
     int rc = parse_header(c, head, &r);
     if (rc != 0) return rc;

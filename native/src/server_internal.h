@@ -11,7 +11,8 @@
 
 typedef struct {
     uint32_t id;
-    uint8_t *addr;
+    uint8_t *addr;                /* a memory segment's bytes, or NULL */
+    int fd;                       /* a file segment's descriptor (the server's own dup), or -1 */
     uint64_t size;
 } server_segment;
 
@@ -19,6 +20,8 @@ typedef struct mc_conn {
     mc_server *server;
     int fd;
     int refusal;                  /* the Mooncake code to answer with, once refused */
+    uint8_t *file_buffer;         /* WRITE payloads bound for a file segment pass through it
+                                     (allocated at the first such write) */
     char peer[64];
     char reason[256];
     struct mc_conn *prev, *next;  /* the server's list of open connections */

@@ -277,6 +277,14 @@ def test_emulated_write_then_read_moves_the_right_bytes(emulated, monkeypatch):
     assert transport._context.live_regions == 0  # every registration was released
 
 
+def test_emulated_ssd_replicas_are_left_to_tcp(emulated):
+    """An SSD segment is a file the worker never registers: rdma must not claim its replicas."""
+    transport, _, _ = emulated
+    ssd = _replica(0, 8)
+    ssd.tier, ssd.segment_id = pb.TIER_SSD, 1
+    assert transport.usable(_replica(0, 8)) and not transport.usable(ssd)
+
+
 def test_emulated_refusals_are_recorded_not_raised(emulated):
     transport, segment, _ = emulated
     late = Transfer(_replica(0, 4), parts=[memoryview(b"late")], deadline=0.0)

@@ -1,0 +1,141 @@
+"""Copies replica bytes between this worker's own segments for the master's MoveReplicas.
+
+Demotion (DRAM -> SSD) and promotion (SSD -> DRAM) are the master's decisions; the worker
+only checks that the master signed both sides (a READ grant over the source range, a WRITE
+grant over the destination) and that both ranges lie inside their segments, then moves the
+bytes: one pwrite from the DRAM mapping, or one pread into it. Each item succeeds or fails on
+its own. Batches run one at a time on a caller's thread (never the event loop); close() waits
+for the running one, so no copy touches a segment after the worker unmaps or closes it.
+"""
+from __future__ import annotations
+
+import dataclasses
+import logging
+import threading
+import time
+from typing import Callable, Sequence
+
+from mooncake_native.buffers import copy_batch
+from mooncake_native.file_segment import FileSegment
+from mooncake_native.segment import SegmentMapping
+from mooncake_proto import grants
+from mooncake_proto import mooncake_pb2 as pb
+from mooncake_proto.daemon import kv
+from mooncake_proto.errors import (ErrorCode, InvalidArgumentError, LeaseExpiredError,
+                                   MooncakeError, PermissionDeniedError, TransferError,
+                                   UnavailableError)
+
+log = logging.getLogger("mooncake.worker")
+
+Segment = SegmentMapping | FileSegment
+BOUNCE_BYTES = 4 << 20  # SSD -> SSD goes through a buffer of at most this
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class MoveStatus:
+    code: int       # 0 or a Mooncake code (ErrorCode)
+    message: str = ""
+
+
+def _now_ms() -> int:
+    return int(time.time() * 1000)
+
+
+class ReplicaMover:
+    """Moves granted ranges between `segments` (segment id -> mapping or file)."""
+
+    def __init__(self, worker_id: str, segments: dict[int, Segment],
+                 grant_key: Callable[[], bytes | None]):
+        self.worker_id = worker_id
+        self.segments = segments
+        self._grant_key = grant_key  # read per item: re-registration may swap it at any time
+        self._lock = threading.Lock()
+        self._closed = False
+        self.items_moved = 0
+        self.bytes_moved = 0
+
+    def move_batch(self, items: Sequence[pb.MoveItem]) -> list[MoveStatus]:
+        """One status per item, in order; blocks (run it off the event loop)."""
+        started = time.monotonic()
+        with self._lock:
+            statuses = [self._move_or_status(item) for item in items]
+        moved = sum(item.length for item, s in zip(items, statuses) if s.code == 0)
+        failed = [s for s in statuses if s.code != 0]
+        fields = {"items": len(items), "failed": len(failed), "bytes": moved,
+                  "ms": f"{(time.monotonic() - started) * 1000:.1f}"}
+        if failed:
+            fields.update(first_code=failed[0].code, first_error=failed[0].message)
+        log.log(logging.WARNING if failed else logging.INFO, kv("replicas_moved", **fields))
+        return statuses
+
+    def close(self) -> None:
+        """Waits for a running batch; later batches are refused. Call before closing segments."""
+        with self._lock:
+            self._closed = True
+
+    def _move_or_status(self, item: pb.MoveItem) -> MoveStatus:
+        try:
+            self._move(item)
+        except MooncakeError as exc:
+            return MoveStatus(exc.code, exc.message)
+        except OSError as exc:  # the disk or the file failed under the copy
+            return MoveStatus(ErrorCode.TRANSFER_FAIL, f"copy failed: {exc}")
+        self.items_moved += 1
+        self.bytes_moved += item.length
+        return MoveStatus(0)
+
+    def _move(self, item: pb.MoveItem) -> None:
+        if self._closed:
+            raise UnavailableError("worker is stopping",
+                                   code=ErrorCode.UNAVAILABLE_IN_CURRENT_STATUS)
+        key = self._grant_key()
+        if not key:
+            raise UnavailableError("worker not registered yet",
+                                   code=ErrorCode.UNAVAILABLE_IN_CURRENT_STATUS)
+        src, src_expiry = self._authorize(key, item.read_grant, grants.Op.READ,
+                                          item.src_segment_id, item.src_offset, item.length)
+        dst, dst_expiry = self._authorize(key, item.write_grant, grants.Op.WRITE,
+                                          item.dst_segment_id, item.dst_offset, item.length)
+        if (src is dst and item.length and item.src_offset < item.dst_offset + item.length
+                and item.dst_offset < item.src_offset + item.length):
+            raise InvalidArgumentError("source and destination ranges overlap")
+        copy_range(src, item.src_offset, dst, item.dst_offset, item.length)
+        # a grant that ran out mid-copy: the master may have reused the source range (wrong
+        # bytes copied) or the destination (bytes landed in another object's range)
+        if _now_ms() > min(src_expiry, dst_expiry):
+            raise LeaseExpiredError("a grant expired before the copy finished")
+
+    def _authorize(self, key: bytes, token: bytes, op: grants.Op, segment_id: int,
+                   offset: int, length: int) -> tuple[Segment, int]:
+        """The segment a granted range lies in, and the grant's expiry (ms)."""
+        side = "read_grant" if op == grants.Op.READ else "write_grant"
+        try:
+            grant = grants.verify(key, token, self.worker_id, _now_ms())
+        except grants.GrantError as exc:
+            raise PermissionDeniedError(f"{side}: {exc}") from None
+        if not grant.covers(op, segment_id, offset, length):
+            raise PermissionDeniedError(f"{side} does not cover segment {segment_id} "
+                                        f"range {offset}+{length}")
+        segment = self.segments.get(segment_id)
+        if segment is None or offset + length > segment.size_bytes:
+            raise InvalidArgumentError(f"segment {segment_id} range {offset}+{length} is "
+                                       "outside this worker's segments")
+        return segment, grant.expiry_ms
+
+
+def copy_range(src: Segment, src_offset: int, dst: Segment, dst_offset: int,
+               length: int) -> None:
+    """Copies length bytes; every path releases the GIL (C copy, pread, pwrite)."""
+    if isinstance(src, FileSegment) and isinstance(dst, FileSegment):
+        bounce = memoryview(bytearray(min(length, BOUNCE_BYTES)))
+        for at in range(0, length, BOUNCE_BYTES):
+            part = bounce[:min(BOUNCE_BYTES, length - at)]
+            src.read_into(src_offset + at, part)
+            dst.write_from(dst_offset + at, part)
+    elif isinstance(src, FileSegment):
+        src.read_into(src_offset, dst.view[dst_offset:dst_offset + length])
+    elif isinstance(dst, FileSegment):
+        dst.write_from(dst_offset, src.view[src_offset:src_offset + length])
+    else:
+        copy_batch([(dst.view[dst_offset:dst_offset + length],
+                     src.view[src_offset:src_offset + length])])
