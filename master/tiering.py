@@ -159,12 +159,16 @@ class Tiering:
         return None
 
     def _room_coming_in_s(self, now: float) -> float | None:
-        """How soon DRAM space already on its way out is free: a demotion in flight, or a
-        range waiting for the grants on it to expire; None when none is."""
+        """How soon DRAM space may come free: a demotion in flight, a range waiting for the
+        grants on it to expire, a lease running out on an object that may then go; None when
+        nothing but an explicit remove can free any."""
         if any(m.src.tier == TIER_DRAM for m in self.moves.values()):
             return MOVE_RETRY_S
         waits = [p.free_at - now for p in self.pending_frees
                  if self.workers[p.worker_id].segments[p.segment_id].tier == TIER_DRAM]
+        waits.extend(obj.lease_until - now for obj in self.objects.values()
+                     if obj.lease_until > now and obj.state == COMPLETE and not obj.hard_pin
+                     and any(r.tier == TIER_DRAM for r in obj.replicas))
         return max(MIN_RETRY_S, min(waits)) if waits else None
 
     # -- promotion ------------------------------------------------------------------------

@@ -124,13 +124,19 @@ def test_a_read_racing_eviction_gets_the_right_bytes_or_a_typed_error(fresh_clus
     outcomes = {"bytes": 0, "miss": 0, "error": 0}
     wrong: list[str] = []
 
+    writer_errors: list[BaseException] = []
+
     def write():
-        with Client(cluster.master_addr) as c:
-            for i in range(400):  # 50 MiB through 8-16 MiB of pool, evicting all the while
-                key = f"race/{i}"
-                c.put(key, _payload(key, size))
-                written.append(key)
-        stop.set()
+        try:
+            with Client(cluster.master_addr) as c:
+                for i in range(400):  # 50 MiB through 8-16 MiB of pool, evicting all the while
+                    key = f"race/{i}"
+                    c.put(key, _payload(key, size))
+                    written.append(key)
+        except BaseException as exc:  # surfaced below; the readers must stop either way
+            writer_errors.append(exc)
+        finally:
+            stop.set()
 
     def read(seed: int):
         rng = random.Random(seed)
@@ -138,7 +144,7 @@ def test_a_read_racing_eviction_gets_the_right_bytes_or_a_typed_error(fresh_clus
             while not stop.is_set():
                 if not written:
                     continue
-                key = rng.choice(written[-64:])
+                key = rng.choice(written[-24:])  # recent: likely evicted while being read
                 try:
                     data = c.get(key)
                 except MooncakeError:
@@ -158,5 +164,6 @@ def test_a_read_racing_eviction_gets_the_right_bytes_or_a_typed_error(fresh_clus
     for t in threads:
         t.join(timeout=100)
     assert not any(t.is_alive() for t in threads)
+    assert writer_errors == []
     assert wrong == []
     assert outcomes["bytes"] > 0, outcomes
