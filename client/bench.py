@@ -8,7 +8,9 @@ into distinct regions, like writes of distinct objects; the baseline of write ro
 their batch forms (8 objects per call) and prints each row with its ratio to that baseline,
 then the issue 3 targets with pass/fail. `--repeat N` measures everything N times back to
 back and keeps the median row. `--local` starts its own master and two workers on
-loopback and stops them. Performance goals are checked with this program, never with timed
+loopback and stops them, and (unless `--ssd 0`) a second small cluster with an SSD tier,
+where writing four times its DRAM demotes the oldest objects: `ssd_get_into` rows read
+those back from the SSD segment file (pread on the same node, sendfile over tcp). Performance goals are checked with this program, never with timed
 assertions in tests.
 """
 from __future__ import annotations
@@ -32,6 +34,7 @@ from mooncake_client.local_cluster import LocalCluster
 from mooncake_proto.units import format_size, parse_size
 
 BATCH = 8
+SSD_CLUSTER_DRAM = 64 << 20  # per worker of the SSD cluster: small, so objects go down fast
 OPS = ("put", "get", "put_from", "get_into", "batch_put_from", "batch_get", "batch_get_into")
 BASELINE_FOR = {"shm": "memcpy", "tcp": "socket"}  # reads; shm writes: "memcpy-w"
 WRITE_OPS = ("put", "put_from", "batch_put_from")
@@ -176,6 +179,42 @@ def _check(got, expected: bytes, key: str) -> None:
         raise SystemExit(f"mooncake-bench: wrong bytes read back for {key}")
 
 
+def run_ssd_size(client: Client, transport: str, size: int, volume: int) -> dict:
+    """Writes `volume` bytes (four times the SSD cluster's DRAM) and reads back the oldest
+    quarter, which eviction has demoted to the SSD tier."""
+    prefix = f"bench/ssd/{uuid.uuid4().hex[:8]}/{size}"
+    count = max(8, volume // size)
+    keys = [f"{prefix}/{i}" for i in range(count)]
+    payload = os.urandom(size)
+    for key in keys:
+        client.put_from(key, payload)
+    oldest = keys[:count // 4]
+    tiers = {r.tier for key in (oldest[0], oldest[-1]) for r in client.get_replicas(key)}
+    if tiers != {"SSD"}:
+        raise SystemExit(f"mooncake-bench: the oldest objects are on {tiers}, not on SSD; "
+                         "give the SSD cluster less DRAM or write more")
+    buffer = bytearray(size)
+    row = measure({"transport": transport, "op": "ssd_get_into"}, size,
+                  lambda i: client.get_into(oldest[i], buffer), len(oldest))
+    _check(buffer, payload, oldest[-1])
+    client.remove_all(force=True)
+    return row
+
+
+def run_ssd(args, master: str) -> list[dict]:
+    rows = []
+    transports = [t.strip() for t in args.transports.split(",") if t.strip()]
+    sizes = [parse_size(s) for s in args.ssd_sizes.split(",")]
+    progress = Progress(len(transports) * len(sizes))
+    for transport in transports:
+        with Client(master, transports=(transport,)) as client:
+            warm_up(client)
+            for size in sizes:
+                rows.append(run_ssd_size(client, transport, size, 4 * 2 * SSD_CLUSTER_DRAM))
+                progress.step(f"{transport} {format_size(size)} from SSD")
+    return rows
+
+
 # ---- report ----
 
 def _find(rows, transport: str, op: str, size: int) -> dict | None:
@@ -306,6 +345,10 @@ def main(argv: list[str] | None = None) -> int:
                         "ranges stay held until their grants expire, so give room)")
     parser.add_argument("--repeat", type=int, default=1,
                         help="measure every row (and its baseline) this many times, keep the median")
+    parser.add_argument("--ssd", default="1GiB",
+                        help="with --local: SSD segment per worker of the SSD-tier cluster "
+                             "(0 skips the ssd_get_into rows)")
+    parser.add_argument("--ssd-sizes", default="64KiB,4MiB", help="object sizes of the SSD rows")
     parser.add_argument("--json", help="also write the rows as JSON to this file")
     args = parser.parse_args(argv)
     started = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
@@ -315,6 +358,12 @@ def main(argv: list[str] | None = None) -> int:
         # a short lease: removed ranges come back sooner between repeats (reads take ms)
         with LocalCluster(workers=2, dram=args.dram, master_args=("--lease-ttl", "3s")) as cluster:
             rows, baselines = run(args, cluster.master_addr)
+        if parse_size(args.ssd):
+            with LocalCluster(workers=2, dram=format_size(SSD_CLUSTER_DRAM), ssd=args.ssd,
+                              master_args=("--lease-ttl", "3s")) as cluster:
+                ssd_rows = run_ssd(args, cluster.master_addr)
+            add_ratios(ssd_rows, baselines)
+            rows.extend(ssd_rows)
     else:
         rows, baselines = run(args, args.master)
     targets = check_targets(rows)

@@ -129,7 +129,7 @@ def test_a_read_racing_eviction_gets_the_right_bytes_or_a_typed_error(fresh_clus
     def write():
         try:
             with Client(cluster.master_addr) as c:
-                for i in range(400):  # 50 MiB through 8-16 MiB of pool, evicting all the while
+                for i in range(240):  # 30 MiB through 8-16 MiB of pool, evicting all the while
                     key = f"race/{i}"
                     c.put(key, _payload(key, size))
                     written.append(key)
