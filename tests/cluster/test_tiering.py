@@ -7,7 +7,7 @@ import time
 import pytest
 
 from mooncake_client import Client, ReplicaConfig
-from mooncake_proto.errors import ErrorCode, HasLeaseError, MooncakeError
+from mooncake_proto.errors import ErrorCode, HasLeaseError, LeaseExpiredError, MooncakeError
 
 KiB, MiB = 1 << 10, 1 << 20
 
@@ -167,3 +167,28 @@ def test_a_read_racing_eviction_gets_the_right_bytes_or_a_typed_error(fresh_clus
     assert writer_errors == []
     assert wrong == []
     assert outcomes["bytes"] > 0, outcomes
+
+
+def test_a_long_batch_read_renews_its_lease_instead_of_letting_it_lapse(fresh_cluster,
+                                                                        monkeypatch):
+    from mooncake_client import client as client_module
+    cluster = fresh_cluster(workers=1, dram="16MiB", master_args=("--lease-ttl", "1s"))
+    keys = [f"long/{i}" for i in range(6)]
+    with Client(cluster.master_addr, transports=("tcp",)) as c:
+        for key in keys:
+            c.put(key, _payload(key, 64 * KiB))
+        monkeypatch.setattr(client_module, "READ_CHUNK_BYTES", 64 * KiB)  # a chunk per key
+        tcp = c._transports[0]
+        real_read = tcp.read
+
+        def slow_read(transfers):  # a slow network: 6 x 0.3 s is well past the 1 s lease
+            time.sleep(0.3)
+            real_read(transfers)
+        monkeypatch.setattr(tcp, "read", slow_read)
+        assert c.batch_get(keys) == [_payload(k, 64 * KiB) for k in keys]
+        # without renewal the same read outlives its lease
+        monkeypatch.setattr(client_module, "READ_CHUNK_BYTES", 1 << 40)
+        monkeypatch.setattr(tcp, "read", lambda transfers: (time.sleep(1.2),
+                                                            real_read(transfers)))
+        with pytest.raises(LeaseExpiredError):
+            c.batch_get(keys)
