@@ -34,7 +34,6 @@ from mooncake_client.local_cluster import LocalCluster
 from mooncake_proto.units import format_size, parse_size
 
 BATCH = 8
-SSD_CLUSTER_DRAM = 64 << 20  # per worker of the SSD cluster: small, so objects go down fast
 OPS = ("put", "get", "put_from", "get_into", "batch_put_from", "batch_get", "batch_get_into")
 BASELINE_FOR = {"shm": "memcpy", "tcp": "socket"}  # reads; shm writes: "memcpy-w"
 WRITE_OPS = ("put", "put_from", "batch_put_from")
@@ -210,7 +209,7 @@ def run_ssd(args, master: str) -> list[dict]:
         with Client(master, transports=(transport,)) as client:
             warm_up(client)
             for size in sizes:
-                rows.append(run_ssd_size(client, transport, size, 4 * 2 * SSD_CLUSTER_DRAM))
+                rows.append(run_ssd_size(client, transport, size, 4 * 2 * parse_size(args.ssd_dram)))
                 progress.step(f"{transport} {format_size(size)} from SSD")
     return rows
 
@@ -349,6 +348,8 @@ def main(argv: list[str] | None = None) -> int:
                         help="with --local: SSD segment per worker of the SSD-tier cluster "
                              "(0 skips the ssd_get_into rows)")
     parser.add_argument("--ssd-sizes", default="64KiB,4MiB", help="object sizes of the SSD rows")
+    parser.add_argument("--ssd-dram", default="64MiB",
+                        help="DRAM per worker of the SSD-tier cluster (4x its DRAM is written)")
     parser.add_argument("--json", help="also write the rows as JSON to this file")
     args = parser.parse_args(argv)
     started = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
@@ -359,7 +360,7 @@ def main(argv: list[str] | None = None) -> int:
         with LocalCluster(workers=2, dram=args.dram, master_args=("--lease-ttl", "3s")) as cluster:
             rows, baselines = run(args, cluster.master_addr)
         if parse_size(args.ssd):
-            with LocalCluster(workers=2, dram=format_size(SSD_CLUSTER_DRAM), ssd=args.ssd,
+            with LocalCluster(workers=2, dram=args.ssd_dram, ssd=args.ssd,
                               master_args=("--lease-ttl", "3s")) as cluster:
                 ssd_rows = run_ssd(args, cluster.master_addr)
             add_ratios(ssd_rows, baselines)

@@ -11,19 +11,22 @@ def test_bench_local_prints_a_table_and_writes_json(tmp_path):
     proc = subprocess.run(
         [sys.executable, "-m", "mooncake_client.bench", "--local", "--sizes", "4KiB,1MiB",
          "--volume", "2MiB", "--max-count", "20", "--dram", "64MiB", "--repeat", "2",
-         "--json", str(out)],
+         "--ssd", "64MiB", "--ssd-dram", "4MiB", "--ssd-sizes", "1MiB", "--json", str(out)],
         capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr
     assert "GB/s" in proc.stdout and "p99 us" in proc.stdout
     assert "[" in proc.stderr and "4/4" in proc.stderr  # the progress bar reached the end
+    assert "2/2 tcp 1MiB from SSD" in proc.stderr
     report = json.loads(out.read_text())
     rows = report["rows"]
     assert {(r["op"], r["transport"], r["size_bytes"]) for r in rows} == {
-        (op, t, s) for op in OPS for t in ("shm", "tcp") for s in (4096, 1 << 20)}
+        (op, t, s) for op in OPS for t in ("shm", "tcp") for s in (4096, 1 << 20)} | {
+        ("ssd_get_into", t, 1 << 20) for t in ("shm", "tcp")}  # read back from the SSD tier
     assert all(r["gb_per_s"] > 0 and r["p50_us"] > 0 and r["count"] >= 8 for r in rows)
     # every store row has its same-size baseline measured in the same run
     assert {(b["transport"], b["size_bytes"]) for b in report["baselines"]} == {
         (t, s) for t in ("memcpy", "memcpy-w", "socket") for s in (4096, 1 << 20)}
     assert all(r["x_baseline"] is not None for r in rows)
-    assert all(r["repeats"] == 2 for r in rows + report["baselines"])  # medians of two runs
+    assert all(r["repeats"] == 2 for r in rows + report["baselines"]
+               if r["op"] != "ssd_get_into")  # medians of two runs
     assert "issue 3 targets" in proc.stdout and len(report["targets"]) == 7
