@@ -8,8 +8,9 @@ STAMP  := $(VENV)/.installed
 
 NATIVE := $(wildcard native/src/*.c native/include/*.h) native/build_native.py setup.py
 # Debian packages the build needs: venv, a C toolchain, OpenSSL's libcrypto (grant HMACs in
-# the data server) and rdma-core's headers (the RDMA transport compiles whenever they exist).
-APT_PACKAGES := python3-venv python3-dev gcc libssl-dev libibverbs-dev
+# the data server), rdma-core's headers (the RDMA transport compiles whenever they exist) and
+# the openssl command (the TLS tests make their certificates with it).
+APT_PACKAGES := python3-venv python3-dev gcc libssl-dev libibverbs-dev openssl
 
 # apt only when something is missing (you are root in CI)
 system-deps:

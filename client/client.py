@@ -6,6 +6,7 @@ transfers grouped per transport. A miss is `None`/`False`; every fault raises a 
 from __future__ import annotations
 
 import dataclasses
+import os
 import threading
 import time
 from typing import Iterable, Sequence
@@ -66,11 +67,15 @@ class BatchError(MooncakeError):
 class Client:
     def __init__(self, master: str | Sequence[str], transports: Iterable[str] = KNOWN_TRANSPORTS,
                  rpc_timeout_s: float = 10.0, transfer_timeout_s: float = 10.0,
-                 framed_metadata: bool = True, put_wait_s: float = 10.0):
+                 framed_metadata: bool = True, put_wait_s: float = 10.0,
+                 token: str | None = None, tls_ca: str | None = None):
         """framed_metadata: send object calls over the master's framed metadata port when it
         offers one (found with Hello; gRPC otherwise, and for everything else).
         put_wait_s: how long a put waits for eviction to free room (a full pool evicts, and
-        demotes to SSD, rather than refuse writes) before it raises NoSpaceError."""
+        demotes to SSD, rather than refuse writes) before it raises NoSpaceError.
+        token: the bearer token sent on every master call (None: $MOONCAKE_TOKEN; "": none).
+        tls_ca: a PEM file of the CA that signed the master's and workers' certificates: gRPC
+        then uses TLS (None: $MOONCAKE_TLS_CA; "": no TLS)."""
         self.masters = [m.strip() for m in master.split(",")] if isinstance(master, str) \
             else list(master)
         if not self.masters or not all(self.masters):
@@ -82,20 +87,22 @@ class Client:
                 f"transports must be chosen from {KNOWN_TRANSPORTS}, got {self.transport_names}")
         self.rpc_timeout_s = rpc_timeout_s
         self.put_wait_s = put_wait_s
+        self._token, self._tls = _security(token, tls_ca)
         self.node_id = node_id()
         tcp = TcpTransport(transfer_timeout_s)  # also rdma's fallback: one connection pool
         self._transports = [ShmTransport(self.node_id) if name == "shm"
-                            else RdmaTransport(transfer_timeout_s, fallback=tcp) if name == "rdma"
-                            else tcp for name in self.transport_names]
+                            else RdmaTransport(transfer_timeout_s, fallback=tcp, tls=self._tls)
+                            if name == "rdma" else tcp for name in self.transport_names]
         self._registered = RegisteredBuffers()
-        self.framed_metadata = framed_metadata
+        # the framed port has no TLS: a client asked for TLS never sends its calls there
+        self.framed_metadata = framed_metadata and not self._tls.calling
         self._meta: MetaChannel | None = None
         self._meta_checked_at = -float("inf")
         self._meta_failures = 0
         self._meta_lock = threading.Lock()
         self._switch_lock = threading.Lock()
         self._master_index = 0
-        self._channel = rpc.client_channel(self.masters[0])
+        self._channel = rpc.client_channel(self.masters[0], self._tls, self._token)
         self._stub = pb_grpc.MasterServiceStub(self._channel)
 
     # ---- lifecycle ----
@@ -460,7 +467,8 @@ class Client:
                     return None  # an older master without Hello, or unreachable: gRPC it is
                 if hello.meta_addr and self.framed_metadata:
                     self._meta = MetaChannel(_reachable(hello.meta_addr, master),
-                                             min(META_CONNECT_TIMEOUT_S, self.rpc_timeout_s))
+                                             min(META_CONNECT_TIMEOUT_S, self.rpc_timeout_s),
+                                             self._token)
             return self._meta
 
     def _forget_meta(self, meta: MetaChannel) -> None:
@@ -482,8 +490,21 @@ class Client:
             # the old channel is not closed here: other threads may still be inside a call
             # on it (they fail over the same way); it closes when the last user drops it
             self._master_index += 1
-            self._channel = rpc.client_channel(self.masters[self._master_index % len(self.masters)])
+            self._channel = rpc.client_channel(
+                self.masters[self._master_index % len(self.masters)], self._tls, self._token)
             self._stub = pb_grpc.MasterServiceStub(self._channel)
+
+
+def _security(token: str | None, tls_ca: str | None) -> tuple[str, rpc.Tls]:
+    """The token and TLS settings a Client was given, or those of its environment."""
+    token = (os.environ.get("MOONCAKE_TOKEN", "") if token is None else token).strip()
+    tls_ca = os.environ.get("MOONCAKE_TLS_CA", "") if tls_ca is None else tls_ca
+    try:
+        if token:
+            rpc.check_token(token)
+        return token, rpc.Tls.load(ca_path=tls_ca)
+    except (OSError, ValueError) as exc:
+        raise InvalidArgumentError(f"Client: {exc}") from exc
 
 
 def _reachable(meta_addr: str, master: str) -> str:

@@ -45,6 +45,25 @@ class Daemon:
             self.info = json.load(f)
         return self.info
 
+    def wait_for_log(self, text: str, timeout_s: float = READY_TIMEOUT_S) -> str:
+        """Blocks until a line of the daemon's log contains `text` and returns that line (for
+        what a daemon does instead of becoming ready: a refused registration, say)."""
+        deadline = time.monotonic() + timeout_s
+        while True:
+            try:
+                with open(self.log_path, encoding="utf-8", errors="replace") as f:
+                    for line in f:
+                        if text in line:
+                            return line
+            except OSError:
+                pass
+            if self.proc.poll() is not None:
+                raise ClusterError(f"{self.name} exited with {self.proc.returncode}:\n{self.log_tail()}")
+            if time.monotonic() > deadline:
+                raise ClusterError(f"{self.name} logged no {text!r} in {timeout_s}s:\n"
+                                   f"{self.log_tail()}")
+            time.sleep(0.02)  # polling the log, not waiting a guessed time
+
     def log_tail(self, lines: int = 40) -> str:
         try:
             with open(self.log_path, encoding="utf-8", errors="replace") as f:
@@ -98,14 +117,18 @@ class LocalCluster:
             raise
         return self
 
-    def start_worker(self, worker_id: str, dram: str | None = None, extra: tuple = ()) -> Daemon:
+    def start_worker(self, worker_id: str, dram: str | None = None, extra: tuple = (),
+                     wait: bool = True) -> Daemon:
+        """Starts a worker (extra flags after the cluster's own); waits for its ready file
+        unless `wait` is False."""
         ssd = ["--ssd", self.ssd_dir, "--ssd-size", self.ssd] if self.ssd else []
         daemon = self._spawn(worker_id, "mooncake_worker", [
             "--master", self.master_addr, "--dram", dram or self.dram, "--worker-id", worker_id,
             "--data-port", "0", "--grpc-port", "0", "--http-port", "0",
             "--shm-dir", self.shm_dir] + ssd + self.worker_args + list(extra))
         self.workers[worker_id] = daemon
-        daemon.wait_ready()
+        if wait:
+            daemon.wait_ready()
         return daemon
 
     def _spawn(self, name: str, module: str, args: list[str]) -> Daemon:

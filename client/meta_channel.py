@@ -4,7 +4,8 @@ Pooled blocking connections, one call in flight on each. A call is never sent tw
 connection could not be made, or that the master turned away unread, is `NotSent` (the caller
 uses gRPC instead); one whose answer was lost after the frame left is `MaybeSent` (only an
 idempotent call may then be repeated, over gRPC). Idle connections are checked before reuse,
-so a master that restarted is noticed before a frame is sent into a dead connection.
+so a master that restarted is noticed before a frame is sent into a dead connection. With a
+token, each new connection authenticates first (an auth frame, proto/metaframe.py).
 """
 from __future__ import annotations
 
@@ -13,7 +14,7 @@ import socket
 import threading
 
 from mooncake_proto import metaframe
-from mooncake_proto.errors import error_for_code
+from mooncake_proto.errors import ErrorCode, error_for_code
 
 MAX_IDLE = 8  # pooled connections kept per client; more are closed after use
 
@@ -27,10 +28,11 @@ class MaybeSent(Exception):
 
 
 class MetaChannel:
-    def __init__(self, addr: str, connect_timeout_s: float):
+    def __init__(self, addr: str, connect_timeout_s: float, token: str = ""):
         host, _, port = addr.rpartition(":")
         self.addr, self._host, self._port = addr, host.strip("[]"), int(port)
         self.connect_timeout_s = connect_timeout_s
+        self._auth_frame = metaframe.auth_frame(token) if token else b""
         self._idle: list[socket.socket] = []
         self._lock = threading.Lock()
         self._closed = False
@@ -41,7 +43,7 @@ class MetaChannel:
         response_type = metaframe.METHODS[method_id][2]
         payload = request.SerializeToString()
         frame = metaframe.REQUEST.pack(metaframe.MAGIC, method_id, len(payload)) + payload
-        conn = self._checkout()
+        conn = self._checkout(timeout_s)
         try:
             status, body = self._exchange(conn, frame, timeout_s)
         except OSError as exc:
@@ -72,7 +74,7 @@ class MetaChannel:
             raise ConnectionError(f"answer of {length} bytes: not a mooncake master?")
         return status, metaframe.recv_exact(conn, length)
 
-    def _checkout(self) -> socket.socket:
+    def _checkout(self, timeout_s: float) -> socket.socket:
         while True:
             with self._lock:
                 if self._closed:
@@ -88,7 +90,25 @@ class MetaChannel:
         except OSError as exc:
             raise NotSent(f"framed metadata port {self.addr}: {exc}") from exc
         conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        if self._auth_frame:
+            self._authenticate(conn, timeout_s)
         return conn
+
+    def _authenticate(self, conn: socket.socket, timeout_s: float) -> None:
+        """Presents the token on a new connection: UnauthenticatedError when the master does
+        not know it (gRPC would say the same), NotSent when the port cannot take it."""
+        try:
+            status, body = self._exchange(conn, self._auth_frame, timeout_s)
+        except OSError as exc:
+            conn.close()
+            raise NotSent(f"framed metadata port {self.addr}: auth: {exc}") from exc
+        if status == 0:
+            return
+        conn.close()
+        message = f"master {self.addr}: {body.decode(errors='replace')}"
+        if status == ErrorCode.UNAUTHENTICATED:
+            raise error_for_code(status, message)
+        raise NotSent(message)  # busy, or a master without auth frames: gRPC instead
 
     def _checkin(self, conn: socket.socket) -> None:
         with self._lock:

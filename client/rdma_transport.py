@@ -40,8 +40,11 @@ class _Peer:
 class RdmaTransport:
     name = "rdma"
 
-    def __init__(self, timeout_s: float, device: str = "", fallback: TcpTransport | None = None):
+    def __init__(self, timeout_s: float, device: str = "", fallback: TcpTransport | None = None,
+                 tls: rpc.Tls = rpc.NO_TLS):
+        """tls: how to reach workers' gRPC (RdmaConnect), as the client reaches the master."""
         self.timeout_s = timeout_s
+        self.tls = tls
         self.fallback = fallback if fallback is not None else TcpTransport(timeout_s)
         self._context: rdma.Context | None = None
         self._peers: dict[str, _Peer] = {}        # by worker gRPC address
@@ -181,7 +184,7 @@ class RdmaTransport:
         return existing
 
     def _rdma_connect(self, addr: str, endpoint: bytes, grant: bytes) -> pb.RdmaConnectResponse:
-        with rpc.client_channel(addr) as channel:
+        with rpc.client_channel(addr, self.tls) as channel:
             try:
                 return pb_grpc.WorkerServiceStub(channel).RdmaConnect(
                     pb.RdmaConnectRequest(client_endpoint=endpoint, grant=grant),

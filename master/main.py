@@ -6,6 +6,7 @@ import logging
 import sys
 import time
 
+from mooncake_master.auth import Authenticator, load_tokens
 from mooncake_master.meta_server import MetaServer
 from mooncake_master.mover import Mover
 from mooncake_master.state import MasterConfig, MasterState
@@ -34,6 +35,11 @@ OPTIONS = [
     Option("--eviction-ratio", 0.05, float, "fraction of a segment one eviction frees"),
     Option("--ready-file", "", str, "write bound addresses here as JSON once serving"),
     Option("--log-level", "info", str, "debug, info, warning or error"),
+    Option("--tokens", "", str,
+           "YAML file of bearer tokens (worker:, client:, admin:); without it the master is open"),
+    Option("--tls-cert", "", str, "PEM certificate chain: serve gRPC over TLS (with --tls-key)"),
+    Option("--tls-key", "", str, "PEM private key of --tls-cert"),
+    Option("--tls-ca", "", str, "PEM CA file: call workers over TLS, verifying them with it"),
 ]
 
 
@@ -85,7 +91,7 @@ async def tick_loop(state: MasterState, lock, mover: Mover, stop: asyncio.Event)
             log.warning(kv("objects_lost", count=len(report.lost_keys)))
 
 
-async def serve(settings) -> int:
+async def serve(settings, auth: Authenticator, tls: rpc.Tls) -> int:
     stop = stop_event()
     if not 0 < settings.high_watermark <= 1 or not 0 < settings.eviction_ratio <= 1:
         log.error(kv("bad_option", detail="--high-watermark and --eviction-ratio must be in (0, 1]"))
@@ -95,22 +101,25 @@ async def serve(settings) -> int:
                                      put_timeout_s=settings.put_timeout,
                                      high_watermark=settings.high_watermark,
                                      eviction_ratio=settings.eviction_ratio))
-    servicer = MasterServicer(state)
+    servicer = MasterServicer(state, auth=auth)
     server = rpc.aio_server()
     pb_grpc.add_MasterServiceServicer_to_server(servicer, server)
-    grpc_addr = rpc.bind(server, settings.host, settings.port)
+    grpc_addr = rpc.bind(server, settings.host, settings.port, tls)
     await server.start()
     meta = MetaServer(servicer)
-    if settings.meta_port >= 0:
+    if settings.meta_port >= 0 and tls.serving:
+        log.info(kv("meta_port_off", reason="the framed metadata port has no TLS; "
+                                            "clients make every call over gRPC"))
+    elif settings.meta_port >= 0:
         servicer.meta_addr = await meta.start(settings.host, settings.meta_port)
     http = MasterHttp(state, servicer.lock)
     http_addr = await http.server.start(settings.host, settings.http_port)
-    log.warning(kv("no_authentication", detail="tokens are not implemented yet; run on a trusted network"))
+    log_security(auth, tls)
     log.info(kv("master_serving", master_id=servicer.master_id, grpc=grpc_addr, http=http_addr,
-                meta=servicer.meta_addr or "off"))
+                meta=servicer.meta_addr or "off", tls="on" if tls.serving else "off"))
     write_ready_file(settings.ready_file, {"grpc": grpc_addr, "http": http_addr,
                                            "meta": servicer.meta_addr})
-    mover = Mover(state, servicer.lock)
+    mover = Mover(state, servicer.lock, tls=tls)
     servicer.on_moves_planned = mover.wake
     ticker = asyncio.create_task(tick_loop(state, servicer.lock, mover, stop))
     moving = asyncio.create_task(mover.run(stop))
@@ -124,11 +133,31 @@ async def serve(settings) -> int:
     return 0
 
 
+def log_security(auth: Authenticator, tls: rpc.Tls) -> None:
+    if tls.serving and not tls.calling:
+        log.warning(kv("tls_without_ca", detail="gRPC is served over TLS but, without "
+                       "--tls-ca, calls to workers (demotions, promotions) are not"))
+    if auth.open:
+        log.warning(kv("no_authentication", detail="no --tokens: anyone who reaches the master "
+                       "may register workers and read, write or remove every object"))
+        return
+    log.info(kv("authentication", **{f"{role}_tokens": n for role, n in auth.counts.items()}))
+    if not tls.serving:
+        log.warning(kv("tokens_in_clear", detail="tokens without --tls-cert travel unencrypted; "
+                       "anyone on the path can read and reuse them"))
+
+
 def main(argv: list[str] | None = None) -> int:
     settings = load_settings("mooncake-master", "Assigns replicas and leases for the pool.",
                              OPTIONS, argv)
+    try:  # bad security files stop the master before it serves anything
+        auth = Authenticator(load_tokens(settings.tokens) if settings.tokens else None)
+        tls = rpc.Tls.load(settings.tls_cert, settings.tls_key, settings.tls_ca)
+    except (OSError, ValueError) as exc:
+        print(f"mooncake-master: {exc}", file=sys.stderr)
+        return 2
     setup_logging(settings.log_level)
-    return asyncio.run(serve(settings))
+    return asyncio.run(serve(settings, auth, tls))
 
 
 if __name__ == "__main__":

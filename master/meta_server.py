@@ -5,7 +5,8 @@ context object, and the answer framed back: no second implementation of any call
 runs to completion synchronously (the servicer's methods never wait on anything but an
 abort, which raises here) under the servicer's lock, which every gRPC call, the tick and the
 HTTP views also take. A malformed frame gets an error answer and loses its connection; other
-connections go on.
+connections go on. A connection's auth frame (proto/metaframe.py) gives it a token; each
+call hands that token to the servicer as gRPC metadata, so the servicer's one check decides.
 """
 from __future__ import annotations
 
@@ -19,7 +20,7 @@ from google.protobuf.message import DecodeError
 from mooncake_proto import metaframe
 from mooncake_proto.daemon import kv
 from mooncake_proto.errors import ErrorCode
-from mooncake_proto.rpc import CODE_METADATA_KEY
+from mooncake_proto.rpc import AUTH_METADATA_KEY, CODE_METADATA_KEY
 
 log = logging.getLogger("mooncake.master.meta")
 
@@ -38,8 +39,16 @@ class CallEnded(Exception):
 class FrameContext:
     """The part of grpc.aio.ServicerContext the servicer uses, for one framed call."""
 
-    def __init__(self):
+    def __init__(self, token: str = "", peer: str = ""):
         self.code = ErrorCode.INTERNAL_ERROR
+        self._metadata = ((AUTH_METADATA_KEY, f"Bearer {token}"),) if token else ()
+        self._peer = peer
+
+    def invocation_metadata(self):
+        return self._metadata
+
+    def peer(self) -> str:
+        return f"meta:{self._peer}"
 
     def set_trailing_metadata(self, metadata) -> None:
         for key, value in metadata:
@@ -106,15 +115,22 @@ class MetaServer:
                              daemon=True).start()
 
     def _serve(self, conn: socket.socket, peer: str) -> None:
+        token = ""  # until the connection's auth frame
         try:
             while (head := metaframe.recv_exact(conn, metaframe.REQUEST.size, True)) is not None:
                 magic, method_id, length = metaframe.REQUEST.unpack(head)
-                if magic != metaframe.MAGIC or method_id not in metaframe.METHODS \
-                        or length > metaframe.MAX_FRAME_BYTES:
+                if magic != metaframe.MAGIC or length > metaframe.MAX_FRAME_BYTES \
+                        or method_id not in metaframe.METHODS and method_id != metaframe.AUTH \
+                        or method_id == metaframe.AUTH and length > metaframe.MAX_TOKEN_BYTES:
                     return self._refuse(conn, peer, "malformed frame header")
                 body = metaframe.recv_exact(conn, length)
+                if method_id == metaframe.AUTH:
+                    token = self._authenticate(conn, peer, body)
+                    if token is None:
+                        return
+                    continue
                 try:
-                    status, payload = self.answer(method_id, body)
+                    status, payload = self.answer(method_id, body, token, peer)
                 except DecodeError:
                     name = metaframe.METHODS[method_id][0]
                     return self._refuse(conn, peer, f"undecodable {name} request")
@@ -127,11 +143,13 @@ class MetaServer:
                 self._conns.discard(conn)
             conn.close()
 
-    def answer(self, method_id: int, body: bytes) -> tuple[int, bytes]:
-        """Runs one decoded call; (status, payload) to frame back."""
+    def answer(self, method_id: int, body: bytes, token: str = "",
+               peer: str = "") -> tuple[int, bytes]:
+        """Runs one decoded call for a connection that presented `token`; (status, payload)
+        to frame back."""
         name, request_type, _ = metaframe.METHODS[method_id]
         request = request_type.FromString(body)  # DecodeError: the caller refuses the frame
-        call = getattr(self.servicer, name)(request, FrameContext())
+        call = getattr(self.servicer, name)(request, FrameContext(token, peer))
         try:
             call.send(None)
         except StopIteration as done:
@@ -144,6 +162,19 @@ class MetaServer:
         call.close()  # it waited on something: servicer methods must not (see module doc)
         log.error(kv("meta_call_suspended", method=name))
         return ErrorCode.INTERNAL_ERROR, f"{name}: cannot be served on the framed port".encode()
+
+    def _authenticate(self, conn: socket.socket, peer: str, body: bytes) -> str | None:
+        """Answers an auth frame: the connection's token from now on, or None once a token the
+        master does not know has been answered and the connection shut. Only a known token is
+        kept; whether it may make a call is the servicer's check, per call."""
+        token = body.decode("ascii", errors="replace")
+        auth = self.servicer.auth
+        if auth.open or auth.roles_of(token):
+            conn.sendall(metaframe.RESPONSE.pack(0, 0))
+            return token
+        log.warning(kv("meta_auth_refused", peer=peer, reason="unknown bearer token"))
+        _answer_and_shut(conn, ErrorCode.UNAUTHENTICATED, "unknown bearer token")
+        return None
 
     def _refuse_busy(self, conn: socket.socket, peer: str) -> None:
         """At the connection cap: an answer the client reads as "not sent" (it uses gRPC)."""

@@ -27,8 +27,10 @@ BATCH_BYTES = 64 << 20  # one RPC's worth: its space comes free as soon as it is
 
 
 class Mover:
-    def __init__(self, state: MasterState, lock, clock=time.monotonic, wall_clock=time.time):
+    def __init__(self, state: MasterState, lock, clock=time.monotonic, wall_clock=time.time,
+                 tls: rpc.Tls = rpc.NO_TLS):
         self.state = state
+        self.tls = tls  # with tls.ca, channels to workers use TLS and verify them with it
         self.lock = lock
         self.clock = clock
         self.wall_clock = wall_clock
@@ -89,7 +91,7 @@ class Mover:
         started = time.monotonic()
         channel = self._channels.get(grpc_addr)
         if channel is None:
-            channel = self._channels[grpc_addr] = rpc.aio_channel(grpc_addr)
+            channel = self._channels[grpc_addr] = rpc.aio_channel(grpc_addr, self.tls)
         try:
             reply = await pb_grpc.WorkerServiceStub(channel).MoveReplicas(
                 request, timeout=self.state.config.move_timeout_s)

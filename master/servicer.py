@@ -12,13 +12,14 @@ import threading
 import time
 import uuid
 
+from mooncake_master.auth import Authenticator, Role
 from mooncake_master.state import MasterState, PlacementConfig, SegmentSpec
 from mooncake_proto import grants
 from mooncake_proto import mooncake_pb2 as pb
 from mooncake_proto import mooncake_pb2_grpc as pb_grpc
 from mooncake_proto.daemon import kv
 from mooncake_proto.errors import MooncakeError
-from mooncake_proto.rpc import abort_with
+from mooncake_proto.rpc import abort_with, bearer_token
 
 log = logging.getLogger("mooncake.master")
 
@@ -45,23 +46,39 @@ class _CallFailed(Exception):
         self.error = error
 
 
-def _serialized(method):
-    """Runs an RPC under the servicer's lock: the framed port's threads call the same methods
-    (master/meta_server.py), and MasterState must see one call at a time. The body never
-    awaits while it holds the lock; an abort (which does await) happens after release."""
-    @functools.wraps(method)
-    async def locked(self, request, context):
-        try:
-            with self.lock:
-                return await method(self, request, context)
-        except _CallFailed as failed:
-            await abort_with(context, failed.error)
-    return locked
+def _serialized(role: Role):
+    """Checks that the caller's token may make a call that needs `role` (the one place that
+    does: gRPC calls and the framed port's both come through here), then runs the RPC under the
+    servicer's lock: the framed port's threads call the same methods (master/meta_server.py),
+    and MasterState must see one call at a time. The body never awaits while it holds the
+    lock; an abort (which does await) happens after release."""
+    def decorate(method):
+        name = method.__name__
+
+        @functools.wraps(method)
+        async def locked(self, request, context):
+            if not self.auth.open:
+                try:
+                    self.auth.check(bearer_token(context.invocation_metadata()), role, name)
+                except MooncakeError as refused:
+                    log.warning(kv("call_refused", method=name, peer=context.peer(),
+                                   code=refused.code, reason=refused))
+                    await abort_with(context, refused)
+            try:
+                with self.lock:
+                    return await method(self, request, context)
+            except _CallFailed as failed:
+                await abort_with(context, failed.error)
+        locked.required_role = role  # tests check that every MasterService call has one
+        return locked
+    return decorate
 
 
 class MasterServicer(pb_grpc.MasterServiceServicer):
-    def __init__(self, state: MasterState, clock=time.monotonic, wall_clock=time.time):
+    def __init__(self, state: MasterState, clock=time.monotonic, wall_clock=time.time,
+                 auth: Authenticator | None = None):
         self.state = state
+        self.auth = auth or Authenticator()  # none given: an open master
         self.clock = clock
         self.wall_clock = wall_clock
         self.master_id = uuid.uuid4().hex[:12]
@@ -69,13 +86,13 @@ class MasterServicer(pb_grpc.MasterServiceServicer):
         self.meta_addr = ""  # the framed metadata port, once it listens (master/meta_server.py)
         self.on_moves_planned = lambda: None  # wakes the mover (master/mover.py), any thread
 
-    @_serialized
+    @_serialized(Role.CLIENT)
     async def Hello(self, request, context):
         return pb.HelloResponse(master_id=self.master_id, meta_addr=self.meta_addr)
 
     # ---- workers ----
 
-    @_serialized
+    @_serialized(Role.WORKER)
     async def RegisterWorker(self, request, context):
         key = secrets.token_bytes(grants.KEY_BYTES)
         segments = [SegmentSpec(s.segment_id, s.tier, s.size_bytes, s.path) for s in request.segments]
@@ -87,13 +104,13 @@ class MasterServicer(pb_grpc.MasterServiceServicer):
         return pb.RegisterWorkerResponse(grant_key=key, master_id=self.master_id,
                                          heartbeat_interval_ms=HEARTBEAT_INTERVAL_MS)
 
-    @_serialized
+    @_serialized(Role.WORKER)
     async def Heartbeat(self, request, context):
         return pb.HeartbeatResponse(registered=self.state.heartbeat(request.worker_id, self.clock()))
 
     # ---- objects ----
 
-    @_serialized
+    @_serialized(Role.CLIENT)
     async def PutStart(self, request, context):
         cfg = request.config
         config = PlacementConfig(replica_num=cfg.replica_num or 1,
@@ -113,15 +130,15 @@ class MasterServicer(pb_grpc.MasterServiceServicer):
         self._wake_mover()
         return response
 
-    @_serialized
+    @_serialized(Role.CLIENT)
     async def PutEnd(self, request, context):
         return await self._finish_call(self.state.put_end, request, context)
 
-    @_serialized
+    @_serialized(Role.CLIENT)
     async def PutRevoke(self, request, context):
         return await self._finish_call(self.state.put_revoke, request, context)
 
-    @_serialized
+    @_serialized(Role.CLIENT)
     async def GetReplicas(self, request, context):
         results = await self._run(context, self.state.get_replicas, list(request.keys),
                                   self.clock())
@@ -135,18 +152,18 @@ class MasterServicer(pb_grpc.MasterServiceServicer):
         self._wake_mover()  # reads may have made an SSD object hot enough to promote
         return response
 
-    @_serialized
+    @_serialized(Role.CLIENT)
     async def Exists(self, request, context):
         results = await self._run(context, self.state.exists, list(request.keys), self.clock())
         return _with_statuses(pb.ExistsResponse(), request.keys, results)
 
-    @_serialized
+    @_serialized(Role.CLIENT)
     async def Remove(self, request, context):
         results = await self._run(context, self.state.remove, list(request.keys), request.force,
                                   self.clock())
         return _with_statuses(pb.KeysResponse(), request.keys, results)
 
-    @_serialized
+    @_serialized(Role.ADMIN)
     async def RemoveAll(self, request, context):
         removed = self.state.remove_all(request.force, self.clock())
         log.info(kv("remove_all", force=request.force, removed=removed))

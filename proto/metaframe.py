@@ -9,6 +9,20 @@ MasterService.Hello. One request in flight per connection; answers come back in 
     request:  magic "MCM1", method u8, length u32, then the request message
     response: status i32 (0, or the Mooncake code that ended the whole call), length u32,
               then the response message (status 0) or a UTF-8 error message
+
+Authentication (a master started with --tokens, master/auth.py): a connection presents its
+bearer token once, in a frame of method 0 before its first call:
+
+    auth:     magic "MCM1", method 0 (AUTH), length u32 (at most 4096), then the token (ASCII)
+    answer:   status 0 and length 0 when the master knows the token (an open master takes any);
+              else status -1300 (UNAUTHENTICATED) and a message, and the master closes the
+              connection
+
+The token then stands for every call on that connection and is checked on each call exactly
+as gRPC's `authorization: Bearer` metadata is: a call on a connection that has not
+authenticated is answered -1300, one its token's role may not make -1301
+(PERMISSION_DENIED); either way the connection stays open. Under TLS the master does not
+open this port at all (it has no TLS): clients then make every call over gRPC.
 """
 from __future__ import annotations
 
@@ -16,6 +30,7 @@ import socket
 import struct
 
 from mooncake_proto import mooncake_pb2 as pb
+from mooncake_proto.rpc import MAX_TOKEN_BYTES
 
 MAGIC = b"MCM1"
 REQUEST = struct.Struct("!4sBI")
@@ -24,6 +39,14 @@ MAX_FRAME_BYTES = 64 << 20  # as gRPC's message cap (proto/rpc.py)
 # the answer to a connection the master would not serve (at its connection cap): sent before
 # reading anything, so the client knows its call was not made. Not a Mooncake code.
 STATUS_BUSY = -10001
+
+AUTH = 0  # the method id of the auth frame (its body is the token, not a message)
+
+
+def auth_frame(token: str) -> bytes:
+    body = token.encode("ascii")
+    return REQUEST.pack(MAGIC, AUTH, len(body)) + body
+
 
 # method id -> (MasterService method, request type, response type)
 METHODS = {

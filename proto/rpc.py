@@ -1,10 +1,17 @@
-"""The one factory for every gRPC channel and server: message sizes, keepalive, shared options.
+"""The one factory for every gRPC channel and server: message sizes, keepalive, TLS, tokens.
 
-Security (TLS, tokens) will be added here so that no caller builds a channel of its own.
+No caller builds a channel or a listening port of its own, so one place decides how every
+process talks: TLS when a `Tls` says so (a server needs a certificate and key, a caller the CA
+that signed its peer's certificate), and the bearer token a channel presents on every call
+(`authorization: Bearer <token>`, checked by the master: master/auth.py).
 """
 from __future__ import annotations
 
+import collections
+import dataclasses
+
 import grpc
+import grpc.aio
 
 MAX_MESSAGE_BYTES = 64 << 20
 
@@ -23,26 +30,140 @@ _SERVER_OPTIONS = _OPTIONS + [
 ]
 
 
-def client_channel(target: str) -> grpc.Channel:
-    """A blocking channel, for the client SDK."""
-    return grpc.insecure_channel(target, options=_OPTIONS)
+AUTH_METADATA_KEY = "authorization"
+BEARER = "bearer "  # the scheme, matched without regard to case (RFC 6750)
+MAX_TOKEN_BYTES = 4096
 
 
-def aio_channel(target: str) -> grpc.aio.Channel:
-    """An asyncio channel, for daemons talking to other daemons."""
-    return grpc.aio.insecure_channel(target, options=_OPTIONS)
+@dataclasses.dataclass(frozen=True)
+class Tls:
+    """PEM bytes: this process's certificate chain and key (what it serves with), and the CA
+    it verifies the servers it calls with. Either half may be empty: no TLS that way."""
+    cert: bytes = b""
+    key: bytes = b""
+    ca: bytes = b""
+
+    @classmethod
+    def load(cls, cert_path: str = "", key_path: str = "", ca_path: str = "") -> "Tls":
+        """Reads the files given (empty paths: none); ValueError or OSError says what is wrong."""
+        if bool(cert_path) != bool(key_path):
+            raise ValueError("--tls-cert and --tls-key go together")
+        return cls(_read_pem(cert_path, "CERTIFICATE"), _read_pem(key_path, "PRIVATE KEY"),
+                   _read_pem(ca_path, "CERTIFICATE"))
+
+    @property
+    def serving(self) -> bool:
+        """Servers listen with TLS."""
+        return bool(self.cert)
+
+    @property
+    def calling(self) -> bool:
+        """Channels use TLS and verify their server against `ca`."""
+        return bool(self.ca)
+
+
+NO_TLS = Tls()
+
+
+def _read_pem(path: str, kind: str) -> bytes:
+    if not path:
+        return b""
+    with open(path, "rb") as f:
+        data = f.read()
+    if b"-----BEGIN " not in data or kind.encode() not in data:
+        raise ValueError(f"{path}: not a PEM {kind.lower()}")
+    return data
+
+
+def check_token(token: str) -> str:
+    """The token, if it can travel in gRPC metadata: 1..4096 printable ASCII characters, no
+    spaces; ValueError otherwise."""
+    if not token:
+        raise ValueError("empty token")
+    if len(token) > MAX_TOKEN_BYTES or not all("!" <= ch <= "~" for ch in token):
+        raise ValueError(f"a token is 1..{MAX_TOKEN_BYTES} printable ASCII characters "
+                         "without spaces")
+    return token
+
+
+def bearer_token(metadata) -> str:
+    """The token of a call's `authorization: Bearer <token>` metadata ("" when none)."""
+    for key, value in metadata or ():
+        if key == AUTH_METADATA_KEY and isinstance(value, str) \
+                and value[:len(BEARER)].lower() == BEARER:
+            return value[len(BEARER):].strip()
+    return ""
+
+
+def client_channel(target: str, tls: Tls = NO_TLS, token: str = "") -> grpc.Channel:
+    """A blocking channel, for the client SDK: TLS when `tls.ca` is set, `token` on every call."""
+    if tls.calling:
+        channel = grpc.secure_channel(target, grpc.ssl_channel_credentials(tls.ca),
+                                      options=_OPTIONS)
+    else:
+        channel = grpc.insecure_channel(target, options=_OPTIONS)
+    return grpc.intercept_channel(channel, _BearerToken(token)) if token else channel
+
+
+def aio_channel(target: str, tls: Tls = NO_TLS, token: str = "") -> grpc.aio.Channel:
+    """An asyncio channel, for daemons talking to other daemons (as client_channel)."""
+    interceptors = [_AioBearerToken(token)] if token else None
+    if tls.calling:
+        return grpc.aio.secure_channel(target, grpc.ssl_channel_credentials(tls.ca),
+                                       options=_OPTIONS, interceptors=interceptors)
+    return grpc.aio.insecure_channel(target, options=_OPTIONS, interceptors=interceptors)
 
 
 def aio_server() -> grpc.aio.Server:
     return grpc.aio.server(options=_SERVER_OPTIONS)
 
 
-def bind(server: grpc.aio.Server, host: str, port: int) -> str:
-    """Binds host:port (port 0 picks one) and returns the address actually bound."""
-    bound = server.add_insecure_port(f"{host}:{port}")
+def bind(server: grpc.aio.Server, host: str, port: int, tls: Tls = NO_TLS) -> str:
+    """Binds host:port (port 0 picks one), with TLS when `tls.cert` is set, and returns the
+    address actually bound."""
+    address = f"{host}:{port}"
+    if tls.serving:
+        bound = server.add_secure_port(
+            address, grpc.ssl_server_credentials([(tls.key, tls.cert)]))
+    else:
+        bound = server.add_insecure_port(address)
     if bound == 0:
-        raise OSError(f"cannot bind gRPC on {host}:{port}")
+        raise OSError(f"cannot bind gRPC on {address}")
     return f"{host}:{bound}"
+
+
+# every MasterService and WorkerService call is unary-unary: a stream would go out without
+# the token, and the master would refuse it (closed by default)
+class _CallDetails(collections.namedtuple(
+        "_CallDetails", ("method", "timeout", "metadata", "credentials", "wait_for_ready",
+                         "compression")), grpc.ClientCallDetails):
+    pass
+
+
+class _BearerToken(grpc.UnaryUnaryClientInterceptor):
+    """Adds `authorization: Bearer <token>` to every call of a blocking channel."""
+
+    def __init__(self, token: str):
+        self._metadatum = (AUTH_METADATA_KEY, f"Bearer {check_token(token)}")
+
+    def intercept_unary_unary(self, continuation, details, request):
+        return continuation(_CallDetails(
+            details.method, details.timeout, (*(details.metadata or ()), self._metadatum),
+            details.credentials, getattr(details, "wait_for_ready", None),
+            getattr(details, "compression", None)), request)
+
+
+class _AioBearerToken(grpc.aio.UnaryUnaryClientInterceptor):
+    """The same for an asyncio channel."""
+
+    def __init__(self, token: str):
+        self._metadatum = (AUTH_METADATA_KEY, f"Bearer {check_token(token)}")
+
+    async def intercept_unary_unary(self, continuation, details, request):
+        metadata = grpc.aio.Metadata(*(details.metadata or ()), self._metadatum)
+        return await continuation(grpc.aio.ClientCallDetails(
+            details.method, details.timeout, metadata, details.credentials,
+            details.wait_for_ready), request)
 
 
 # ---- errors across gRPC: one table out (servicers), one function back (clients) ----

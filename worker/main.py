@@ -6,6 +6,7 @@ import logging
 import sys
 
 from mooncake_native import rdma
+from mooncake_proto import rpc
 from mooncake_proto.cli import BOOL, SIZE, Option, load_settings
 from mooncake_proto.daemon import kv, setup_logging, stop_event, write_ready_file
 from mooncake_proto.errors import MooncakeError
@@ -38,22 +39,39 @@ OPTIONS = [
     Option("--rdma-device", "", str, "RDMA device to serve on (default: the first active one)"),
     Option("--list-rdma-devices", False, BOOL, "print this host's RDMA devices and exit",
            is_switch=True),
+    Option("--token-file", "", str, "file holding the worker token of the master's --tokens"),
+    Option("--tls-cert", "", str, "PEM certificate chain: serve gRPC over TLS (with --tls-key)"),
+    Option("--tls-key", "", str, "PEM private key of --tls-cert"),
+    Option("--tls-ca", "", str, "PEM CA file: call the master over TLS, verifying it with it"),
 ]
 
 
-async def serve(settings) -> int:
+def read_token_file(path: str) -> str:
+    """The token in a token file (surrounding whitespace ignored); ValueError when unusable."""
+    if not path:
+        return ""
+    with open(path, encoding="ascii", errors="replace") as f:
+        token = f.read().strip()
+    try:
+        return rpc.check_token(token)
+    except ValueError as exc:
+        raise ValueError(f"{path}: {exc}") from None
+
+
+async def serve(settings, token: str, tls: rpc.Tls) -> int:
     stop = stop_event()
     # the SSD directory joins the identity only when given: ids of DRAM-only workers stay
     worker_id = settings.worker_id or default_worker_id(
         settings.shm_dir, *([settings.ssd] if settings.ssd else []))
     node = WorkerNode(worker_id, settings.master, settings.dram, settings.shm_dir,
-                      settings.rdma_device, settings.ssd, settings.ssd_size)
+                      settings.rdma_device, settings.ssd, settings.ssd_size, token=token,
+                      tls=tls)
     await node.start(settings.host, settings.data_port, settings.grpc_port, settings.http_port)
     ssd = ({"ssd_bytes": node.ssd.size_bytes, "ssd_segment": node.ssd.path}
            if node.ssd is not None else {})
     log.info(kv("worker_listening", worker_id=worker_id, data=node.data_addr,
                 grpc=node.grpc_addr, http=node.http_addr, dram_bytes=settings.dram,
-                segment=node.dram.path, **ssd))
+                segment=node.dram.path, tls="on" if tls.serving else "off", **ssd))
     heartbeats = None
     try:
         if await node.register(stop):
@@ -99,8 +117,14 @@ def main(argv: list[str] | None = None) -> int:
     if bool(settings.ssd) != bool(settings.ssd_size):
         print("mooncake-worker: --ssd and --ssd-size go together", file=sys.stderr)
         return 2
+    try:  # bad security files stop the worker before it serves anything
+        token = read_token_file(settings.token_file)
+        tls = rpc.Tls.load(settings.tls_cert, settings.tls_key, settings.tls_ca)
+    except (OSError, ValueError) as exc:
+        print(f"mooncake-worker: {exc}", file=sys.stderr)
+        return 2
     setup_logging(settings.log_level)
-    return asyncio.run(serve(settings))
+    return asyncio.run(serve(settings, token, tls))
 
 
 if __name__ == "__main__":

@@ -59,13 +59,17 @@ def open_ssd_segment(path: str, size_bytes: int) -> FileSegment:
 
 class WorkerNode:
     def __init__(self, worker_id: str, masters: list[str], dram_bytes: int, shm_dir: str,
-                 rdma_device: str = "", ssd_dir: str = "", ssd_bytes: int = 0):
-        """ssd_dir and ssd_bytes (both or neither) add the SSD segment, served from a file."""
+                 rdma_device: str = "", ssd_dir: str = "", ssd_bytes: int = 0,
+                 token: str = "", tls: rpc.Tls = rpc.NO_TLS):
+        """ssd_dir and ssd_bytes (both or neither) add the SSD segment, served from a file.
+        token: the worker token sent to the master; tls: the certificate the WorkerService
+        serves with and the CA that verifies the master (proto/rpc.py)."""
         if bool(ssd_dir) != bool(ssd_bytes):
             raise ValueError("an SSD segment needs both a directory and a size")
         self.worker_id = worker_id
         self.node_id = node_id()
         self.masters = masters
+        self.token, self.tls = token, tls
         self.dram = SegmentMapping(dram_segment_path(shm_dir, worker_id), dram_bytes, create=True)
         self.ssd = open_ssd_segment(ssd_segment_path(ssd_dir, worker_id), ssd_bytes) \
             if ssd_dir else None
@@ -89,7 +93,7 @@ class WorkerNode:
     def _master_stub(self) -> tuple[str, pb_grpc.MasterServiceStub]:
         master = self.masters[self._master_index % len(self.masters)]
         if self._channel is None:
-            self._channel = rpc.aio_channel(master)
+            self._channel = rpc.aio_channel(master, self.tls, self.token)
         return master, pb_grpc.MasterServiceStub(self._channel)
 
     async def _next_master(self) -> None:
@@ -111,7 +115,7 @@ class WorkerNode:
         self.data_addr = self.data_server.start(host, data_port)
         self._grpc_server = rpc.aio_server()
         pb_grpc.add_WorkerServiceServicer_to_server(WorkerServicer(self), self._grpc_server)
-        self.grpc_addr = rpc.bind(self._grpc_server, host, grpc_port)
+        self.grpc_addr = rpc.bind(self._grpc_server, host, grpc_port, self.tls)
         await self._grpc_server.start()
         self.http_addr = await self._http.start(host, http_port)
 
@@ -147,8 +151,12 @@ class WorkerNode:
                             master_id=reply.master_id, data=self.data_addr))
                 return True
             except grpc.aio.AioRpcError as exc:
-                log.warning(kv("register_failed", master=master, code=exc.code().name,
-                               detail=exc.details(), retry_in_s=f"{delay:.2f}"))
+                # a refused token will not fix itself: said louder than a master not up yet
+                refused = exc.code() in (grpc.StatusCode.UNAUTHENTICATED,
+                                         grpc.StatusCode.PERMISSION_DENIED)
+                log.log(logging.ERROR if refused else logging.WARNING,
+                        kv("register_failed", master=master, code=exc.code().name,
+                           detail=exc.details(), retry_in_s=f"{delay:.2f}"))
                 await self._next_master()
             try:
                 await asyncio.wait_for(stop.wait(), timeout=delay * (0.5 + random.random()))
