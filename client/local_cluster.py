@@ -71,6 +71,32 @@ class Daemon:
         except OSError:
             return "(no log)"
 
+    def pause(self, timeout_s: float = STOP_TIMEOUT_S) -> None:
+        """SIGSTOP, then waits until every thread of the daemon is stopped: a group stop
+        starts only when one of its threads runs, so on a busy host a daemon can still
+        answer a request for a while after the signal is sent."""
+        self.proc.send_signal(signal.SIGSTOP)
+        deadline = time.monotonic() + timeout_s
+        while not self._all_threads_stopped():
+            if time.monotonic() > deadline:
+                raise ClusterError(f"{self.name} did not stop within {timeout_s}s")
+            time.sleep(0.001)  # polling the threads' state, not waiting a guessed time
+
+    def resume(self) -> None:
+        self.proc.send_signal(signal.SIGCONT)
+
+    def _all_threads_stopped(self) -> bool:
+        task_dir = f"/proc/{self.proc.pid}/task"
+        try:
+            for tid in os.listdir(task_dir):
+                with open(f"{task_dir}/{tid}/stat", encoding="ascii") as f:
+                    state = f.read().rpartition(")")[2].split()[0]
+                if state not in ("T", "t"):
+                    return False
+        except FileNotFoundError:
+            return False
+        return True
+
     def stop(self, sig: int = signal.SIGTERM, timeout_s: float = STOP_TIMEOUT_S) -> int:
         if self.proc.poll() is None:
             self.proc.send_signal(sig)

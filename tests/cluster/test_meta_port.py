@@ -127,18 +127,18 @@ def test_a_write_whose_answer_is_lost_raises_and_is_never_sent_twice(fresh_clust
     import threading
     from mooncake_proto.errors import UnavailableError
     cluster = fresh_cluster(workers=1, dram="8MiB")
-    master = cluster.master.proc
+    master = cluster.master
     with Client(cluster.master_addr, rpc_timeout_s=0.5) as c:
         c.put("meta/warm", b"w")  # the framed channel exists and has an idle connection
-        master.send_signal(signal.SIGSTOP)
-        resume = threading.Timer(1.0, master.send_signal, args=(signal.SIGCONT,))
+        master.pause()
+        resume = threading.Timer(1.0, master.resume)
         resume.start()  # the fault's length, not a wait for readiness
         try:
             with pytest.raises(UnavailableError, match="outcome is unknown"):
                 c.put("meta/lost", b"data")
         finally:
             resume.join()
-            master.send_signal(signal.SIGCONT)
+            master.resume()
         # the store says what happened: never "present" without its bytes
         assert c.get("meta/lost") is None
         c.put("meta/after-stall", b"ok")

@@ -66,11 +66,11 @@ def test_pooled_connections_survive_a_worker_restart_on_the_same_port(fresh_clus
 
 def test_a_paused_worker_costs_one_timeout_per_call_not_one_per_key(fresh_cluster):
     cluster = fresh_cluster(workers=1, dram="8MiB")
-    paused = cluster.workers["worker-0"].proc
+    paused = cluster.workers["worker-0"]
     with Client(cluster.master_addr, transports=("tcp",), transfer_timeout_s=1.0) as c:
         keys = [f"p{i}" for i in range(8)]
         c.batch_put(keys, [os.urandom(1000)] * 8)
-        paused.send_signal(signal.SIGSTOP)
+        paused.pause()
         try:
             t0 = time.monotonic()
             with pytest.raises(BatchError) as info:
@@ -82,5 +82,5 @@ def test_a_paused_worker_costs_one_timeout_per_call_not_one_per_key(fresh_cluste
             # eight keys each waiting out the 1 s timeout would take 16 s or more
             assert time.monotonic() - t0 < 6.0
         finally:
-            paused.send_signal(signal.SIGCONT)
+            paused.resume()
         assert c.batch_exists([f"q{i}" for i in range(8)]) == [False] * 8  # revoked
