@@ -123,7 +123,6 @@ def test_a_write_whose_answer_is_lost_raises_and_is_never_sent_twice(fresh_clust
     """The master stalls past the client's timeout while a put is in flight: the put must
     fail loudly. Sending PutStart again would meet the first one's PENDING key, count as
     'already exists' and report success for bytes that were never written."""
-    import signal
     import threading
     from mooncake_proto.errors import UnavailableError
     cluster = fresh_cluster(workers=1, dram="8MiB")
