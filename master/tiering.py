@@ -137,7 +137,7 @@ class Tiering:
                              now, report)
             if seg.allocator.free_bytes > free_before:
                 return 0.0
-        return self._room_coming_in_s(now)
+        return self._room_coming_in_s(size, now)
 
     def _segment_to_evict(self, size: int, preferred_worker: str, client_node_id: str,
                           now: float) -> Segment | None:
@@ -158,13 +158,17 @@ class Tiering:
                     return seg
         return None
 
-    def _room_coming_in_s(self, now: float) -> float | None:
-        """How soon DRAM space already on its way out is free: a demotion in flight, or a
-        range waiting for the grants on it to expire; None when none is."""
-        if any(m.src.tier == TIER_DRAM for m in self.moves.values()):
+    def _room_coming_in_s(self, size: int, now: float) -> float | None:
+        """How soon space already on its way out is free on a DRAM segment that could hold
+        size bytes: a demotion in flight, or a range waiting for the grants on it to expire;
+        None when none is (space freed where the object cannot fit is no reason to wait)."""
+        def could_hold(worker_id: str, segment_id: int) -> bool:
+            seg = self.workers[worker_id].segments[segment_id]
+            return seg.tier == TIER_DRAM and seg.size_bytes >= size
+        if any(could_hold(m.src.worker_id, m.src.segment_id) for m in self.moves.values()):
             return MOVE_RETRY_S
         waits = [p.free_at - now for p in self.pending_frees
-                 if self.workers[p.worker_id].segments[p.segment_id].tier == TIER_DRAM]
+                 if could_hold(p.worker_id, p.segment_id)]
         return max(MIN_RETRY_S, min(waits)) if waits else None
 
     # -- promotion ------------------------------------------------------------------------
