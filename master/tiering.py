@@ -212,7 +212,7 @@ class Tiering:
             return []
         taken = []
         for move in self.moves.values():
-            if not move.sent_at:
+            if move.sent_at is None:
                 move.sent_at = now
                 taken.append(dataclasses.replace(move, src=dataclasses.replace(move.src),
                                                  dst=dataclasses.replace(move.dst)))
@@ -244,15 +244,16 @@ class Tiering:
         return False
 
     def _move_grant_expires_at(self, move: Move) -> float:
-        sent = move.sent_at or move.created_at
+        sent = move.waiting_since
         return sent + self.config.move_timeout_s + 2 * self.config.grant_margin_s
 
     def _abandon_stalled_moves(self, now: float, report: TickReport) -> None:
         for move in [m for m in self.moves.values()
-                     if now - (m.sent_at or m.created_at) > self.config.move_timeout_s]:
-            if not move.sent_at:
+                     if now - m.waiting_since > self.config.move_timeout_s]:
+            if move.sent_at is None:
                 self.unsent_moves -= 1
-            self.finish_move(move.move_id, MOVE_UNKNOWN if move.sent_at else MOVE_FAILED, now)
+            self.finish_move(move.move_id, MOVE_FAILED if move.sent_at is None else MOVE_UNKNOWN,
+                             now)
             report.moves_abandoned += 1
 
     def _forget_moves_of(self, worker_id: str) -> list:
@@ -261,11 +262,11 @@ class Tiering:
         held = []
         for move in [m for m in self.moves.values() if m.worker_id == worker_id]:
             del self.moves[move.move_id]
-            if not move.sent_at:
+            if move.sent_at is None:
                 self.unsent_moves -= 1
             obj = self.objects.get(move.key)
             if obj is not None and obj.put_id == move.put_id:
                 obj.moving = False
-            if move.sent_at:
+            if move.sent_at is not None:
                 held.append((move.dst, self._move_grant_expires_at(move)))
         return held
