@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import dataclasses
 
+from mooncake_master.allocator import align_up
 from mooncake_master.model import (COMPLETE, DEMOTE, PROMOTE, TIER_DRAM, TIER_SSD, Move,
                                    ObjectMeta, Replica, Segment, TickReport)
 
@@ -188,7 +189,8 @@ class Tiering:
         for replica in obj.replicas:
             for seg in self.workers[replica.worker_id].segments.values():
                 limit = self.config.high_watermark * seg.size_bytes
-                if seg.tier != TIER_DRAM or seg.allocator.used_bytes + obj.size > limit:
+                needed = align_up(obj.size, seg.allocator.alignment)  # what allocate takes
+                if seg.tier != TIER_DRAM or seg.allocator.used_bytes + needed > limit:
                     continue
                 dst = self._allocate_in(seg, obj.size)
                 if dst is not None:
