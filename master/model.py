@@ -120,7 +120,12 @@ class Move:
     src: Replica
     dst: Replica
     created_at: float
-    sent_at: float = 0.0  # 0: not handed to the mover yet
+    sent_at: float | None = None  # None: not handed to the mover yet (0.0 is a time)
+
+    @property
+    def waiting_since(self) -> float:
+        """When its timeout started: handed to the mover, else planned."""
+        return self.created_at if self.sent_at is None else self.sent_at
 
     @property
     def worker_id(self) -> str:

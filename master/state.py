@@ -418,7 +418,7 @@ class MasterState(Placement, Tiering):
             self._validate_move(move)
             self._expect_range(expected, move.dst.worker_id, move.dst.segment_id,
                                move.dst.offset, move.dst.length, f"target of move {move.move_id}")
-        unsent = sum(1 for m in self.moves.values() if not m.sent_at)
+        unsent = sum(1 for m in self.moves.values() if m.sent_at is None)
         assert unsent == self.unsent_moves, f"{unsent} unsent moves, counted {self.unsent_moves}"
         for (worker_id, segment_id), blocks in expected.items():
             allocated = self.workers[worker_id].segments[segment_id].allocator.allocated_blocks()

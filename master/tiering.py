@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import dataclasses
 
+from mooncake_master.allocator import align_up
 from mooncake_master.model import (COMPLETE, DEMOTE, PROMOTE, TIER_DRAM, TIER_SSD, Move,
                                    ObjectMeta, Replica, Segment, TickReport)
 
@@ -110,19 +111,29 @@ class Tiering:
     def _evict_over_watermark(self, now: float, report: TickReport) -> None:
         """Every segment whose use, less what is already leaving it, is past the high
         watermark frees eviction_ratio of its size."""
-        leaving: dict[tuple[str, int], int] = {}
-        for pending in self.pending_frees:
-            at = (pending.worker_id, pending.segment_id)
-            leaving[at] = leaving.get(at, 0) + pending.length
-        for move in self.moves.values():
-            at = (move.src.worker_id, move.src.segment_id)
-            leaving[at] = leaving.get(at, 0) + move.src.length
+        leaving = self._leaving_bytes(now, float("inf"))
         for worker in self.workers.values():
             for seg in worker.segments.values():
                 used = seg.allocator.used_bytes - leaving.get((seg.worker_id, seg.segment_id), 0)
                 if used > self.config.high_watermark * seg.size_bytes:
                     self._evict_from(seg, self.config.eviction_ratio * seg.size_bytes, now,
                                      report)
+
+    def _leaving_bytes(self, now: float, within_s: float) -> dict[tuple[str, int], int]:
+        """Bytes per (worker, segment) on their way out: demotions copying, and ranges that
+        come free within within_s (once the grants on them expire)."""
+        leaving: dict[tuple[str, int], int] = {}
+        for pending in self.pending_frees:
+            if pending.free_at - now <= within_s:
+                at = (pending.worker_id, pending.segment_id)
+                leaving[at] = leaving.get(at, 0) + pending.length
+        for move in self.moves.values():
+            obj = self.objects.get(move.key)
+            if obj is None or obj.put_id != move.put_id:
+                continue  # its object went meanwhile, and the source range with it
+            at = (move.src.worker_id, move.src.segment_id)
+            leaving[at] = leaving.get(at, 0) + move.src.length
+        return leaving
 
     def _make_room(self, size: int, preferred_worker: str, client_node_id: str,
                    now: float, report: TickReport) -> float | None:
@@ -132,12 +143,17 @@ class Tiering:
         be freed (NO_SPACE)."""
         seg = self._segment_to_evict(size, preferred_worker, client_node_id, now)
         if seg is not None:
+            # a writer retrying while a demotion copies must not demote one more object per
+            # retry: what already leaves soon (an eviction's own grants) counts
+            soon = self._leaving_bytes(now, 2 * self.config.grant_margin_s)
+            want = max(size, self.config.eviction_ratio * seg.size_bytes) \
+                - soon.get((seg.worker_id, seg.segment_id), 0)
             free_before = seg.allocator.free_bytes
-            self._evict_from(seg, max(size, self.config.eviction_ratio * seg.size_bytes),
-                             now, report)
+            if want > 0:
+                self._evict_from(seg, want, now, report)
             if seg.allocator.free_bytes > free_before:
                 return 0.0
-        return self._room_coming_in_s(now)
+        return self._room_coming_in_s(size, now)
 
     def _segment_to_evict(self, size: int, preferred_worker: str, client_node_id: str,
                           now: float) -> Segment | None:
@@ -158,17 +174,21 @@ class Tiering:
                     return seg
         return None
 
-    def _room_coming_in_s(self, now: float) -> float | None:
-        """How soon DRAM space may come free: a demotion in flight, a range waiting for the
-        grants on it to expire, a lease running out on an object that may then go; None when
-        nothing but an explicit remove can free any."""
-        if any(m.src.tier == TIER_DRAM for m in self.moves.values()):
+    def _room_coming_in_s(self, size: int, now: float) -> float | None:
+        """How soon space may come free on a DRAM segment that could hold size bytes: a
+        demotion in flight, a range waiting for the grants on it to expire, a lease running
+        out on an object that may then be evicted; None when nothing but an explicit remove
+        can free any (space freed where the object cannot fit is no reason to wait)."""
+        def could_hold(worker_id: str, segment_id: int) -> bool:
+            seg = self.workers[worker_id].segments[segment_id]
+            return seg.tier == TIER_DRAM and seg.size_bytes >= size
+        if any(could_hold(m.src.worker_id, m.src.segment_id) for m in self.moves.values()):
             return MOVE_RETRY_S
         waits = [p.free_at - now for p in self.pending_frees
-                 if self.workers[p.worker_id].segments[p.segment_id].tier == TIER_DRAM]
+                 if could_hold(p.worker_id, p.segment_id)]
         waits.extend(obj.lease_until - now for obj in self.objects.values()
                      if obj.lease_until > now and obj.state == COMPLETE and not obj.hard_pin
-                     and any(r.tier == TIER_DRAM for r in obj.replicas))
+                     and any(could_hold(r.worker_id, r.segment_id) for r in obj.replicas))
         return max(MIN_RETRY_S, min(waits)) if waits else None
 
     # -- promotion ------------------------------------------------------------------------
@@ -188,7 +208,8 @@ class Tiering:
         for replica in obj.replicas:
             for seg in self.workers[replica.worker_id].segments.values():
                 limit = self.config.high_watermark * seg.size_bytes
-                if seg.tier != TIER_DRAM or seg.allocator.used_bytes + obj.size > limit:
+                needed = align_up(obj.size, seg.allocator.alignment)  # what allocate takes
+                if seg.tier != TIER_DRAM or seg.allocator.used_bytes + needed > limit:
                     continue
                 dst = self._allocate_in(seg, obj.size)
                 if dst is not None:
@@ -212,7 +233,7 @@ class Tiering:
             return []
         taken = []
         for move in self.moves.values():
-            if not move.sent_at:
+            if move.sent_at is None:
                 move.sent_at = now
                 taken.append(dataclasses.replace(move, src=dataclasses.replace(move.src),
                                                  dst=dataclasses.replace(move.dst)))
@@ -244,15 +265,16 @@ class Tiering:
         return False
 
     def _move_grant_expires_at(self, move: Move) -> float:
-        sent = move.sent_at or move.created_at
+        sent = move.waiting_since
         return sent + self.config.move_timeout_s + 2 * self.config.grant_margin_s
 
     def _abandon_stalled_moves(self, now: float, report: TickReport) -> None:
         for move in [m for m in self.moves.values()
-                     if now - (m.sent_at or m.created_at) > self.config.move_timeout_s]:
-            if not move.sent_at:
+                     if now - m.waiting_since > self.config.move_timeout_s]:
+            if move.sent_at is None:
                 self.unsent_moves -= 1
-            self.finish_move(move.move_id, MOVE_UNKNOWN if move.sent_at else MOVE_FAILED, now)
+            self.finish_move(move.move_id, MOVE_FAILED if move.sent_at is None else MOVE_UNKNOWN,
+                             now)
             report.moves_abandoned += 1
 
     def _forget_moves_of(self, worker_id: str) -> list:
@@ -261,11 +283,11 @@ class Tiering:
         held = []
         for move in [m for m in self.moves.values() if m.worker_id == worker_id]:
             del self.moves[move.move_id]
-            if not move.sent_at:
+            if move.sent_at is None:
                 self.unsent_moves -= 1
             obj = self.objects.get(move.key)
             if obj is not None and obj.put_id == move.put_id:
                 obj.moving = False
-            if move.sent_at:
+            if move.sent_at is not None:
                 held.append((move.dst, self._move_grant_expires_at(move)))
         return held
