@@ -8,23 +8,27 @@ import time
 
 from mooncake_master.auth import Authenticator, load_tokens
 from mooncake_master.meta_server import MetaServer
+from mooncake_master.metrics import master_registry
 from mooncake_master.mover import Mover
 from mooncake_master.state import MasterConfig, MasterState
 from mooncake_master.servicer import MasterServicer
+from mooncake_proto import mooncake_pb2 as pb
 from mooncake_proto import mooncake_pb2_grpc as pb_grpc
 from mooncake_proto import rpc
 from mooncake_proto.cli import DURATION, Option, load_settings
-from mooncake_proto.daemon import HttpServer, json_response, kv, setup_logging, stop_event, \
-    write_ready_file
+from mooncake_proto.daemon import HttpServer, json_response, kv, metrics_response, \
+    setup_logging, stop_event, write_ready_file
 
 log = logging.getLogger("mooncake.master")
 
 TICK_INTERVAL_S = 0.1
+MASTER_SERVICE = pb.DESCRIPTOR.services_by_name["MasterService"].full_name  # for health checks
 
 OPTIONS = [
     Option("--host", "127.0.0.1", str, "address to listen on (0.0.0.0 for every interface)"),
     Option("--port", 50051, int, "gRPC port (0 picks one)"),
-    Option("--http-port", 9003, int, "HTTP port for /health, /stats, /get_all_segments"),
+    Option("--http-port", 9003, int,
+           "HTTP port for /metrics, /health, /stats, /get_all_segments (0 picks one)"),
     Option("--meta-port", 50052, int,
            "framed metadata port for clients' hot calls (0 picks one, -1 turns it off)"),
     Option("--lease-ttl", "10s", DURATION, "read lease granted by GetReplicas and Exists"),
@@ -44,13 +48,19 @@ OPTIONS = [
 
 
 class MasterHttp:
-    """The master's HTTP endpoints (read-only views of the state, under its lock)."""
+    """The master's HTTP endpoints: read-only views of the state, under its lock (none
+    mutates, so none asks for the admin token)."""
 
-    def __init__(self, state: MasterState, lock):
+    def __init__(self, state: MasterState, lock, registry):
         self.state = state
         self.lock = lock
+        self.registry = registry  # master/metrics.py: this master's alone
         self.server = HttpServer({"/health": self.health, "/stats": self.stats,
-                                  "/get_all_segments": self.get_all_segments})
+                                  "/get_all_segments": self.get_all_segments,
+                                  "/metrics": self.metrics})
+
+    async def metrics(self, _query):
+        return metrics_response(self.registry)
 
     async def health(self, _query):
         return 200, "application/json", b'{"status": "ok"}\n'
@@ -104,6 +114,7 @@ async def serve(settings, auth: Authenticator, tls: rpc.Tls) -> int:
     servicer = MasterServicer(state, auth=auth)
     server = rpc.aio_server()
     pb_grpc.add_MasterServiceServicer_to_server(servicer, server)
+    health = await rpc.Health(server, MASTER_SERVICE).start()
     grpc_addr = rpc.bind(server, settings.host, settings.port, tls)
     await server.start()
     meta = MetaServer(servicer)
@@ -112,11 +123,13 @@ async def serve(settings, auth: Authenticator, tls: rpc.Tls) -> int:
                                             "clients make every call over gRPC"))
     elif settings.meta_port >= 0:
         servicer.meta_addr = await meta.start(settings.host, settings.meta_port)
-    http = MasterHttp(state, servicer.lock)
+    http = MasterHttp(state, servicer.lock,
+                      master_registry(state, servicer.lock, servicer.rpc_stats))
     http_addr = await http.server.start(settings.host, settings.http_port)
     log_security(auth, tls)
     log.info(kv("master_serving", master_id=servicer.master_id, grpc=grpc_addr, http=http_addr,
                 meta=servicer.meta_addr or "off", tls="on" if tls.serving else "off"))
+    await health.set_serving(True)
     write_ready_file(settings.ready_file, {"grpc": grpc_addr, "http": http_addr,
                                            "meta": servicer.meta_addr})
     mover = Mover(state, servicer.lock, tls=tls)
@@ -125,6 +138,7 @@ async def serve(settings, auth: Authenticator, tls: rpc.Tls) -> int:
     moving = asyncio.create_task(mover.run(stop))
     await stop.wait()
     log.info(kv("master_stopping", master_id=servicer.master_id))
+    await health.shutdown()
     await ticker
     await moving
     await meta.stop()

@@ -13,17 +13,19 @@ import time
 import uuid
 
 from mooncake_master.auth import Authenticator, Role
+from mooncake_master.metrics import RpcStats
 from mooncake_master.state import MasterState, PlacementConfig, SegmentSpec
 from mooncake_proto import grants
 from mooncake_proto import mooncake_pb2 as pb
 from mooncake_proto import mooncake_pb2_grpc as pb_grpc
 from mooncake_proto.daemon import kv
-from mooncake_proto.errors import MooncakeError
+from mooncake_proto.errors import ErrorCode, MooncakeError
 from mooncake_proto.rpc import abort_with, bearer_token
 
 log = logging.getLogger("mooncake.master")
 
 HEARTBEAT_INTERVAL_MS = 1000
+_INTERNAL_ERROR = int(ErrorCode.INTERNAL_ERROR)  # what a call that raised a bug counts as
 
 
 def _fill_status(status: pb.KeyStatus, key: str, result) -> None:
@@ -51,22 +53,36 @@ def _serialized(role: Role):
     does: gRPC calls and the framed port's both come through here), then runs the RPC under the
     servicer's lock: the framed port's threads call the same methods (master/meta_server.py),
     and MasterState must see one call at a time. The body never awaits while it holds the
-    lock; an abort (which does await) happens after release."""
+    lock; an abort (which does await) happens after release. Every call is recorded in
+    `rpc_stats` (master/metrics.py) here too, while the lock is held."""
     def decorate(method):
         name = method.__name__
 
         @functools.wraps(method)
         async def locked(self, request, context):
+            started = time.perf_counter()
             if not self.auth.open:
                 try:
                     self.auth.check(bearer_token(context.invocation_metadata()), role, name)
                 except MooncakeError as refused:
                     log.warning(kv("call_refused", method=name, peer=context.peer(),
                                    code=refused.code, reason=refused))
+                    with self.lock:
+                        self.rpc_stats.observe(name, time.perf_counter() - started, refused.code)
                     await abort_with(context, refused)
             try:
                 with self.lock:
-                    return await method(self, request, context)
+                    code, response = _INTERNAL_ERROR, None  # unless it returns
+                    try:
+                        response = await method(self, request, context)
+                        code = 0
+                        return response
+                    except _CallFailed as failed:
+                        code = failed.error.code
+                        raise
+                    finally:  # per-key codes of the answer, or the whole call's failure
+                        self.rpc_stats.observe(name, time.perf_counter() - started, code,
+                                               response)
             except _CallFailed as failed:
                 await abort_with(context, failed.error)
         locked.required_role = role  # tests check that every MasterService call has one
@@ -85,6 +101,7 @@ class MasterServicer(pb_grpc.MasterServiceServicer):
         self.lock = threading.RLock()  # every access to `state`: RPCs, the tick, HTTP views
         self.meta_addr = ""  # the framed metadata port, once it listens (master/meta_server.py)
         self.on_moves_planned = lambda: None  # wakes the mover (master/mover.py), any thread
+        self.rpc_stats = RpcStats()  # under `lock`, like the state (master/metrics.py)
 
     @_serialized(Role.CLIENT)
     async def Hello(self, request, context):

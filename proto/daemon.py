@@ -10,6 +10,8 @@ import sys
 import tempfile
 from typing import Awaitable, Callable
 
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
 HttpHandler = Callable[[str], Awaitable[tuple[int, str, bytes]]]
 
 
@@ -100,3 +102,8 @@ class HttpServer:
 
 def json_response(obj) -> tuple[int, str, bytes]:
     return 200, "application/json", (json.dumps(obj, indent=1) + "\n").encode()
+
+
+def metrics_response(registry) -> tuple[int, str, bytes]:
+    """A Prometheus text exposition of `registry` (a daemon's own CollectorRegistry)."""
+    return 200, CONTENT_TYPE_LATEST, generate_latest(registry)

@@ -4,6 +4,12 @@ No caller builds a channel or a listening port of its own, so one place decides 
 process talks: TLS when a `Tls` says so (a server needs a certificate and key, a caller the CA
 that signed its peer's certificate), and the bearer token a channel presents on every call
 (`authorization: Bearer <token>`, checked by the master: master/auth.py).
+
+Every daemon's server also carries the standard gRPC health service (`grpc.health.v1.Health`,
+`Health` below). The token check lives in the master's servicer wrapper, not in the server,
+so health checks pass without a token: load balancers and kubelet probes have none, and the
+answer tells nothing but "serving" or "not serving". (The channels' token interceptors add
+the token to unary calls only; a health Watch, a stream, goes without one, as it may.)
 """
 from __future__ import annotations
 
@@ -12,6 +18,8 @@ import dataclasses
 
 import grpc
 import grpc.aio
+from grpc_health.v1 import health as grpc_health
+from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 MAX_MESSAGE_BYTES = 64 << 20
 
@@ -130,6 +138,31 @@ def bind(server: grpc.aio.Server, host: str, port: int, tls: Tls = NO_TLS) -> st
     if bound == 0:
         raise OSError(f"cannot bind gRPC on {address}")
     return f"{host}:{bound}"
+
+
+class Health:
+    """The health service on one daemon's server: `""` (the whole server) and `service` (the
+    full name of the daemon's own service) answer NOT_SERVING until `set_serving(True)`,
+    and NOT_SERVING for good after `shutdown()`. Call `start()` before the server serves."""
+
+    def __init__(self, server: grpc.aio.Server, service: str):
+        self._servicer = grpc_health.aio.HealthServicer()
+        self.services = ("", service)
+        health_pb2_grpc.add_HealthServicer_to_server(self._servicer, server)
+
+    async def start(self) -> "Health":
+        await self.set_serving(False)
+        return self
+
+    async def set_serving(self, serving: bool) -> None:
+        status = health_pb2.HealthCheckResponse.SERVING if serving \
+            else health_pb2.HealthCheckResponse.NOT_SERVING
+        for name in self.services:
+            await self._servicer.set(name, status)
+
+    async def shutdown(self) -> None:
+        """NOT_SERVING from now on (watchers hear it) while the server drains its calls."""
+        await self._servicer.enter_graceful_shutdown()
 
 
 # every MasterService and WorkerService call is unary-unary: a stream would go out without

@@ -29,7 +29,7 @@ OPTIONS = [
     Option("--host", "127.0.0.1", str, "address to listen on and advertise"),
     Option("--data-port", 0, int, "TCP data-plane port (0 picks one)"),
     Option("--grpc-port", 0, int, "WorkerService gRPC port (0 picks one)"),
-    Option("--http-port", 9300, int, "HTTP port for /health and /stats (0 picks one)"),
+    Option("--http-port", 9300, int, "HTTP port for /metrics, /health and /stats (0 picks one)"),
     Option("--worker-id", "", str, "stable identity (default: host name + data directories)"),
     Option("--shm-dir", "/dev/shm", str, "directory of the DRAM segment file"),
     Option("--ssd", "", str, "directory of the SSD segment file (with --ssd-size)"),

@@ -53,6 +53,9 @@ class ReplicaMover:
         self._closed = False
         self.items_moved = 0
         self.bytes_moved = 0
+        self.items_failed = 0
+        # (source tier, destination tier) -> [items, bytes] moved (the worker's metrics)
+        self.moved_by_tiers: dict[tuple[str, str], list[int]] = {}
 
     def move_batch(self, items: Sequence[pb.MoveItem]) -> list[MoveStatus]:
         """One status per item, in order; blocks (run it off the event loop)."""
@@ -61,12 +64,19 @@ class ReplicaMover:
             statuses = [self._move_or_status(item) for item in items]
         moved = sum(item.length for item, s in zip(items, statuses) if s.code == 0)
         failed = [s for s in statuses if s.code != 0]
+        self.items_failed += len(failed)
         fields = {"items": len(items), "failed": len(failed), "bytes": moved,
                   "ms": f"{(time.monotonic() - started) * 1000:.1f}"}
         if failed:
             fields.update(first_code=failed[0].code, first_error=failed[0].message)
         log.log(logging.WARNING if failed else logging.INFO, kv("replicas_moved", **fields))
         return statuses
+
+    def moved_snapshot(self) -> dict[tuple[str, str], tuple[int, int]]:
+        """(source tier, destination tier) -> (items, bytes) moved so far; never waits for a
+        running batch (dict() copies in one step under the GIL)."""
+        return {tiers: (counts[0], counts[1])
+                for tiers, counts in dict(self.moved_by_tiers).items()}
 
     def close(self) -> None:
         """Waits for a running batch; later batches are refused. Call before closing segments."""
@@ -82,6 +92,11 @@ class ReplicaMover:
             return MoveStatus(ErrorCode.TRANSFER_FAIL, f"copy failed: {exc}")
         self.items_moved += 1
         self.bytes_moved += item.length
+        tiers = (tier_of(self.segments[item.src_segment_id]),
+                 tier_of(self.segments[item.dst_segment_id]))
+        counts = self.moved_by_tiers.setdefault(tiers, [0, 0])
+        counts[0] += 1
+        counts[1] += item.length
         return MoveStatus(0)
 
     def _move(self, item: pb.MoveItem) -> None:
@@ -121,6 +136,11 @@ class ReplicaMover:
             raise InvalidArgumentError(f"segment {segment_id} range {offset}+{length} is "
                                        "outside this worker's segments")
         return segment, grant.expiry_ms
+
+
+def tier_of(segment: Segment) -> str:
+    """The tier a segment serves, as the master names it: files are SSD, mappings DRAM."""
+    return "SSD" if isinstance(segment, FileSegment) else "DRAM"
 
 
 def copy_range(src: Segment, src_offset: int, dst: Segment, dst_offset: int,

@@ -15,8 +15,9 @@ from mooncake_native.segment import SEGMENT_FILE_PREFIX, SegmentMapping
 from mooncake_proto import mooncake_pb2 as pb
 from mooncake_proto import mooncake_pb2_grpc as pb_grpc
 from mooncake_proto import rpc
-from mooncake_proto.daemon import HttpServer, json_response, kv
+from mooncake_proto.daemon import HttpServer, json_response, kv, metrics_response
 from mooncake_proto.identity import node_id
+from mooncake_worker.metrics import worker_registry
 from mooncake_worker.mover import ReplicaMover
 from mooncake_worker.rdma_endpoint import WorkerRdma
 from mooncake_worker.servicer import WorkerServicer
@@ -26,6 +27,7 @@ log = logging.getLogger("mooncake.worker")
 DRAM_SEGMENT_ID = 0
 SSD_SEGMENT_ID = 1
 REGISTER_BACKOFF_MAX_S = 2.0
+WORKER_SERVICE = pb.DESCRIPTOR.services_by_name["WorkerService"].full_name  # for health checks
 RPC_TIMEOUT_S = 5.0
 
 
@@ -86,7 +88,10 @@ class WorkerNode:
         self.registered = False
         self.heartbeat_interval_s = 1.0
         self._grpc_server: grpc.aio.Server | None = None
-        self._http = HttpServer({"/health": self._health, "/stats": self._stats})
+        self._grpc_health: rpc.Health | None = None  # SERVING while registered
+        self.registry = worker_registry(self)
+        self._http = HttpServer({"/health": self._health, "/stats": self._stats,
+                                 "/metrics": self._metrics})
         self._master_index = 0
         self._channel: grpc.aio.Channel | None = None
 
@@ -115,11 +120,14 @@ class WorkerNode:
         self.data_addr = self.data_server.start(host, data_port)
         self._grpc_server = rpc.aio_server()
         pb_grpc.add_WorkerServiceServicer_to_server(WorkerServicer(self), self._grpc_server)
+        self._grpc_health = await rpc.Health(self._grpc_server, WORKER_SERVICE).start()
         self.grpc_addr = rpc.bind(self._grpc_server, host, grpc_port, self.tls)
         await self._grpc_server.start()
         self.http_addr = await self._http.start(host, http_port)
 
     async def stop(self) -> None:
+        if self._grpc_health is not None:
+            await self._grpc_health.shutdown()
         if self._channel is not None:
             await self._channel.close()
         self.data_server.stop()
@@ -146,7 +154,7 @@ class WorkerNode:
                 reply = await stub.RegisterWorker(request, timeout=RPC_TIMEOUT_S)
                 self.data_server.grant_key = reply.grant_key
                 self.heartbeat_interval_s = max(reply.heartbeat_interval_ms, 50) / 1000
-                self.registered = True
+                await self._set_registered(True)
                 log.info(kv("registered", worker_id=self.worker_id, master=master,
                             master_id=reply.master_id, data=self.data_addr))
                 return True
@@ -183,13 +191,21 @@ class WorkerNode:
                 failing = False
                 if not reply.registered:
                     log.warning(kv("master_forgot_us", master=master))
-                    self.registered = False
+                    await self._set_registered(False)
                     await self.register(stop)
             except grpc.aio.AioRpcError as exc:
                 if not failing:
                     log.warning(kv("heartbeat_failed", master=master, code=exc.code().name))
                 failing = True
                 await self._next_master()
+
+    async def _set_registered(self, registered: bool) -> None:
+        self.registered = registered
+        if self._grpc_health is not None:
+            await self._grpc_health.set_serving(registered)
+
+    async def _metrics(self, _query: str):
+        return metrics_response(self.registry)
 
     async def _health(self, _query: str):
         status = 200 if self.registered else 503

@@ -7,7 +7,10 @@ import subprocess
 import sys
 import urllib.request
 
+import grpc
 import pytest
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from prometheus_client.parser import text_string_to_metric_families
 
 from mooncake_client import Client
 from mooncake_client.local_cluster import LocalCluster
@@ -99,6 +102,39 @@ def test_an_admin_token_does_everything(secured):
 def test_a_token_that_cannot_travel_is_refused_by_the_client(secured):
     with pytest.raises(InvalidArgumentError):
         Client(secured.master_addr, token="two words")
+
+
+# ---- what needs no token: health checks, and what /metrics counts of refusals ----
+
+def test_health_checks_need_no_token(secured):
+    """Probes (kubelet, load balancers) carry no token; the health service tells them only
+    whether the daemon serves, so it is outside the token check (proto/rpc.py)."""
+    for addr in (secured.master_addr, secured.workers["worker-0"].info["grpc"]):
+        with grpc.insecure_channel(addr) as channel:
+            reply = health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(),
+                                                              timeout=10)
+        assert reply.status == health_pb2.HealthCheckResponse.SERVING
+
+
+def test_refused_calls_are_counted_by_code(secured):
+    def refusals():
+        with urllib.request.urlopen(f"http://{secured.master.info['http']}/metrics",
+                                    timeout=10) as r:
+            text = r.read().decode()
+        return {(s.labels["method"], s.labels["code"]): s.value
+                for family in text_string_to_metric_families(text) for s in family.samples
+                if s.name == "mooncake_master_rpc_failures_total"}
+    before = refusals()
+    with Client(secured.master_addr, token="", framed_metadata=False) as c:
+        with pytest.raises(UnauthenticatedError):
+            c.exists("auth/counted")
+    with Client(secured.master_addr, token=CLIENT) as c:
+        with pytest.raises(PermissionDeniedError):
+            c.remove_all()
+    after = refusals()
+    for at in (("Exists", str(ErrorCode.UNAUTHENTICATED)),
+               ("RemoveAll", str(ErrorCode.PERMISSION_DENIED))):
+        assert after.get(at, 0) == before.get(at, 0) + 1, at
 
 
 # ---- the framed port, frame by frame ----
