@@ -1,4 +1,4 @@
 """mooncake_client: the SDK inference servers embed (`Client`, `ReplicaConfig`), its transports and tools."""
-from mooncake_client.client import BatchError, Client, ReplicaConfig, ReplicaInfo
+from mooncake_client.client import BatchError, Client, KeyInfo, ReplicaConfig, ReplicaInfo
 
-__all__ = ["Client", "ReplicaConfig", "ReplicaInfo", "BatchError"]
+__all__ = ["Client", "ReplicaConfig", "ReplicaInfo", "KeyInfo", "BatchError"]

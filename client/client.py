@@ -55,6 +55,18 @@ class ReplicaInfo:
     data_addr: str
 
 
+@dataclasses.dataclass(frozen=True)
+class KeyInfo:
+    """One object of `list_keys`."""
+    key: str
+    size: int
+    state: str                # "PENDING" or "COMPLETE"
+    tiers: tuple[str, ...]    # one per replica: "DRAM" or "SSD"
+    soft_pin: bool
+    hard_pin: bool
+    last_access_age_s: float  # since its put's commit or its last get or exists
+
+
 class BatchError(MooncakeError):
     """Some keys of a batch write failed; `errors` maps each failed key to its error."""
 
@@ -415,6 +427,18 @@ class Client:
         return [ReplicaInfo(r.worker_id, _TIER_NAMES.get(r.tier, "?"),
                             _STATE_NAMES.get(r.state, "?"), r.segment_id, r.offset, r.length,
                             r.data_addr) for r in item.replicas]
+
+    def list_keys(self, prefix: str = "", limit: int = 1000,
+                  start_after: str = "") -> tuple[list[KeyInfo], bool]:
+        """The objects whose keys start with prefix, after start_after, in key order, at most
+        limit (the master caps it at 10,000); and whether more match (ask again with the
+        last key as start_after). Needs an admin token on a master with --tokens. Grants no
+        lease and counts as no access."""
+        reply = self._grpc_call("ListKeys", pb.ListKeysRequest(
+            prefix=prefix, limit=limit, start_after=start_after))
+        return [KeyInfo(k.key, k.size, _STATE_NAMES.get(k.state, "?"),
+                        tuple(_TIER_NAMES.get(t, "?") for t in k.tiers), k.soft_pin,
+                        k.hard_pin, k.last_access_age_s) for k in reply.keys], reply.truncated
 
     # ---- master calls ----
 

@@ -1,10 +1,12 @@
 """Starts a real master and workers as child processes on loopback and stops them.
 
-Used by `mooncake-bench --local` and by the cluster tests: port 0 everywhere and `--ready-file`
-readiness, so nothing waits on a fixed port or a sleep.
+Used by `mooncake-bench --local`, by the cluster tests and, as `python -m
+mooncake_client.local_cluster`, by deploy/local-cluster.sh: port 0 everywhere and
+`--ready-file` readiness, so nothing waits on a fixed port or a sleep.
 """
 from __future__ import annotations
 
+import argparse
 import dataclasses
 import json
 import os
@@ -13,6 +15,7 @@ import signal
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 
 READY_TIMEOUT_S = 30.0
@@ -184,3 +187,46 @@ class LocalCluster:
 
     def __exit__(self, *exc) -> None:
         self.stop()
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Runs a LocalCluster until SIGINT or SIGTERM, printing its addresses (and writing them as
+    JSON to --ready-file once every daemon is ready)."""
+    parser = argparse.ArgumentParser(prog="python -m mooncake_client.local_cluster",
+                                     description="A master and workers on 127.0.0.1 until "
+                                                 "Ctrl-C (logs and segment files go at stop).")
+    parser.add_argument("--workers", type=int, default=2)
+    parser.add_argument("--dram", default="256MiB", help="DRAM segment per worker")
+    parser.add_argument("--ssd", default=None, help="SSD segment per worker (default: none)")
+    parser.add_argument("--dir", default=None,
+                        help="for logs and ready files, kept (default: a temporary directory)")
+    parser.add_argument("--ready-file", default="", help="write the addresses here as JSON")
+    args = parser.parse_args(argv)
+    stop = threading.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda *_: stop.set())
+    cluster = LocalCluster(workers=args.workers, dram=args.dram, ssd=args.ssd, workdir=args.dir)
+    try:
+        cluster.start()
+        master = cluster.master.info
+        print(f"master    grpc {master['grpc']}  http {master['http']}  meta {master['meta']}")
+        for name, worker in cluster.workers.items():
+            print(f"{name:<9} data {worker.info['data']}  http {worker.info['http']}")
+        print(f"logs in {cluster.dir}\ntry: mooncake-admin --master {master['grpc']} "
+              f"--http {master['http']} stat\nCtrl-C stops the cluster", flush=True)
+        if args.ready_file:
+            from mooncake_proto.daemon import write_ready_file
+            write_ready_file(args.ready_file, {
+                "master": master, "dir": cluster.dir,
+                "workers": {name: w.info for name, w in cluster.workers.items()}})
+        stop.wait()
+    except ClusterError as exc:
+        print(f"local cluster: {exc}", file=sys.stderr)
+        return 1
+    finally:
+        cluster.stop()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -4,7 +4,9 @@ No metadata logic lives here (STYLE.md 1 and 5); domain errors leave through rpc
 """
 from __future__ import annotations
 
+import dataclasses
 import functools
+import heapq
 import logging
 import math
 import secrets
@@ -14,6 +16,7 @@ import uuid
 
 from mooncake_master.auth import Authenticator, Role
 from mooncake_master.metrics import RpcStats
+from mooncake_master.model import ObjectMeta
 from mooncake_master.state import MasterState, PlacementConfig, SegmentSpec
 from mooncake_proto import grants
 from mooncake_proto import mooncake_pb2 as pb
@@ -26,6 +29,38 @@ log = logging.getLogger("mooncake.master")
 
 HEARTBEAT_INTERVAL_MS = 1000
 _INTERNAL_ERROR = int(ErrorCode.INTERNAL_ERROR)  # what a call that raised a bug counts as
+DEFAULT_LIST_LIMIT = 1000  # ListKeys with limit 0
+MAX_LIST_LIMIT = 10_000  # 10,000 keys of 4 KiB stay under gRPC's 64 MiB message cap
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class KeyListing:
+    """One object as ListKeys shows it (a copy: nothing outside may touch the state)."""
+    key: str
+    size: int
+    state: int
+    tiers: tuple[int, ...]  # one per replica
+    soft_pin: bool
+    hard_pin: bool
+    last_access_age_s: float
+
+
+def list_keys(objects: dict[str, ObjectMeta], prefix: str, limit: int, start_after: str,
+              now: float) -> tuple[list[KeyListing], bool]:
+    """A page of ListKeys: the objects whose keys start with `prefix`, after `start_after`, in
+    key order, at most `limit` (0: DEFAULT_LIST_LIMIT; capped at MAX_LIST_LIMIT); and whether
+    more match. Reads only: no lease, no access time (a read of the objects, changing nothing,
+    so it can live in the adapter). The state keeps no sorted index (an admin call is not
+    worth one on the hot path), so a page is one pass over every key, under the lock."""
+    limit = min(limit or DEFAULT_LIST_LIMIT, MAX_LIST_LIMIT)
+    page = heapq.nsmallest(limit + 1, (k for k in objects
+                                       if k > start_after and k.startswith(prefix)))
+    listings = []
+    for key in page[:limit]:
+        obj = objects[key]
+        listings.append(KeyListing(key, obj.size, obj.state, tuple(r.tier for r in obj.replicas),
+                                   obj.soft_pin, obj.hard_pin, max(0.0, now - obj.last_access)))
+    return listings, len(page) > limit
 
 
 def _fill_status(status: pb.KeyStatus, key: str, result) -> None:
@@ -185,6 +220,19 @@ class MasterServicer(pb_grpc.MasterServiceServicer):
         removed = self.state.remove_all(request.force, self.clock())
         log.info(kv("remove_all", force=request.force, removed=removed))
         return pb.RemoveAllResponse(removed=removed)
+
+    # ---- admin ----
+
+    @_serialized(Role.ADMIN)
+    async def ListKeys(self, request, context):
+        listings, truncated = list_keys(self.state.objects, request.prefix, request.limit,
+                                        request.start_after, self.clock())
+        response = pb.ListKeysResponse(truncated=truncated)
+        for item in listings:
+            response.keys.add(key=item.key, size=item.size, state=item.state, tiers=item.tiers,
+                              soft_pin=item.soft_pin, hard_pin=item.hard_pin,
+                              last_access_age_s=item.last_access_age_s)
+        return response
 
     # ---- helpers ----
 

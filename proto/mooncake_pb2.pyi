@@ -237,6 +237,42 @@ class HelloResponse(_message.Message):
     meta_addr: str
     def __init__(self, master_id: _Optional[str] = ..., meta_addr: _Optional[str] = ...) -> None: ...
 
+class ListKeysRequest(_message.Message):
+    __slots__ = ("prefix", "limit", "start_after")
+    PREFIX_FIELD_NUMBER: _ClassVar[int]
+    LIMIT_FIELD_NUMBER: _ClassVar[int]
+    START_AFTER_FIELD_NUMBER: _ClassVar[int]
+    prefix: str
+    limit: int
+    start_after: str
+    def __init__(self, prefix: _Optional[str] = ..., limit: _Optional[int] = ..., start_after: _Optional[str] = ...) -> None: ...
+
+class KeyListing(_message.Message):
+    __slots__ = ("key", "size", "state", "tiers", "soft_pin", "hard_pin", "last_access_age_s")
+    KEY_FIELD_NUMBER: _ClassVar[int]
+    SIZE_FIELD_NUMBER: _ClassVar[int]
+    STATE_FIELD_NUMBER: _ClassVar[int]
+    TIERS_FIELD_NUMBER: _ClassVar[int]
+    SOFT_PIN_FIELD_NUMBER: _ClassVar[int]
+    HARD_PIN_FIELD_NUMBER: _ClassVar[int]
+    LAST_ACCESS_AGE_S_FIELD_NUMBER: _ClassVar[int]
+    key: str
+    size: int
+    state: ReplicaState
+    tiers: _containers.RepeatedScalarFieldContainer[Tier]
+    soft_pin: bool
+    hard_pin: bool
+    last_access_age_s: float
+    def __init__(self, key: _Optional[str] = ..., size: _Optional[int] = ..., state: _Optional[_Union[ReplicaState, str]] = ..., tiers: _Optional[_Iterable[_Union[Tier, str]]] = ..., soft_pin: bool = ..., hard_pin: bool = ..., last_access_age_s: _Optional[float] = ...) -> None: ...
+
+class ListKeysResponse(_message.Message):
+    __slots__ = ("keys", "truncated")
+    KEYS_FIELD_NUMBER: _ClassVar[int]
+    TRUNCATED_FIELD_NUMBER: _ClassVar[int]
+    keys: _containers.RepeatedCompositeFieldContainer[KeyListing]
+    truncated: bool
+    def __init__(self, keys: _Optional[_Iterable[_Union[KeyListing, _Mapping]]] = ..., truncated: bool = ...) -> None: ...
+
 class DescribeRequest(_message.Message):
     __slots__ = ()
     def __init__(self) -> None: ...

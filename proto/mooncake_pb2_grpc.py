@@ -84,6 +84,11 @@ class MasterServiceStub(object):
                 request_serializer=mooncake__proto_dot_mooncake__pb2.RemoveAllRequest.SerializeToString,
                 response_deserializer=mooncake__proto_dot_mooncake__pb2.RemoveAllResponse.FromString,
                 _registered_method=True)
+        self.ListKeys = channel.unary_unary(
+                '/mooncake.v1.MasterService/ListKeys',
+                request_serializer=mooncake__proto_dot_mooncake__pb2.ListKeysRequest.SerializeToString,
+                response_deserializer=mooncake__proto_dot_mooncake__pb2.ListKeysResponse.FromString,
+                _registered_method=True)
 
 
 class MasterServiceServicer(object):
@@ -149,6 +154,13 @@ class MasterServiceServicer(object):
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ListKeys(self, request, context):
+        """admin
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_MasterServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -201,6 +213,11 @@ def add_MasterServiceServicer_to_server(servicer, server):
                     servicer.RemoveAll,
                     request_deserializer=mooncake__proto_dot_mooncake__pb2.RemoveAllRequest.FromString,
                     response_serializer=mooncake__proto_dot_mooncake__pb2.RemoveAllResponse.SerializeToString,
+            ),
+            'ListKeys': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListKeys,
+                    request_deserializer=mooncake__proto_dot_mooncake__pb2.ListKeysRequest.FromString,
+                    response_serializer=mooncake__proto_dot_mooncake__pb2.ListKeysResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -473,6 +490,33 @@ class MasterService(object):
             '/mooncake.v1.MasterService/RemoveAll',
             mooncake__proto_dot_mooncake__pb2.RemoveAllRequest.SerializeToString,
             mooncake__proto_dot_mooncake__pb2.RemoveAllResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListKeys(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/mooncake.v1.MasterService/ListKeys',
+            mooncake__proto_dot_mooncake__pb2.ListKeysRequest.SerializeToString,
+            mooncake__proto_dot_mooncake__pb2.ListKeysResponse.FromString,
             options,
             channel_credentials,
             insecure,

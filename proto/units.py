@@ -37,3 +37,12 @@ def format_size(n: int) -> str:
         if n >= scale and n % scale == 0:
             return f"{n // scale}{unit}"
     return f"{n}B"
+
+
+def human_size(n: int) -> str:
+    """A size for tables people read: in its largest binary unit, whole when exact (64MiB),
+    else to one decimal (1.5GiB, where format_size, exact for parsing back, says 1536MiB)."""
+    for unit, scale in (("TiB", 1 << 40), ("GiB", 1 << 30), ("MiB", 1 << 20), ("KiB", 1 << 10)):
+        if n >= scale:
+            return f"{n // scale}{unit}" if n % scale == 0 else f"{n / scale:.1f}{unit}"
+    return f"{n}B"
