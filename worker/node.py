@@ -203,4 +203,5 @@ class WorkerNode:
                               "requests_refused": ds.refused, "dram_bytes": self.dram.size_bytes,
                               "ssd_bytes": self.ssd.size_bytes if self.ssd is not None else 0,
                               "moved_items": self.mover.items_moved,
-                              "moved_bytes": self.mover.bytes_moved})
+                              "moved_bytes": self.mover.bytes_moved,
+                              "moves_refused": self.mover.items_refused})
