@@ -114,7 +114,8 @@ class WorkerNode:
     async def start(self, host: str, data_port: int, grpc_port: int, http_port: int) -> None:
         self.data_addr = self.data_server.start(host, data_port)
         self._grpc_server = rpc.aio_server()
-        pb_grpc.add_WorkerServiceServicer_to_server(WorkerServicer(self), self._grpc_server)
+        rpc.add_servicer(self._grpc_server, pb_grpc.add_WorkerServiceServicer_to_server,
+                         WorkerServicer(self))
         self.grpc_addr = rpc.bind(self._grpc_server, host, grpc_port, self.tls)
         await self._grpc_server.start()
         self.http_addr = await self._http.start(host, http_port)
