@@ -56,6 +56,12 @@ class Grpc:
     def close(self):
         self.channel.close()
 
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
 
 class Framed:
     """The same calls over the framed metadata port, one connection for all (a refused frame
@@ -141,7 +147,8 @@ def client(cluster):
 def release(master, key: str, put_id: int) -> None:
     """Frees a range a test allocated at once: committed, unleased, then removed (a revoked
     put's range would stay held until its write grant could no longer be used)."""
-    assert key_codes(master.call("PutEnd", pb.PutFinishRequest(keys=[key], put_ids=[put_id]))[1]) == [0]
+    ended = master.call("PutEnd", pb.PutFinishRequest(keys=[key], put_ids=[put_id]))[1]
+    assert key_codes(ended) == [0]
     assert key_codes(master.call("Remove", pb.RemoveRequest(keys=[key]))[1]) == [0]
 
 
@@ -312,9 +319,12 @@ def test_a_grpc_request_over_the_message_cap_is_refused_by_the_master(cluster):
         assert stub.Exists(pb.KeysRequest(keys=["after"]), timeout=30).statuses
 
 
-def test_an_answer_over_the_frame_cap_is_an_error_not_a_broken_frame(cluster):
+def test_an_answer_over_the_message_cap_is_an_error_not_a_broken_frame(cluster):
     """4096 keys of 4096 NULs: each echoed twice (key, and escaped in its message) makes an
     answer larger than 64 MiB, which no client may accept; the master says so instead."""
+    with Grpc(cluster) as port:
+        code, _ = port.call("Exists", pb.KeysRequest(keys=["\0" * 4096] * 4096))
+        assert code == grpc.StatusCode.RESOURCE_EXHAUSTED  # gRPC's own cap, no Mooncake code
     framed = Framed(cluster)
     try:
         code, message = framed.call("Exists", pb.KeysRequest(keys=["\0" * 4096] * 4096))
@@ -344,25 +354,26 @@ BAD_REGISTRATIONS = {
 
 @pytest.mark.parametrize("fields", BAD_REGISTRATIONS.values(), ids=BAD_REGISTRATIONS.keys())
 def test_bad_registrations_are_refused_and_register_nothing(cluster, fields, unchanged):
-    code, message = Grpc(cluster).call("RegisterWorker", pb.RegisterWorkerRequest(**fields))
+    with Grpc(cluster) as port:
+        code, message = port.call("RegisterWorker", pb.RegisterWorkerRequest(**fields))
     assert code == INVALID, message
 
 
 def test_a_worker_id_of_1024_bytes_registers_and_its_grants_sign(fresh_cluster):
     """The limit is the grant format's: a longer id could never be granted (it broke every
     PutStart placed on it with an internal error before it was refused)."""
-    port = Grpc(fresh_cluster(workers=0))  # a master of its own: this worker never serves
     worker_id = "w" * 1024
-    code, _ = port.call("RegisterWorker", pb.RegisterWorkerRequest(
-        worker_id=worker_id, data_addr="127.0.0.1:9", segments=[_segment()]))
-    assert code == 0
-    code, response = port.call("PutStart", pb.PutStartRequest(
-        keys=["on-long-id"], sizes=[8], config=pb.ReplicaConfig(preferred_worker=worker_id)))
+    with Grpc(fresh_cluster(workers=0)) as port:  # a master of its own: this worker never serves
+        code, _ = port.call("RegisterWorker", pb.RegisterWorkerRequest(
+            worker_id=worker_id, data_addr="127.0.0.1:9", segments=[_segment()]))
+        assert code == 0
+        code, response = port.call("PutStart", pb.PutStartRequest(
+            keys=["on-long-id"], sizes=[8], config=pb.ReplicaConfig(preferred_worker=worker_id)))
     assert code == 0 and response.items[0].replicas[0].worker_id == worker_id
     assert len(response.items[0].replicas[0].grant) == 32 + 1024 + 32
-    port.call("PutRevoke", pb.PutFinishRequest(keys=["on-long-id"]))
 
 
 def test_a_heartbeat_of_an_unknown_worker_only_says_so(cluster, unchanged):
-    code, response = Grpc(cluster).call("Heartbeat", pb.HeartbeatRequest(worker_id="ghost\0"))
+    with Grpc(cluster) as port:
+        code, response = port.call("Heartbeat", pb.HeartbeatRequest(worker_id="ghost\0"))
     assert code == 0 and response.registered is False
