@@ -113,7 +113,7 @@ async def serve(settings, auth: Authenticator, tls: rpc.Tls) -> int:
                                      eviction_ratio=settings.eviction_ratio))
     servicer = MasterServicer(state, auth=auth)
     server = rpc.aio_server()
-    pb_grpc.add_MasterServiceServicer_to_server(servicer, server)
+    rpc.add_servicer(server, pb_grpc.add_MasterServiceServicer_to_server, servicer)
     health = await rpc.Health(server, MASTER_SERVICE).start()
     grpc_addr = rpc.bind(server, settings.host, settings.port, tls)
     await server.start()

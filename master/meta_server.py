@@ -153,7 +153,7 @@ class MetaServer:
         try:
             call.send(None)
         except StopIteration as done:
-            return 0, done.value.SerializeToString()
+            return _framed_answer(name, done.value.SerializeToString())
         except CallEnded as exc:
             return exc.code, str(exc).encode()
         except Exception as exc:  # a bug: answer as gRPC would (internal error), keep serving
@@ -185,6 +185,17 @@ class MetaServer:
     def _refuse(self, conn: socket.socket, peer: str, reason: str) -> None:
         log.warning(kv("meta_request_refused", peer=peer, reason=reason))
         _answer_and_shut(conn, ErrorCode.INVALID_PARAMS, reason)
+
+
+def _framed_answer(name: str, payload: bytes) -> tuple[int, bytes]:
+    """(0, payload), or an error when the answer is larger than any client may accept (a
+    batch of long keys, each echoed in its status): gRPC refuses such an answer too."""
+    if len(payload) <= metaframe.MAX_FRAME_BYTES:
+        return 0, payload
+    log.warning(kv("meta_answer_too_large", method=name, bytes=len(payload)))
+    return ErrorCode.INVALID_PARAMS, (
+        f"{name}: the answer of {len(payload)} bytes is over the {metaframe.MAX_FRAME_BYTES} "
+        "byte frame limit; ask for fewer or shorter keys").encode()
 
 
 def _answer_and_shut(conn: socket.socket, status: int, message: str) -> None:

@@ -22,7 +22,7 @@ from mooncake_proto import grants
 from mooncake_proto import mooncake_pb2 as pb
 from mooncake_proto import mooncake_pb2_grpc as pb_grpc
 from mooncake_proto.daemon import kv
-from mooncake_proto.errors import ErrorCode, MooncakeError
+from mooncake_proto.errors import ErrorCode, InvalidArgumentError, MooncakeError
 from mooncake_proto.rpc import abort_with, bearer_token
 
 log = logging.getLogger("mooncake.master")
@@ -146,6 +146,11 @@ class MasterServicer(pb_grpc.MasterServiceServicer):
 
     @_serialized(Role.WORKER)
     async def RegisterWorker(self, request, context):
+        id_bytes = len(request.worker_id.encode())
+        if id_bytes > grants.MAX_WORKER_ID_BYTES:
+            # every grant for it would fail to sign (or to verify): refused before it is placed on
+            raise _CallFailed(InvalidArgumentError(
+                f"worker_id of {id_bytes} bytes; the limit is {grants.MAX_WORKER_ID_BYTES}"))
         key = secrets.token_bytes(grants.KEY_BYTES)
         segments = [SegmentSpec(s.segment_id, s.tier, s.size_bytes, s.path) for s in request.segments]
         await self._run(context, self.state.register_worker, request.worker_id, request.node_id,

@@ -15,7 +15,8 @@ GRANT_VERSION = 1
 KEY_BYTES = 32
 MAC_BYTES = 32
 _HEAD = struct.Struct("!BBIQQQH")  # version, op, segment_id, offset, length, expiry_ms, len(worker_id)
-MAX_GRANT_BYTES = _HEAD.size + 1024 + MAC_BYTES
+MAX_WORKER_ID_BYTES = 1024  # as native/include/mc_grant.h: a longer id cannot be granted
+MAX_GRANT_BYTES = _HEAD.size + MAX_WORKER_ID_BYTES + MAC_BYTES
 
 
 class Op(enum.IntEnum):
@@ -43,6 +44,8 @@ class Grant:
 
 def sign(key: bytes, grant: Grant) -> bytes:
     wid = grant.worker_id.encode()
+    if len(wid) > MAX_WORKER_ID_BYTES:
+        raise GrantError(f"worker id of {len(wid)} bytes (at most {MAX_WORKER_ID_BYTES})")
     body = _HEAD.pack(GRANT_VERSION, grant.op, grant.segment_id, grant.offset, grant.length,
                       grant.expiry_ms, len(wid)) + wid
     return body + hmac.digest(key, body, "sha256")  # one-shot: no HMAC object per grant

@@ -18,6 +18,7 @@ import dataclasses
 
 import grpc
 import grpc.aio
+from google.protobuf.message import DecodeError
 from grpc_health.v1 import health as grpc_health
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
@@ -124,6 +125,65 @@ def aio_channel(target: str, tls: Tls = NO_TLS, token: str = "") -> grpc.aio.Cha
 
 def aio_server() -> grpc.aio.Server:
     return grpc.aio.server(options=_SERVER_OPTIONS)
+
+
+def add_servicer(server: grpc.aio.Server, add_to_server, servicer) -> None:
+    """Registers `servicer` through its generated `add_..._to_server`, except that a request
+    that does not decode (a string that is not UTF-8, a truncated field) is answered
+    INVALID_ARGUMENT with the Mooncake code INVALID_PARAMS, as the framed port answers it,
+    instead of gRPC's UNKNOWN and a traceback in the log per garbage request."""
+    add_to_server(servicer, _DecodingServer(server))
+
+
+class _Undecodable:
+    def __init__(self, reason: str):
+        self.reason = reason
+
+
+class _DecodingServer:
+    """What the generated registration calls on a server, with every handler wrapped."""
+
+    def __init__(self, server: grpc.aio.Server):
+        self._server = server
+
+    def add_generic_rpc_handlers(self, handlers) -> None:
+        self._server.add_generic_rpc_handlers(tuple(_DecodingHandler(h) for h in handlers))
+
+    def add_registered_method_handlers(self, service: str, handlers: dict) -> None:
+        self._server.add_registered_method_handlers(
+            service, {name: _refusing_undecodable(h) for name, h in handlers.items()})
+
+
+class _DecodingHandler(grpc.GenericRpcHandler):
+    def __init__(self, inner: grpc.GenericRpcHandler):
+        self._inner = inner
+
+    def service(self, handler_call_details):
+        return _refusing_undecodable(self._inner.service(handler_call_details))
+
+
+def _refusing_undecodable(handler):
+    """A unary handler whose decoding failure reaches the call as a refusal (the others:
+    none of ours, left as they are)."""
+    if handler is None or handler.unary_unary is None:
+        return handler
+    decode, behaviour = handler.request_deserializer, handler.unary_unary
+
+    def deserialize(raw: bytes):
+        try:
+            return decode(raw)
+        except DecodeError as exc:
+            return _Undecodable(str(exc))
+
+    async def call(request, context):
+        if isinstance(request, _Undecodable):
+            from mooncake_proto.errors import InvalidArgumentError
+            await abort_with(context, InvalidArgumentError(
+                f"undecodable request: {request.reason}"))
+        return await behaviour(request, context)
+
+    return grpc.unary_unary_rpc_method_handler(
+        call, request_deserializer=deserialize, response_serializer=handler.response_serializer)
 
 
 def bind(server: grpc.aio.Server, host: str, port: int, tls: Tls = NO_TLS) -> str:

@@ -56,6 +56,7 @@ class ReplicaMover:
         self.items_failed = 0
         # (source tier, destination tier) -> [items, bytes] moved (the worker's metrics)
         self.moved_by_tiers: dict[tuple[str, str], list[int]] = {}
+        self.items_refused = 0  # a grant missing, forged, expired or not covering the range
 
     def move_batch(self, items: Sequence[pb.MoveItem]) -> list[MoveStatus]:
         """One status per item, in order; blocks (run it off the event loop)."""
@@ -87,6 +88,8 @@ class ReplicaMover:
         try:
             self._move(item)
         except MooncakeError as exc:
+            if exc.code == ErrorCode.PERMISSION_DENIED:
+                self.items_refused += 1
             return MoveStatus(exc.code, exc.message)
         except OSError as exc:  # the disk or the file failed under the copy
             return MoveStatus(ErrorCode.TRANSFER_FAIL, f"copy failed: {exc}")

@@ -119,7 +119,8 @@ class WorkerNode:
     async def start(self, host: str, data_port: int, grpc_port: int, http_port: int) -> None:
         self.data_addr = self.data_server.start(host, data_port)
         self._grpc_server = rpc.aio_server()
-        pb_grpc.add_WorkerServiceServicer_to_server(WorkerServicer(self), self._grpc_server)
+        rpc.add_servicer(self._grpc_server, pb_grpc.add_WorkerServiceServicer_to_server,
+                         WorkerServicer(self))
         self._grpc_health = await rpc.Health(self._grpc_server, WORKER_SERVICE).start()
         self.grpc_addr = rpc.bind(self._grpc_server, host, grpc_port, self.tls)
         await self._grpc_server.start()
@@ -219,4 +220,5 @@ class WorkerNode:
                               "requests_refused": ds.refused, "dram_bytes": self.dram.size_bytes,
                               "ssd_bytes": self.ssd.size_bytes if self.ssd is not None else 0,
                               "moved_items": self.mover.items_moved,
-                              "moved_bytes": self.mover.bytes_moved})
+                              "moved_bytes": self.mover.bytes_moved,
+                              "moves_refused": self.mover.items_refused})

@@ -82,15 +82,16 @@ class WorkerRdma:
 
     def authorize(self, grant_key: bytes | None, token: bytes, worker_id: str) -> None:
         """A connection needs what a TCP request needs: a valid, unexpired grant from the
-        master for this worker. Raises the refusal."""
-        if not self.serving:
-            raise RdmaUnavailableError(f"worker {worker_id} serves no RDMA: {self.reason}")
+        master for this worker. Raises the refusal. The grant is checked first, device or
+        not: a caller the master did not admit learns nothing about this worker's hardware."""
         if grant_key is None:
             raise UnavailableError("worker not registered yet")
         try:
             verify(grant_key, token, worker_id, int(time.time() * 1000))
         except GrantError as exc:
             raise PermissionDeniedError(f"RDMA connect refused: {exc}") from exc
+        if not self.serving:
+            raise RdmaUnavailableError(f"worker {worker_id} serves no RDMA: {self.reason}")
 
     def connect(self, client_endpoint: bytes) -> bytes:
         """A queue pair connected to the client's; returns our endpoint, packed."""

@@ -8,6 +8,7 @@ import sys
 import grpc
 import pytest
 
+from mooncake_client import ReplicaConfig
 from mooncake_client.rdma_transport import RdmaTransport
 from mooncake_client.transports import Transfer
 from mooncake_native import rdma
@@ -50,13 +51,17 @@ def test_worker_logs_one_unavailable_line(cluster):
 
 
 @pytest.mark.timeout(30)
-def test_rdma_connect_is_refused_without_a_device(cluster):
+def test_rdma_connect_is_refused_without_a_device(cluster, client):
+    key = "rdma-refused-" + os.urandom(4).hex()
+    client.put(key, b"x", ReplicaConfig(preferred_worker="worker-0"))
+    [grant] = [r.grant for r in _replicas(cluster, key) if r.worker_id == "worker-0"]
     channel, stub = _worker_stub(cluster)
     with channel:
         assert stub.Describe(pb.DescribeRequest(), timeout=5).rdma is False
         with pytest.raises(grpc.RpcError) as info:
             stub.RdmaConnect(pb.RdmaConnectRequest(
-                client_endpoint=rdma.Endpoint(1, bytes(16), 5, 6, 1, 4096).pack()), timeout=5)
+                client_endpoint=rdma.Endpoint(1, bytes(16), 5, 6, 1, 4096).pack(),
+                grant=grant), timeout=5)
     exc = info.value
     assert exc.code() == grpc.StatusCode.FAILED_PRECONDITION
     assert "worker worker-0 serves no RDMA" in exc.details()

@@ -350,3 +350,4 @@ def test_c_codes_are_mooncakes():
     assert lib.MC_DATAPLANE_RESPONSE_BYTES == wire.RESPONSE.size
     assert lib.MC_DATAPLANE_MAX_GRANT_LEN == wire.MAX_GRANT_LEN
     assert lib.MC_GRANT_MAX_BYTES == grants.MAX_GRANT_BYTES
+    assert lib.MC_GRANT_MAX_WORKER_ID == grants.MAX_WORKER_ID_BYTES

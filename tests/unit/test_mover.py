@@ -140,6 +140,7 @@ def test_a_bad_item_gets_its_code_and_the_rest_of_the_batch_goes_on(mover, segme
     assert ssd_bytes(segments, 1 << 20, 64) == b"A" * 64
     assert ssd_bytes(segments, 2 << 20, 64) == b"B" * 64
     assert ssd_bytes(segments, 0, 128) == bytes(128)  # the refused item wrote nothing
+    assert mover.items_refused == (code == ErrorCode.PERMISSION_DENIED)
     [line] = [r.getMessage() for r in caplog.records if "replicas_moved" in r.getMessage()]
     assert line.startswith("event=replicas_moved items=3 failed=1 bytes=128 ms=")
     assert f"first_code={code}" in line

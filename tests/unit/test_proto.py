@@ -77,6 +77,13 @@ def test_grant_for_another_worker_wrong_key_or_expired_is_refused():
         grants.verify(KEY, token, "w1", now_ms=2_001)
 
 
+def test_a_worker_id_longer_than_grants_allow_is_never_signed():
+    longest = grants.Grant(grants.Op.READ, "w" * grants.MAX_WORKER_ID_BYTES, 0, 0, 1, 2_000)
+    assert len(grants.sign(KEY, longest)) == grants.MAX_GRANT_BYTES
+    with pytest.raises(grants.GrantError, match="1025 bytes"):
+        grants.sign(KEY, grants.Grant(grants.Op.READ, "w" * 1025, 0, 0, 1, 2_000))
+
+
 def test_sizes_and_durations():
     assert parse_size("512MiB") == 512 << 20
     assert parse_size("4GiB") == 4 << 30

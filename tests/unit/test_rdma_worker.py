@@ -32,6 +32,13 @@ def test_without_a_device_everything_is_refused_with_the_reason():
         state.connect(b"\0" * 32)
 
 
+@pytest.mark.parametrize("token", [b"", _grant(worker_id="w2"), _grant(key=b"x" * 32)])
+def test_without_a_device_a_bad_grant_is_still_denied_first(token):
+    state = WorkerRdma(None, [], "no RDMA device found")
+    with pytest.raises(PermissionDeniedError):
+        state.authorize(KEY, token, "w1")
+
+
 def test_a_valid_grant_for_this_worker_admits(serving):
     serving.authorize(KEY, _grant(), "w1")
 
