@@ -22,7 +22,7 @@ from mooncake_proto import grants
 from mooncake_proto import mooncake_pb2 as pb
 from mooncake_proto.daemon import kv
 from mooncake_proto.errors import (ErrorCode, InvalidArgumentError, LeaseExpiredError,
-                                   MooncakeError, PermissionDeniedError, TransferError,
+                                   MooncakeError, PermissionDeniedError,
                                    UnavailableError)
 
 log = logging.getLogger("mooncake.worker")

@@ -220,18 +220,13 @@ def test_sizes_no_segment_holds_are_no_space_and_evict_nothing(master, cluster, 
     before = store_state(cluster)
     code, response = master.call("PutStart", pb.PutStartRequest(keys=["huge"], sizes=[size]))
     assert code == 0
-    # SPACE_BEING_FREED: the xfail below; either way nothing is evicted for it
-    assert key_codes(response)[0] in (ErrorCode.NO_AVAILABLE_HANDLE,
-                                      ErrorCode.SPACE_BEING_FREED)
+    assert key_codes(response)[0] == ErrorCode.NO_AVAILABLE_HANDLE  # nothing evicted for it
     assert store_state(cluster) == before
     assert client.get(key) == b"kept"
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "master/tiering.py _room_coming_in_s does not look at the size: while any DRAM lease "
-    "runs, a size no segment can hold is answered SPACE_BEING_FREED (retry_after_ms) and "
-    "the client waits put_wait_s for room that can never come, then reports eviction"))
 def test_a_size_no_segment_holds_is_no_space_at_once_even_under_leases(master, client):
+    # a lease running out is room coming only where the object could fit
     client.put(f"leased-{master.name}", b"x")
     assert client.get(f"leased-{master.name}") == b"x"  # a lease now runs
     code, response = master.call("PutStart",
