@@ -1,7 +1,6 @@
 """Metrics and health as an operator scrapes them: master and worker /metrics over HTTP after
 real puts, gets, evictions, demotions and promotions, and the gRPC health service of both."""
 import signal
-import time
 import urllib.request
 
 import grpc
@@ -12,6 +11,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from mooncake_client import Client
 from mooncake_proto import mooncake_pb2 as pb
 from mooncake_proto.errors import ErrorCode, InvalidArgumentError
+from polling import wait_until
 
 pytestmark = pytest.mark.timeout(90)
 
@@ -46,14 +46,6 @@ def master_scrape(cluster) -> Scrape:
 def worker_scrape(cluster, worker_id: str) -> Scrape:
     return Scrape(cluster.workers[worker_id].info["http"])
 
-
-def _wait_until(condition, timeout_s: float, what: str):
-    """Polls a condition that background work makes true (a copy finishing)."""
-    deadline = time.monotonic() + timeout_s
-    while not condition():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"{what}: not true after {timeout_s}s")
-        time.sleep(0.02)
 
 
 def _no_moves(cluster):
@@ -156,7 +148,7 @@ def test_demotions_and_promotions_move_master_and_worker_counters(fresh_cluster)
     with Client(cluster.master_addr) as c:
         for i in range(count):
             c.put(f"d/{i}", b"d" * size)
-        _wait_until(lambda: _no_moves(cluster), 30, "demotions copied")
+        wait_until(lambda: _no_moves(cluster), 30, "demotions copied")
         m, w = master_scrape(cluster), worker_scrape(cluster, "worker-0")
         demoted = m.value("mooncake_master_demotions_total")
         assert demoted > 0 and m.value("mooncake_master_evicted_objects_total") == 0
@@ -170,7 +162,7 @@ def test_demotions_and_promotions_move_master_and_worker_counters(fresh_cluster)
         for i in range(1, count):
             c.remove(f"d/{i}", force=True)
         assert c.get("d/0") == b"d" * size and c.get("d/0") == b"d" * size
-        _wait_until(lambda: master_scrape(cluster).value("mooncake_master_promotions_total")
+        wait_until(lambda: master_scrape(cluster).value("mooncake_master_promotions_total")
                     == 1 and _no_moves(cluster), 30, "the promotion copied")
     w = worker_scrape(cluster, "worker-0")
     assert w.value("mooncake_worker_moved_items_total", src="SSD", dst="DRAM") == 1

@@ -1,5 +1,4 @@
 """Store semantics through real daemons: replicas, leases, pins, eviction, the SSD tier."""
-import os
 import random
 import threading
 import time
@@ -8,6 +7,7 @@ import pytest
 
 from mooncake_client import Client, ReplicaConfig
 from mooncake_proto.errors import ErrorCode, HasLeaseError, LeaseExpiredError, MooncakeError
+from polling import wait_until
 
 KiB, MiB = 1 << 10, 1 << 20
 
@@ -17,14 +17,6 @@ def _payload(key: str, size: int) -> bytes:
     stamp = key.encode().ljust(64, b".")
     return (stamp * (size // len(stamp) + 1))[:size]
 
-
-def _wait_until(condition, timeout_s: float, what: str):
-    """Polls a condition that time makes true (a lease running out, a copy finishing)."""
-    deadline = time.monotonic() + timeout_s
-    while not condition():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"{what}: not true after {timeout_s}s")
-        time.sleep(0.02)
 
 
 def _tiers(client: Client, key: str) -> list[str]:
@@ -51,7 +43,7 @@ def test_remove_is_refused_under_a_lease_and_allowed_after(fresh_cluster):
         with pytest.raises(HasLeaseError) as info:
             c.remove("leased")
         assert info.value.code == ErrorCode.OBJECT_HAS_LEASE == -706
-        _wait_until(lambda: not _refused(c, "leased"), 5.0, "remove after the lease")
+        wait_until(lambda: not _refused(c, "leased"), 5.0, "remove after the lease")
         assert c.get("leased") is None
         c.put("forced", b"f" * 1000)
         assert c.exists("forced")  # exists leases too
@@ -91,7 +83,7 @@ def test_ssd_replicas_read_over_each_transport_and_hot_ones_come_back(fresh_clus
         buffer = bytearray(256 * KiB)
         assert c.get_into(cold[0], buffer) == 256 * KiB  # second read within the window
         assert bytes(buffer) == _payload(cold[0], 256 * KiB)
-        _wait_until(lambda: _tiers(c, cold[0]) == ["DRAM"], 10.0, "promotion of a hot object")
+        wait_until(lambda: _tiers(c, cold[0]) == ["DRAM"], 10.0, "promotion of a hot object")
         assert c.get(cold[0]) == _payload(cold[0], 256 * KiB)
         for key in cold[1:]:
             assert c.get(key) == _payload(key, 256 * KiB)
