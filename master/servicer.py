@@ -4,9 +4,7 @@ No metadata logic lives here (STYLE.md 1 and 5); domain errors leave through rpc
 """
 from __future__ import annotations
 
-import dataclasses
 import functools
-import heapq
 import logging
 import math
 import secrets
@@ -16,51 +14,19 @@ import uuid
 
 from mooncake_master.auth import Authenticator, Role
 from mooncake_master.metrics import RpcStats
-from mooncake_master.model import ObjectMeta
+from mooncake_master.listing import list_keys
 from mooncake_master.state import MasterState, PlacementConfig, SegmentSpec
 from mooncake_proto import grants
 from mooncake_proto import mooncake_pb2 as pb
 from mooncake_proto import mooncake_pb2_grpc as pb_grpc
 from mooncake_proto.daemon import kv
-from mooncake_proto.errors import ErrorCode, InvalidArgumentError, MooncakeError
+from mooncake_proto.errors import ErrorCode, MooncakeError
 from mooncake_proto.rpc import abort_with, bearer_token
 
 log = logging.getLogger("mooncake.master")
 
 HEARTBEAT_INTERVAL_MS = 1000
 _INTERNAL_ERROR = int(ErrorCode.INTERNAL_ERROR)  # what a call that raised a bug counts as
-DEFAULT_LIST_LIMIT = 1000  # ListKeys with limit 0
-MAX_LIST_LIMIT = 10_000  # 10,000 keys of 4 KiB stay under gRPC's 64 MiB message cap
-
-
-@dataclasses.dataclass(frozen=True, slots=True)
-class KeyListing:
-    """One object as ListKeys shows it (a copy: nothing outside may touch the state)."""
-    key: str
-    size: int
-    state: int
-    tiers: tuple[int, ...]  # one per replica
-    soft_pin: bool
-    hard_pin: bool
-    last_access_age_s: float
-
-
-def list_keys(objects: dict[str, ObjectMeta], prefix: str, limit: int, start_after: str,
-              now: float) -> tuple[list[KeyListing], bool]:
-    """A page of ListKeys: the objects whose keys start with `prefix`, after `start_after`, in
-    key order, at most `limit` (0: DEFAULT_LIST_LIMIT; capped at MAX_LIST_LIMIT); and whether
-    more match. Reads only: no lease, no access time (a read of the objects, changing nothing,
-    so it can live in the adapter). The state keeps no sorted index (an admin call is not
-    worth one on the hot path), so a page is one pass over every key, under the lock."""
-    limit = min(limit or DEFAULT_LIST_LIMIT, MAX_LIST_LIMIT)
-    page = heapq.nsmallest(limit + 1, (k for k in objects
-                                       if k > start_after and k.startswith(prefix)))
-    listings = []
-    for key in page[:limit]:
-        obj = objects[key]
-        listings.append(KeyListing(key, obj.size, obj.state, tuple(r.tier for r in obj.replicas),
-                                   obj.soft_pin, obj.hard_pin, max(0.0, now - obj.last_access)))
-    return listings, len(page) > limit
 
 
 def _fill_status(status: pb.KeyStatus, key: str, result) -> None:
@@ -146,11 +112,6 @@ class MasterServicer(pb_grpc.MasterServiceServicer):
 
     @_serialized(Role.WORKER)
     async def RegisterWorker(self, request, context):
-        id_bytes = len(request.worker_id.encode())
-        if id_bytes > grants.MAX_WORKER_ID_BYTES:
-            # every grant for it would fail to sign (or to verify): refused before it is placed on
-            raise _CallFailed(InvalidArgumentError(
-                f"worker_id of {id_bytes} bytes; the limit is {grants.MAX_WORKER_ID_BYTES}"))
         key = secrets.token_bytes(grants.KEY_BYTES)
         segments = [SegmentSpec(s.segment_id, s.tier, s.size_bytes, s.path) for s in request.segments]
         await self._run(context, self.state.register_worker, request.worker_id, request.node_id,

@@ -19,6 +19,7 @@ from mooncake_master.model import (COMPLETE, DEMOTE, MAX_REPLICA_NUM, PENDING, P
 from mooncake_master.placement import Placement
 from mooncake_master.tiering import MOVE_DONE, MOVE_FAILED, MOVE_UNKNOWN, Tiering
 from mooncake_proto.errors import ErrorCode, InvalidArgumentError
+from mooncake_proto.grants import MAX_WORKER_ID_BYTES
 
 __all__ = ["COMPLETE", "DEMOTE", "PENDING", "PROMOTE", "TIER_DRAM", "TIER_SSD", "KeyResult",
            "MasterConfig", "MasterState", "Move", "MOVE_DONE", "MOVE_FAILED", "MOVE_UNKNOWN",
@@ -97,6 +98,11 @@ class MasterState(Placement, Tiering):
     def _check_segments(worker_id: str, segments: list[SegmentSpec]) -> None:
         if not isinstance(worker_id, str) or not worker_id:
             raise InvalidArgumentError("worker_id must be a non-empty string")
+        id_bytes = len(worker_id.encode())
+        if id_bytes > MAX_WORKER_ID_BYTES:
+            # every grant for it would fail to sign (or to verify): refused before it is placed on
+            raise InvalidArgumentError(
+                f"worker_id of {id_bytes} bytes; the limit is {MAX_WORKER_ID_BYTES}")
         if not segments:
             raise InvalidArgumentError(f"worker {worker_id} registers no segment")
         seen: set[int] = set()
@@ -126,8 +132,7 @@ class MasterState(Placement, Tiering):
         _held_after_drop, for the case that the worker registers again with the same files."""
         del self.workers[worker_id]
         held = [p for p in self.pending_frees if p.worker_id == worker_id]
-        held.extend(PendingFree(r.worker_id, r.segment_id, r.offset, r.length, free_at)
-                    for r, free_at in self._forget_moves_of(worker_id))
+        held.extend(self._forget_moves_of(worker_id))
         self.pending_frees = [p for p in self.pending_frees if p.worker_id != worker_id]
         lost: list[str] = []
         for key, obj in list(self.objects.items()):
@@ -181,7 +186,8 @@ class MasterState(Placement, Tiering):
                 f"replica_num {config.replica_num} is over the limit of {MAX_REPLICA_NUM}")
         results: list[KeyResult] = []
         failed_in_batch: dict[str, KeyResult] = {}
-        report = TickReport()  # what making room evicted; the next tick's report is the log's
+        # what making room evicts shows in `counters` (stats, metrics), not in a tick's report
+        report = TickReport()
         for key, size in zip(keys, sizes):
             result = self._put_start_one(key, size, config, client_node_id, now,
                                          failed_in_batch, report)
@@ -454,8 +460,8 @@ class MasterState(Placement, Tiering):
     def _validate_move(self, move: Move) -> None:
         assert move.src.worker_id == move.dst.worker_id, f"move {move.move_id} crosses workers"
         assert move.dst.length == move.src.length, f"move {move.move_id} changes the length"
-        obj = self.objects.get(move.key)
-        if obj is not None and obj.put_id == move.put_id:
+        obj = self._object_of(move)
+        if obj is not None:
             assert obj.moving, f"{move.key!r} has move {move.move_id} but is not moving"
             assert sum(1 for m in self.moves.values()
                        if m.key == move.key and m.put_id == move.put_id) == 1, \
@@ -484,13 +490,14 @@ class MasterState(Placement, Tiering):
                                  "fragmentation": seg.allocator.fragmentation})
             workers.append({"worker_id": worker.worker_id, "node_id": worker.node_id,
                             "data_addr": worker.data_addr, "segments": segments})
-        pending = sum(1 for obj in self.objects.values() if obj.state == PENDING)
-        objects_per_tier = {name: 0 for name in TIER_NAMES.values()}
-        for obj in self.objects.values():
+        pending = 0
+        replicas_per_tier = {tier: 0 for tier in TIER_NAMES}
+        for obj in self.objects.values():  # one pass: it holds the master's lock
+            pending += obj.state == PENDING
             for replica in obj.replicas:
-                objects_per_tier[TIER_NAMES[replica.tier]] += 1
-        for name, count in objects_per_tier.items():
-            tiers[name]["replicas"] = count
+                replicas_per_tier[replica.tier] += 1
+        for tier, count in replicas_per_tier.items():
+            tiers[TIER_NAMES[tier]]["replicas"] = count
         return {"objects": len(self.objects), "pending": pending,
                 "pending_frees": len(self.pending_frees), "moves": len(self.moves),
                 **self.counters, "workers": workers, "tiers": tiers}

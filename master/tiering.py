@@ -15,7 +15,7 @@ import dataclasses
 
 from mooncake_master.allocator import align_up
 from mooncake_master.model import (COMPLETE, DEMOTE, PROMOTE, TIER_DRAM, TIER_SSD, Move,
-                                   ObjectMeta, Replica, Segment, TickReport)
+                                   ObjectMeta, PendingFree, Replica, Segment, TickReport)
 
 # outcomes the mover reports for a move
 MOVE_DONE = "done"        # the worker copied the bytes
@@ -68,18 +68,14 @@ class Tiering:
         return chosen
 
     def _evict_from(self, seg: Segment, want_bytes: float, now: float,
-                    report: TickReport) -> int:
+                    report: TickReport) -> None:
         """Frees, or starts freeing, about want_bytes of seg: a DRAM replica is demoted to its
-        worker's SSD while the SSD has room (making room there by LRU first), else dropped.
-        Returns the bytes chosen."""
-        chosen = 0
+        worker's SSD while the SSD has room (making room there by LRU first), else dropped."""
         for obj, replica in self._victims(seg, want_bytes, now):
             if seg.tier == TIER_DRAM and self._demote(obj, replica, now, report):
                 report.moves_planned += 1
             else:
                 self._drop_replica(obj, replica, now, report)
-            chosen += replica.length
-        return chosen
 
     def _demote(self, obj: ObjectMeta, replica: Replica, now: float, report: TickReport) -> bool:
         worker = self.workers[replica.worker_id]
@@ -128,8 +124,7 @@ class Tiering:
                 at = (pending.worker_id, pending.segment_id)
                 leaving[at] = leaving.get(at, 0) + pending.length
         for move in self.moves.values():
-            obj = self.objects.get(move.key)
-            if obj is None or obj.put_id != move.put_id:
+            if self._object_of(move) is None:
                 continue  # its object went meanwhile, and the source range with it
             at = (move.src.worker_id, move.src.segment_id)
             leaving[at] = leaving.get(at, 0) + move.src.length
@@ -219,6 +214,12 @@ class Tiering:
 
     # -- moves ----------------------------------------------------------------------------
 
+    def _object_of(self, move: Move) -> ObjectMeta | None:
+        """The object a move copies, while it lives: None once it was removed (or removed and
+        written again: the same key, another put_id, another object)."""
+        obj = self.objects.get(move.key)
+        return obj if obj is not None and obj.put_id == move.put_id else None
+
     def _start_move(self, kind: str, obj: ObjectMeta, src: Replica, dst: Replica,
                     now: float) -> None:
         move = Move(self._next_move_id, kind, obj.key, obj.put_id, src, dst, now)
@@ -246,9 +247,7 @@ class Tiering:
         move = self.moves.pop(move_id, None)
         if move is None:
             return False  # abandoned on timeout, or its worker was dropped
-        obj = self.objects.get(move.key)
-        if obj is not None and obj.put_id != move.put_id:
-            obj = None  # removed and written again meanwhile: another object
+        obj = self._object_of(move)
         if obj is not None:
             obj.moving = False
         index = next((i for i, r in enumerate(obj.replicas) if r is move.src), None) \
@@ -277,7 +276,7 @@ class Tiering:
                              now)
             report.moves_abandoned += 1
 
-    def _forget_moves_of(self, worker_id: str) -> list:
+    def _forget_moves_of(self, worker_id: str) -> list[PendingFree]:
         """Drops the moves on a worker being forgotten; the target ranges its old grants may
         still write, for _held_after_drop."""
         held = []
@@ -285,9 +284,11 @@ class Tiering:
             del self.moves[move.move_id]
             if move.sent_at is None:
                 self.unsent_moves -= 1
-            obj = self.objects.get(move.key)
-            if obj is not None and obj.put_id == move.put_id:
+            obj = self._object_of(move)
+            if obj is not None:
                 obj.moving = False
             if move.sent_at is not None:
-                held.append((move.dst, self._move_grant_expires_at(move)))
+                dst = move.dst
+                held.append(PendingFree(dst.worker_id, dst.segment_id, dst.offset, dst.length,
+                                        self._move_grant_expires_at(move)))
         return held

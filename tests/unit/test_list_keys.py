@@ -1,13 +1,13 @@
-"""ListKeys' pure core (master/servicer.py `list_keys`): prefix, order, pages, what a listing
+"""ListKeys' pure core (master/listing.py `list_keys`): prefix, order, pages, what a listing
 says, and that listing leaves the state as it was (no lease, no access time)."""
 import random
 
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from mooncake_master import servicer
+from mooncake_master import listing
 from mooncake_master.model import ObjectMeta, Replica
-from mooncake_master.servicer import MAX_LIST_LIMIT, list_keys
+from mooncake_master.listing import MAX_LIST_LIMIT, list_keys
 from mooncake_master.state import (COMPLETE, PENDING, TIER_DRAM, TIER_SSD, MasterConfig,
                                    MasterState, PlacementConfig, SegmentSpec)
 
@@ -76,7 +76,7 @@ def test_tiers_are_one_per_replica_in_order():
 def test_limit_zero_is_the_default_and_large_limits_are_capped():
     objects = {f"k{i:05d}": _object(f"k{i:05d}") for i in range(MAX_LIST_LIMIT + 5)}
     listings, more = list_keys(objects, "", 0, "", 0.0)
-    assert len(listings) == servicer.DEFAULT_LIST_LIMIT and more
+    assert len(listings) == listing.DEFAULT_LIST_LIMIT and more
     listings, more = list_keys(objects, "", 10 * MAX_LIST_LIMIT, "", 0.0)
     assert len(listings) == MAX_LIST_LIMIT and more
     assert listings[-1].key == f"k{MAX_LIST_LIMIT - 1:05d}"
