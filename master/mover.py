@@ -66,14 +66,17 @@ class Mover:
                          + self.state.config.grant_margin_s) * 1000)
         out: list[tuple[str, pb.MoveRequest, list[Move]]] = []
         open_batch: dict[str, tuple[str, pb.MoveRequest, list[Move]]] = {}
+        batch_bytes: dict[str, int] = {}  # of each worker's open batch
         for move in moves:
             worker = self.state.workers.get(move.worker_id)
             if worker is None:
                 continue  # dropped meanwhile: the state already forgot its moves
             batch = open_batch.get(move.worker_id)
-            if batch is None or sum(m.src.length for m in batch[2]) >= BATCH_BYTES:
+            if batch is None or batch_bytes[move.worker_id] >= BATCH_BYTES:
                 batch = open_batch[move.worker_id] = (worker.grpc_addr, pb.MoveRequest(), [])
+                batch_bytes[move.worker_id] = 0
                 out.append(batch)
+            batch_bytes[move.worker_id] += move.src.length
             src, dst = move.src, move.dst
             read = grants.Grant(grants.Op.READ, worker.worker_id, src.segment_id, src.offset,
                                 src.length, expiry_ms)

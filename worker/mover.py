@@ -51,8 +51,6 @@ class ReplicaMover:
         self._grant_key = grant_key  # read per item: re-registration may swap it at any time
         self._lock = threading.Lock()
         self._closed = False
-        self.items_moved = 0
-        self.bytes_moved = 0
         self.items_failed = 0
         # (source tier, destination tier) -> [items, bytes] moved (the worker's metrics)
         self.moved_by_tiers: dict[tuple[str, str], list[int]] = {}
@@ -79,6 +77,14 @@ class ReplicaMover:
         return {tiers: (counts[0], counts[1])
                 for tiers, counts in dict(self.moved_by_tiers).items()}
 
+    @property
+    def items_moved(self) -> int:
+        return sum(items for items, _ in self.moved_snapshot().values())
+
+    @property
+    def bytes_moved(self) -> int:
+        return sum(moved for _, moved in self.moved_snapshot().values())
+
     def close(self) -> None:
         """Waits for a running batch; later batches are refused. Call before closing segments."""
         with self._lock:
@@ -93,8 +99,6 @@ class ReplicaMover:
             return MoveStatus(exc.code, exc.message)
         except OSError as exc:  # the disk or the file failed under the copy
             return MoveStatus(ErrorCode.TRANSFER_FAIL, f"copy failed: {exc}")
-        self.items_moved += 1
-        self.bytes_moved += item.length
         tiers = (tier_of(self.segments[item.src_segment_id]),
                  tier_of(self.segments[item.dst_segment_id]))
         counts = self.moved_by_tiers.setdefault(tiers, [0, 0])
