@@ -89,8 +89,48 @@ class KeyStatus(_message.Message):
     message: str
     def __init__(self, key: _Optional[str] = ..., code: _Optional[int] = ..., message: _Optional[str] = ...) -> None: ...
 
+class InventoryEntry(_message.Message):
+    __slots__ = ("key", "put_id", "segment_id", "offset", "size", "replica_num", "soft_pin", "hard_pin")
+    KEY_FIELD_NUMBER: _ClassVar[int]
+    PUT_ID_FIELD_NUMBER: _ClassVar[int]
+    SEGMENT_ID_FIELD_NUMBER: _ClassVar[int]
+    OFFSET_FIELD_NUMBER: _ClassVar[int]
+    SIZE_FIELD_NUMBER: _ClassVar[int]
+    REPLICA_NUM_FIELD_NUMBER: _ClassVar[int]
+    SOFT_PIN_FIELD_NUMBER: _ClassVar[int]
+    HARD_PIN_FIELD_NUMBER: _ClassVar[int]
+    key: str
+    put_id: int
+    segment_id: int
+    offset: int
+    size: int
+    replica_num: int
+    soft_pin: bool
+    hard_pin: bool
+    def __init__(self, key: _Optional[str] = ..., put_id: _Optional[int] = ..., segment_id: _Optional[int] = ..., offset: _Optional[int] = ..., size: _Optional[int] = ..., replica_num: _Optional[int] = ..., soft_pin: bool = ..., hard_pin: bool = ...) -> None: ...
+
+class InventoryUpdate(_message.Message):
+    __slots__ = ("seq", "removed", "entry")
+    SEQ_FIELD_NUMBER: _ClassVar[int]
+    REMOVED_FIELD_NUMBER: _ClassVar[int]
+    ENTRY_FIELD_NUMBER: _ClassVar[int]
+    seq: int
+    removed: bool
+    entry: InventoryEntry
+    def __init__(self, seq: _Optional[int] = ..., removed: bool = ..., entry: _Optional[_Union[InventoryEntry, _Mapping]] = ...) -> None: ...
+
+class DrainStatus(_message.Message):
+    __slots__ = ("draining", "objects_left", "bytes_left")
+    DRAINING_FIELD_NUMBER: _ClassVar[int]
+    OBJECTS_LEFT_FIELD_NUMBER: _ClassVar[int]
+    BYTES_LEFT_FIELD_NUMBER: _ClassVar[int]
+    draining: bool
+    objects_left: int
+    bytes_left: int
+    def __init__(self, draining: bool = ..., objects_left: _Optional[int] = ..., bytes_left: _Optional[int] = ...) -> None: ...
+
 class RegisterWorkerRequest(_message.Message):
-    __slots__ = ("worker_id", "node_id", "data_addr", "grpc_addr", "http_addr", "segments", "rdma")
+    __slots__ = ("worker_id", "node_id", "data_addr", "grpc_addr", "http_addr", "segments", "rdma", "inventory")
     WORKER_ID_FIELD_NUMBER: _ClassVar[int]
     NODE_ID_FIELD_NUMBER: _ClassVar[int]
     DATA_ADDR_FIELD_NUMBER: _ClassVar[int]
@@ -98,6 +138,7 @@ class RegisterWorkerRequest(_message.Message):
     HTTP_ADDR_FIELD_NUMBER: _ClassVar[int]
     SEGMENTS_FIELD_NUMBER: _ClassVar[int]
     RDMA_FIELD_NUMBER: _ClassVar[int]
+    INVENTORY_FIELD_NUMBER: _ClassVar[int]
     worker_id: str
     node_id: str
     data_addr: str
@@ -105,29 +146,58 @@ class RegisterWorkerRequest(_message.Message):
     http_addr: str
     segments: _containers.RepeatedCompositeFieldContainer[SegmentInfo]
     rdma: bool
-    def __init__(self, worker_id: _Optional[str] = ..., node_id: _Optional[str] = ..., data_addr: _Optional[str] = ..., grpc_addr: _Optional[str] = ..., http_addr: _Optional[str] = ..., segments: _Optional[_Iterable[_Union[SegmentInfo, _Mapping]]] = ..., rdma: bool = ...) -> None: ...
+    inventory: _containers.RepeatedCompositeFieldContainer[InventoryEntry]
+    def __init__(self, worker_id: _Optional[str] = ..., node_id: _Optional[str] = ..., data_addr: _Optional[str] = ..., grpc_addr: _Optional[str] = ..., http_addr: _Optional[str] = ..., segments: _Optional[_Iterable[_Union[SegmentInfo, _Mapping]]] = ..., rdma: bool = ..., inventory: _Optional[_Iterable[_Union[InventoryEntry, _Mapping]]] = ...) -> None: ...
 
 class RegisterWorkerResponse(_message.Message):
-    __slots__ = ("grant_key", "heartbeat_interval_ms", "master_id")
+    __slots__ = ("grant_key", "heartbeat_interval_ms", "master_id", "inventory", "adopted", "rejected")
     GRANT_KEY_FIELD_NUMBER: _ClassVar[int]
     HEARTBEAT_INTERVAL_MS_FIELD_NUMBER: _ClassVar[int]
     MASTER_ID_FIELD_NUMBER: _ClassVar[int]
+    INVENTORY_FIELD_NUMBER: _ClassVar[int]
+    ADOPTED_FIELD_NUMBER: _ClassVar[int]
+    REJECTED_FIELD_NUMBER: _ClassVar[int]
     grant_key: bytes
     heartbeat_interval_ms: int
     master_id: str
-    def __init__(self, grant_key: _Optional[bytes] = ..., heartbeat_interval_ms: _Optional[int] = ..., master_id: _Optional[str] = ...) -> None: ...
+    inventory: _containers.RepeatedCompositeFieldContainer[InventoryEntry]
+    adopted: int
+    rejected: int
+    def __init__(self, grant_key: _Optional[bytes] = ..., heartbeat_interval_ms: _Optional[int] = ..., master_id: _Optional[str] = ..., inventory: _Optional[_Iterable[_Union[InventoryEntry, _Mapping]]] = ..., adopted: _Optional[int] = ..., rejected: _Optional[int] = ...) -> None: ...
 
 class HeartbeatRequest(_message.Message):
+    __slots__ = ("worker_id", "inventory_seq", "draining")
+    WORKER_ID_FIELD_NUMBER: _ClassVar[int]
+    INVENTORY_SEQ_FIELD_NUMBER: _ClassVar[int]
+    DRAINING_FIELD_NUMBER: _ClassVar[int]
+    worker_id: str
+    inventory_seq: int
+    draining: bool
+    def __init__(self, worker_id: _Optional[str] = ..., inventory_seq: _Optional[int] = ..., draining: bool = ...) -> None: ...
+
+class HeartbeatResponse(_message.Message):
+    __slots__ = ("registered", "updates", "more", "drain")
+    REGISTERED_FIELD_NUMBER: _ClassVar[int]
+    UPDATES_FIELD_NUMBER: _ClassVar[int]
+    MORE_FIELD_NUMBER: _ClassVar[int]
+    DRAIN_FIELD_NUMBER: _ClassVar[int]
+    registered: bool
+    updates: _containers.RepeatedCompositeFieldContainer[InventoryUpdate]
+    more: bool
+    drain: DrainStatus
+    def __init__(self, registered: bool = ..., updates: _Optional[_Iterable[_Union[InventoryUpdate, _Mapping]]] = ..., more: bool = ..., drain: _Optional[_Union[DrainStatus, _Mapping]] = ...) -> None: ...
+
+class DeregisterRequest(_message.Message):
     __slots__ = ("worker_id",)
     WORKER_ID_FIELD_NUMBER: _ClassVar[int]
     worker_id: str
     def __init__(self, worker_id: _Optional[str] = ...) -> None: ...
 
-class HeartbeatResponse(_message.Message):
-    __slots__ = ("registered",)
-    REGISTERED_FIELD_NUMBER: _ClassVar[int]
-    registered: bool
-    def __init__(self, registered: bool = ...) -> None: ...
+class DeregisterResponse(_message.Message):
+    __slots__ = ("objects_lost",)
+    OBJECTS_LOST_FIELD_NUMBER: _ClassVar[int]
+    objects_lost: int
+    def __init__(self, objects_lost: _Optional[int] = ...) -> None: ...
 
 class PutStartRequest(_message.Message):
     __slots__ = ("keys", "sizes", "config", "client_node_id")
@@ -273,6 +343,14 @@ class ListKeysResponse(_message.Message):
     truncated: bool
     def __init__(self, keys: _Optional[_Iterable[_Union[KeyListing, _Mapping]]] = ..., truncated: bool = ...) -> None: ...
 
+class DrainRequest(_message.Message):
+    __slots__ = ("worker_id", "cancel")
+    WORKER_ID_FIELD_NUMBER: _ClassVar[int]
+    CANCEL_FIELD_NUMBER: _ClassVar[int]
+    worker_id: str
+    cancel: bool
+    def __init__(self, worker_id: _Optional[str] = ..., cancel: bool = ...) -> None: ...
+
 class DescribeRequest(_message.Message):
     __slots__ = ()
     def __init__(self) -> None: ...
@@ -322,7 +400,7 @@ class RdmaConnectResponse(_message.Message):
     def __init__(self, worker_endpoint: _Optional[bytes] = ..., segments: _Optional[_Iterable[_Union[RdmaSegment, _Mapping]]] = ...) -> None: ...
 
 class MoveItem(_message.Message):
-    __slots__ = ("src_segment_id", "src_offset", "dst_segment_id", "dst_offset", "length", "read_grant", "write_grant")
+    __slots__ = ("src_segment_id", "src_offset", "dst_segment_id", "dst_offset", "length", "read_grant", "write_grant", "dst_data_addr")
     SRC_SEGMENT_ID_FIELD_NUMBER: _ClassVar[int]
     SRC_OFFSET_FIELD_NUMBER: _ClassVar[int]
     DST_SEGMENT_ID_FIELD_NUMBER: _ClassVar[int]
@@ -330,6 +408,7 @@ class MoveItem(_message.Message):
     LENGTH_FIELD_NUMBER: _ClassVar[int]
     READ_GRANT_FIELD_NUMBER: _ClassVar[int]
     WRITE_GRANT_FIELD_NUMBER: _ClassVar[int]
+    DST_DATA_ADDR_FIELD_NUMBER: _ClassVar[int]
     src_segment_id: int
     src_offset: int
     dst_segment_id: int
@@ -337,7 +416,8 @@ class MoveItem(_message.Message):
     length: int
     read_grant: bytes
     write_grant: bytes
-    def __init__(self, src_segment_id: _Optional[int] = ..., src_offset: _Optional[int] = ..., dst_segment_id: _Optional[int] = ..., dst_offset: _Optional[int] = ..., length: _Optional[int] = ..., read_grant: _Optional[bytes] = ..., write_grant: _Optional[bytes] = ...) -> None: ...
+    dst_data_addr: str
+    def __init__(self, src_segment_id: _Optional[int] = ..., src_offset: _Optional[int] = ..., dst_segment_id: _Optional[int] = ..., dst_offset: _Optional[int] = ..., length: _Optional[int] = ..., read_grant: _Optional[bytes] = ..., write_grant: _Optional[bytes] = ..., dst_data_addr: _Optional[str] = ...) -> None: ...
 
 class MoveRequest(_message.Message):
     __slots__ = ("items",)

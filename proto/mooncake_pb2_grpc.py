@@ -49,6 +49,11 @@ class MasterServiceStub(object):
                 request_serializer=mooncake__proto_dot_mooncake__pb2.HeartbeatRequest.SerializeToString,
                 response_deserializer=mooncake__proto_dot_mooncake__pb2.HeartbeatResponse.FromString,
                 _registered_method=True)
+        self.DeregisterWorker = channel.unary_unary(
+                '/mooncake.v1.MasterService/DeregisterWorker',
+                request_serializer=mooncake__proto_dot_mooncake__pb2.DeregisterRequest.SerializeToString,
+                response_deserializer=mooncake__proto_dot_mooncake__pb2.DeregisterResponse.FromString,
+                _registered_method=True)
         self.PutStart = channel.unary_unary(
                 '/mooncake.v1.MasterService/PutStart',
                 request_serializer=mooncake__proto_dot_mooncake__pb2.PutStartRequest.SerializeToString,
@@ -89,6 +94,11 @@ class MasterServiceStub(object):
                 request_serializer=mooncake__proto_dot_mooncake__pb2.ListKeysRequest.SerializeToString,
                 response_deserializer=mooncake__proto_dot_mooncake__pb2.ListKeysResponse.FromString,
                 _registered_method=True)
+        self.DrainWorker = channel.unary_unary(
+                '/mooncake.v1.MasterService/DrainWorker',
+                request_serializer=mooncake__proto_dot_mooncake__pb2.DrainRequest.SerializeToString,
+                response_deserializer=mooncake__proto_dot_mooncake__pb2.DrainStatus.FromString,
+                _registered_method=True)
 
 
 class MasterServiceServicer(object):
@@ -107,6 +117,12 @@ class MasterServiceServicer(object):
         raise NotImplementedError('Method not implemented!')
 
     def Heartbeat(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def DeregisterWorker(self, request, context):
         """Missing associated documentation comment in .proto file."""
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -161,6 +177,13 @@ class MasterServiceServicer(object):
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def DrainWorker(self, request, context):
+        """admin
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_MasterServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -178,6 +201,11 @@ def add_MasterServiceServicer_to_server(servicer, server):
                     servicer.Heartbeat,
                     request_deserializer=mooncake__proto_dot_mooncake__pb2.HeartbeatRequest.FromString,
                     response_serializer=mooncake__proto_dot_mooncake__pb2.HeartbeatResponse.SerializeToString,
+            ),
+            'DeregisterWorker': grpc.unary_unary_rpc_method_handler(
+                    servicer.DeregisterWorker,
+                    request_deserializer=mooncake__proto_dot_mooncake__pb2.DeregisterRequest.FromString,
+                    response_serializer=mooncake__proto_dot_mooncake__pb2.DeregisterResponse.SerializeToString,
             ),
             'PutStart': grpc.unary_unary_rpc_method_handler(
                     servicer.PutStart,
@@ -218,6 +246,11 @@ def add_MasterServiceServicer_to_server(servicer, server):
                     servicer.ListKeys,
                     request_deserializer=mooncake__proto_dot_mooncake__pb2.ListKeysRequest.FromString,
                     response_serializer=mooncake__proto_dot_mooncake__pb2.ListKeysResponse.SerializeToString,
+            ),
+            'DrainWorker': grpc.unary_unary_rpc_method_handler(
+                    servicer.DrainWorker,
+                    request_deserializer=mooncake__proto_dot_mooncake__pb2.DrainRequest.FromString,
+                    response_serializer=mooncake__proto_dot_mooncake__pb2.DrainStatus.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -301,6 +334,33 @@ class MasterService(object):
             '/mooncake.v1.MasterService/Heartbeat',
             mooncake__proto_dot_mooncake__pb2.HeartbeatRequest.SerializeToString,
             mooncake__proto_dot_mooncake__pb2.HeartbeatResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def DeregisterWorker(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/mooncake.v1.MasterService/DeregisterWorker',
+            mooncake__proto_dot_mooncake__pb2.DeregisterRequest.SerializeToString,
+            mooncake__proto_dot_mooncake__pb2.DeregisterResponse.FromString,
             options,
             channel_credentials,
             insecure,
@@ -517,6 +577,33 @@ class MasterService(object):
             '/mooncake.v1.MasterService/ListKeys',
             mooncake__proto_dot_mooncake__pb2.ListKeysRequest.SerializeToString,
             mooncake__proto_dot_mooncake__pb2.ListKeysResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def DrainWorker(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/mooncake.v1.MasterService/DrainWorker',
+            mooncake__proto_dot_mooncake__pb2.DrainRequest.SerializeToString,
+            mooncake__proto_dot_mooncake__pb2.DrainStatus.FromString,
             options,
             channel_credentials,
             insecure,
