@@ -20,7 +20,7 @@ from mooncake_proto import grants
 from mooncake_proto import mooncake_pb2 as pb
 from mooncake_proto import mooncake_pb2_grpc as pb_grpc
 from mooncake_proto.daemon import kv
-from mooncake_proto.errors import ErrorCode, MooncakeError
+from mooncake_proto.errors import ErrorCode, MooncakeError, UnavailableError
 from mooncake_proto.rpc import abort_with, bearer_token
 
 log = logging.getLogger("mooncake.master")
@@ -71,6 +71,8 @@ def _serialized(role: Role):
                     with self.lock:
                         self.rpc_stats.observe(name, time.perf_counter() - started, refused.code)
                     await abort_with(context, refused)
+            if self.standby_reason:  # under etcd HA, only the leader answers (master/ha.py)
+                await abort_with(context, UnavailableError(self.standby_reason))
             try:
                 with self.lock:
                     code, response = _INTERNAL_ERROR, None  # unless it returns
@@ -103,6 +105,9 @@ class MasterServicer(pb_grpc.MasterServiceServicer):
         self.meta_addr = ""  # the framed metadata port, once it listens (master/meta_server.py)
         self.on_moves_planned = lambda: None  # wakes the mover (master/mover.py), any thread
         self.rpc_stats = RpcStats()  # under `lock`, like the state (master/metrics.py)
+        # non-empty while this master is a standby: every call is refused with UNAVAILABLE
+        # and this text (which names the leader when known), so callers move on to the leader
+        self.standby_reason = ""
 
     @_serialized(Role.CLIENT)
     async def Hello(self, request, context):
