@@ -31,6 +31,7 @@ class OffsetAllocator:
         self._bins: list[set[int]] = [set() for _ in range(size_bytes.bit_length())]
         self._bitmap = 0
         self._used_bytes = 0
+        self._reserve_hint = 0  # where the free block after the last reserve() starts
         self._insert_free(0, size_bytes)
 
     # -- queries --------------------------------------------------------------------------
@@ -96,9 +97,16 @@ class OffsetAllocator:
         size = align_up(length, self.alignment)
         if length < 1 or offset < 0 or offset % self.alignment or offset + size > self.size_bytes:
             raise ValueError(f"cannot reserve {length} bytes at offset {offset}")
-        # O(free blocks): reservations happen at registration, never on the data path
-        block = next((start for start, block_size in self._free_by_offset.items()
-                      if start <= offset and offset + size <= start + block_size), None)
+        # ranges reserved in offset order (a worker's inventory, adopted sorted) each fall in
+        # the free block the previous one left behind: O(1). Otherwise O(free blocks), which
+        # is fine off the data path (registration only).
+        hint = self._reserve_hint
+        hint_size = self._free_by_offset.get(hint, 0)
+        if hint <= offset and offset + size <= hint + hint_size:
+            block = hint
+        else:
+            block = next((start for start, block_size in self._free_by_offset.items()
+                          if start <= offset and offset + size <= start + block_size), None)
         if block is None:
             raise ValueError(f"range [{offset}, {offset + size}) is not free")
         block_end = block + self._remove_free(block)
@@ -108,6 +116,7 @@ class OffsetAllocator:
             self._insert_free(offset + size, block_end - offset - size)
         self._allocated[offset] = size
         self._used_bytes += size
+        self._reserve_hint = offset + size
 
     def free(self, offset: int) -> None:
         """Free the block allocated at `offset`; ValueError on an unknown offset or double free."""

@@ -40,6 +40,18 @@ class MasterConfig:
     # a move the worker has not answered within this is abandoned (its target range waits
     # for the move's write grant to expire before reuse)
     move_timeout_s: float = 30.0
+    # re-replication (a dead worker's objects, a drain): copies in flight at once, so that
+    # healing leaves the workers' bandwidth to clients
+    heal_bytes_in_flight: int = 256 << 20
+    heal_moves_in_flight: int = 64
+    heal_attempts: int = 3          # failed copies of one object before it is given up
+    # inventory updates a worker has not fetched (heartbeat replies carry them); past this the
+    # master stops queueing and has the worker register again to take the whole inventory
+    max_inventory_updates: int = 1_000_000
+    updates_per_heartbeat: int = 100_000
+    # objects lost with a worker (or adopted and later deleted) remembered, to re-adopt (or
+    # refuse) them when an inventory brings them back
+    remembered_keys: int = 1_000_000
 
 
 @dataclass(slots=True)
@@ -76,6 +88,12 @@ class WorkerInfo:
     last_heartbeat: float
     registered_at: float
     rdma: bool = False          # serves RdmaConnect: clients may use the rdma transport
+    draining: bool = False      # leaving: no new placements; its sole replicas are copied away
+    drain_keys: dict[str, int] = field(default_factory=dict)  # key -> put_id to move off it
+    # changes to its inventory not yet acknowledged (recovery.py), numbered from 1
+    updates: list["InventoryUpdate"] = field(default_factory=list)
+    update_seq: int = 0
+    resync: bool = False        # too many updates queued: it must register again
 
 
 @dataclass(slots=True)
@@ -103,16 +121,19 @@ class ObjectMeta:
     put_id: int = 0  # ties PutEnd/PutRevoke to the PutStart that allocated the ranges
     moving: bool = False  # a demotion or promotion of one replica is under way
     ssd_hits: list[float] = field(default_factory=list)  # reads while on SSD only, for promotion
+    heal_failures: int = 0  # re-replication copies of it that failed
 
 
 DEMOTE = "demote"    # DRAM -> SSD of the same worker, to free DRAM
 PROMOTE = "promote"  # SSD -> DRAM of the same worker, for an object read often
+REPLICATE = "replicate"  # to another worker: heals a dead worker's loss, drains a leaving one
 
 
 @dataclass(slots=True)
 class Move:
-    """A copy of one replica to another segment of its worker; the master swaps the replica
-    when the worker reports it done. `dst` is reserved in its allocator meanwhile."""
+    """A copy of one replica to another segment of its worker (DEMOTE, PROMOTE: the master
+    swaps the replica when the worker reports it done) or to another worker (REPLICATE: the
+    copy is added). `dst` is reserved in its allocator meanwhile."""
     move_id: int
     kind: str
     key: str
@@ -129,6 +150,7 @@ class Move:
 
     @property
     def worker_id(self) -> str:
+        """The worker asked to copy: the one holding the source."""
         return self.src.worker_id
 
 
@@ -159,6 +181,8 @@ class TickReport:
     evicted_keys: list[str] = field(default_factory=list)   # dropped to free space
     moves_planned: int = 0
     moves_abandoned: int = 0
+    heals_planned: int = 0
+    heals_given_up: int = 0     # no worker had room, or copies kept failing
 
 
 @dataclass(slots=True)
@@ -169,3 +193,49 @@ class PendingFree:
     offset: int
     length: int
     free_at: float
+
+
+@dataclass(slots=True)
+class InventoryEntry:
+    """A committed replica as a worker's inventory records it (proto InventoryEntry)."""
+    key: str
+    put_id: int
+    segment_id: int
+    offset: int
+    size: int
+    replica_num: int
+    soft_pin: bool
+    hard_pin: bool
+
+
+@dataclass(slots=True)
+class InventoryUpdate:
+    seq: int
+    removed: bool
+    entry: InventoryEntry
+
+
+@dataclass(slots=True)
+class Registration:
+    """What register_worker answers: the worker's inventory from now on, and how the one it
+    sent was taken."""
+    worker: WorkerInfo
+    inventory: list[InventoryEntry]
+    adopted: int
+    rejected: int
+    restarted: bool  # a known worker back with the same segments: its replicas were kept
+
+
+@dataclass(slots=True)
+class DrainStatus:
+    draining: bool
+    objects_left: int
+    bytes_left: int
+
+
+@dataclass(slots=True)
+class HeartbeatResult:
+    registered: bool
+    updates: list[InventoryUpdate] = field(default_factory=list)
+    more: bool = False
+    drain: DrainStatus | None = None

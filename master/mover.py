@@ -1,5 +1,6 @@
-"""Carries out the demotions and promotions MasterState plans: asks each worker to copy over
-WorkerService.MoveReplicas, then reports every outcome back to the state.
+"""Carries out the moves MasterState plans (demotions, promotions, copies to other workers):
+asks each source worker to copy over WorkerService.MoveReplicas, then reports every outcome
+back to the state.
 
 The state decides (master/tiering.py); this is the I/O shell around it. A move's grants let
 the worker read the source range and write the reserved target, nothing else, and expire
@@ -76,17 +77,22 @@ class Mover:
                 batch = open_batch[move.worker_id] = (worker.grpc_addr, pb.MoveRequest(), [])
                 batch_bytes[move.worker_id] = 0
                 out.append(batch)
+            # a copy to another worker (REPLICATE) writes there under a grant of that worker's
+            target = self.state.workers.get(move.dst.worker_id)
+            if target is None:
+                continue  # dropped meanwhile, like above
             batch_bytes[move.worker_id] += move.src.length
             src, dst = move.src, move.dst
             read = grants.Grant(grants.Op.READ, worker.worker_id, src.segment_id, src.offset,
                                 src.length, expiry_ms)
-            write = grants.Grant(grants.Op.WRITE, worker.worker_id, dst.segment_id, dst.offset,
+            write = grants.Grant(grants.Op.WRITE, target.worker_id, dst.segment_id, dst.offset,
                                  dst.length, expiry_ms)
             batch[1].items.add(src_segment_id=src.segment_id, src_offset=src.offset,
                                dst_segment_id=dst.segment_id, dst_offset=dst.offset,
                                length=src.length,
                                read_grant=grants.sign(worker.grant_key, read),
-                               write_grant=grants.sign(worker.grant_key, write))
+                               write_grant=grants.sign(target.grant_key, write),
+                               dst_data_addr="" if target is worker else target.data_addr)
             batch[2].append(move)
         return out
 

@@ -1,6 +1,6 @@
 """Where new ranges go: the preferred (writer's own) worker first, the rest by free ratio
 among a random sample of workers, so that a freshly joined empty worker does not attract
-every write. A mixin of MasterState: it reads `workers`, `config` and `rng`, and only
+every write. Draining workers get nothing new. A mixin of MasterState: it reads `workers`, `config` and `rng`, and only
 allocates; deciding what to free when nothing fits is tiering.py's job."""
 from __future__ import annotations
 
@@ -40,12 +40,12 @@ class Placement:
 
     def _preferred(self, preferred_worker: str, client_node_id: str) -> WorkerInfo | None:
         worker = self.workers.get(preferred_worker)
-        if worker is not None:
+        if worker is not None and not worker.draining:
             return worker
         if not client_node_id:
             return None
         local = [w for w in self.workers.values()
-                 if w.node_id == client_node_id and self._has_dram(w)]
+                 if w.node_id == client_node_id and self._has_dram(w) and not w.draining]
         if not local:
             return None
         return min(local, key=lambda w: (-self._free_ratio(w), w.worker_id))
@@ -61,7 +61,8 @@ class Placement:
                 replicas.append(replica)
         # Sorted so that the injected rng alone decides the sample.
         rest = sorted(wid for wid, w in self.workers.items()
-                      if (first is None or wid != first.worker_id) and self._has_dram(w))
+                      if (first is None or wid != first.worker_id) and self._has_dram(w)
+                      and not w.draining)
         sample_size = max(1, self.config.placement_sample)
         while len(replicas) < replica_num and rest:
             sample = self.rng.sample(rest, min(sample_size, len(rest)))

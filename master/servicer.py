@@ -15,12 +15,13 @@ import uuid
 from mooncake_master.auth import Authenticator, Role
 from mooncake_master.metrics import RpcStats
 from mooncake_master.listing import list_keys
-from mooncake_master.state import MasterState, PlacementConfig, SegmentSpec
+from mooncake_master.state import (DrainStatus, InventoryEntry, MasterState, PlacementConfig,
+                                   SegmentSpec)
 from mooncake_proto import grants
 from mooncake_proto import mooncake_pb2 as pb
 from mooncake_proto import mooncake_pb2_grpc as pb_grpc
 from mooncake_proto.daemon import kv
-from mooncake_proto.errors import ErrorCode, MooncakeError, UnavailableError
+from mooncake_proto.errors import ErrorCode, MooncakeError, NotFoundError, UnavailableError
 from mooncake_proto.rpc import abort_with, bearer_token
 
 log = logging.getLogger("mooncake.master")
@@ -32,6 +33,18 @@ _INTERNAL_ERROR = int(ErrorCode.INTERNAL_ERROR)  # what a call that raised a bug
 def _fill_status(status: pb.KeyStatus, key: str, result) -> None:
     """Sets a KeyStatus in place: an item's status, or `statuses.add()` of a batch answer."""
     status.key, status.code, status.message = key, result.code, result.message
+
+
+def _fill_entry(out: pb.InventoryEntry, e: InventoryEntry) -> None:
+    out.key, out.put_id, out.segment_id, out.offset, out.size = \
+        e.key, e.put_id, e.segment_id, e.offset, e.size
+    out.replica_num, out.soft_pin, out.hard_pin = e.replica_num, e.soft_pin, e.hard_pin
+
+
+def _fill_drain(out: pb.DrainStatus, status: DrainStatus) -> pb.DrainStatus:
+    out.draining, out.objects_left, out.bytes_left = \
+        status.draining, status.objects_left, status.bytes_left
+    return out
 
 
 def _with_statuses(response, keys, results):
@@ -119,17 +132,44 @@ class MasterServicer(pb_grpc.MasterServiceServicer):
     async def RegisterWorker(self, request, context):
         key = secrets.token_bytes(grants.KEY_BYTES)
         segments = [SegmentSpec(s.segment_id, s.tier, s.size_bytes, s.path) for s in request.segments]
-        await self._run(context, self.state.register_worker, request.worker_id, request.node_id,
-                        request.data_addr, request.grpc_addr, request.http_addr, segments, key,
-                        self.clock(), request.rdma)
+        inventory = [InventoryEntry(e.key, e.put_id, e.segment_id, e.offset, e.size,
+                                    e.replica_num, e.soft_pin, e.hard_pin)
+                     for e in request.inventory]
+        done = await self._run(context, self.state.register_worker, request.worker_id,
+                               request.node_id, request.data_addr, request.grpc_addr,
+                               request.http_addr, segments, key, self.clock(), request.rdma,
+                               inventory)
         log.info(kv("worker_registered", worker_id=request.worker_id, data=request.data_addr,
-                    node=request.node_id, segments=len(segments)))
-        return pb.RegisterWorkerResponse(grant_key=key, master_id=self.master_id,
-                                         heartbeat_interval_ms=HEARTBEAT_INTERVAL_MS)
+                    node=request.node_id, segments=len(segments), restarted=done.restarted,
+                    inventory=len(inventory), adopted=done.adopted, rejected=done.rejected,
+                    holds=len(done.inventory)))
+        response = pb.RegisterWorkerResponse(grant_key=key, master_id=self.master_id,
+                                             heartbeat_interval_ms=HEARTBEAT_INTERVAL_MS,
+                                             adopted=done.adopted, rejected=done.rejected)
+        for e in done.inventory:
+            _fill_entry(response.inventory.add(), e)
+        self._wake_mover()  # adopted objects short of replicas may be copied
+        return response
 
     @_serialized(Role.WORKER)
     async def Heartbeat(self, request, context):
-        return pb.HeartbeatResponse(registered=self.state.heartbeat(request.worker_id, self.clock()))
+        result = self.state.heartbeat(request.worker_id, self.clock(), request.inventory_seq,
+                                      request.draining)
+        response = pb.HeartbeatResponse(registered=result.registered, more=result.more)
+        for update in result.updates:
+            out = response.updates.add(seq=update.seq, removed=update.removed)
+            _fill_entry(out.entry, update.entry)
+        if result.drain is not None:
+            _fill_drain(response.drain, result.drain)
+        return response
+
+    @_serialized(Role.WORKER)
+    async def DeregisterWorker(self, request, context):
+        lost = self.state.deregister_worker(request.worker_id, self.clock())
+        if lost is None:
+            raise _CallFailed(NotFoundError(f"worker {request.worker_id!r} is not registered"))
+        log.info(kv("worker_deregistered", worker_id=request.worker_id, objects_lost=len(lost)))
+        return pb.DeregisterResponse(objects_lost=len(lost))
 
     # ---- objects ----
 
@@ -204,6 +244,15 @@ class MasterServicer(pb_grpc.MasterServiceServicer):
                               soft_pin=item.soft_pin, hard_pin=item.hard_pin,
                               last_access_age_s=item.last_access_age_s)
         return response
+
+    @_serialized(Role.ADMIN)
+    async def DrainWorker(self, request, context):
+        status = self.state.drain(request.worker_id, request.cancel)
+        if status is None:
+            raise _CallFailed(NotFoundError(f"worker {request.worker_id!r} is not registered"))
+        log.info(kv("drain_cancelled" if request.cancel else "drain", worker_id=request.worker_id,
+                    objects_left=status.objects_left, bytes_left=status.bytes_left))
+        return _fill_drain(pb.DrainStatus(), status)
 
     # ---- helpers ----
 

@@ -13,17 +13,21 @@ from collections.abc import Callable, Sequence
 
 from mooncake_master.allocator import OffsetAllocator, align_up
 from mooncake_master.model import (COMPLETE, DEMOTE, MAX_REPLICA_NUM, PENDING, PROMOTE,
-                                   TIER_DRAM, TIER_NAMES, TIER_SSD, KeyResult, MasterConfig,
-                                   Move, ObjectMeta, PendingFree, PlacementConfig, Replica,
-                                   Segment, SegmentSpec, TickReport, WorkerInfo)
+                                   REPLICATE, TIER_DRAM, TIER_NAMES, TIER_SSD, DrainStatus,
+                                   HeartbeatResult, InventoryEntry, InventoryUpdate, KeyResult,
+                                   MasterConfig, Move, ObjectMeta, PendingFree, PlacementConfig,
+                                   Registration, Replica, Segment, SegmentSpec, TickReport,
+                                   WorkerInfo)
 from mooncake_master.placement import Placement
+from mooncake_master.recovery import Recovery
 from mooncake_master.tiering import MOVE_DONE, MOVE_FAILED, MOVE_UNKNOWN, Tiering
 from mooncake_proto.errors import ErrorCode, InvalidArgumentError
 from mooncake_proto.grants import MAX_WORKER_ID_BYTES
 
-__all__ = ["COMPLETE", "DEMOTE", "PENDING", "PROMOTE", "TIER_DRAM", "TIER_SSD", "KeyResult",
+__all__ = ["COMPLETE", "DEMOTE", "PENDING", "PROMOTE", "REPLICATE", "TIER_DRAM", "TIER_SSD",
+           "DrainStatus", "HeartbeatResult", "InventoryEntry", "InventoryUpdate", "KeyResult",
            "MasterConfig", "MasterState", "Move", "MOVE_DONE", "MOVE_FAILED", "MOVE_UNKNOWN",
-           "PlacementConfig", "SegmentSpec", "TickReport"]
+           "PlacementConfig", "Registration", "SegmentSpec", "TickReport"]
 
 
 def _fail(code: ErrorCode, message: str) -> KeyResult:
@@ -37,10 +41,14 @@ def _copy_replicas(replicas: list[Replica]) -> list[Replica]:
             for r in replicas]
 
 
-class MasterState(Placement, Tiering):
+class MasterState(Placement, Tiering, Recovery):
     """Every piece of metadata the master holds, and the only code that changes it."""
 
-    def __init__(self, config: MasterConfig | None = None, rng: random.Random | None = None):
+    def __init__(self, config: MasterConfig | None = None, rng: random.Random | None = None,
+                 first_put_id: int = 1):
+        """first_put_id: where this master's put ids start; production passes the wall clock
+        in microseconds, so that ids stay unique across masters and an id below it marks an
+        object an earlier master committed (recovery.py)."""
         self.config = config if config is not None else MasterConfig()
         self.rng = rng if rng is not None else random.Random()
         self.workers: dict[str, WorkerInfo] = {}
@@ -49,22 +57,50 @@ class MasterState(Placement, Tiering):
         # ranges of dropped workers that grants may still cover: if the worker registers
         # again (same segment file), they stay reserved until then
         self._held_after_drop: dict[str, list[PendingFree]] = {}
-        self._next_put_id = 1
+        self._next_put_id = self.epoch_start = first_put_id
+        # recovery.py: keys lost with a worker (key -> put_id, re-adopted if a copy comes
+        # back), earlier masters' objects deleted here ((key, put_id), never re-adopted),
+        # objects to copy to another worker (key -> put_id; drained ones first), and when
+        # healing may start (a rebuild grace after the first tick)
+        self._lost: dict[str, int] = {}
+        self._buried: dict[tuple[str, int], bool] = {}
+        self._heal_queue: dict[str, int] = {}
+        self._drain_queue: dict[str, int] = {}
+        self._heal_after: float | None = None
         self.moves: dict[int, Move] = {}   # demotions and promotions under way (tiering.py)
         self.unsent_moves = 0              # planned, not yet taken by the mover
         self._next_move_id = 1
         self.counters = {"evicted_objects": 0, "evicted_replicas": 0, "demotions": 0,
-                         "promotions": 0}
+                         "promotions": 0, "replications": 0, "heals_given_up": 0,
+                         "objects_lost": 0, "objects_adopted": 0, "inventory_rejected": 0}
 
     # -- workers --------------------------------------------------------------------------
 
     def register_worker(self, worker_id: str, node_id: str, data_addr: str, grpc_addr: str,
                         http_addr: str, segments: list[SegmentSpec], grant_key: bytes,
-                        now: float, rdma: bool = False) -> WorkerInfo:
-        """Add a worker; a known id is a restart: its old replicas go first, as on death."""
+                        now: float, rdma: bool = False,
+                        inventory: Sequence[InventoryEntry] = ()) -> Registration:
+        """Adds a worker, adopting what is current of its inventory (recovery.py). A known id
+        with the same segments is a restart: it keeps its replicas (the segment files kept
+        their bytes) under its new addresses and grant key; with other segments its old
+        replicas go first, as on death."""
         self._check_segments(worker_id, segments)
-        if worker_id in self.workers:
-            self._drop_worker(worker_id)
+        old = self.workers.get(worker_id)
+        if old is not None and self._same_segments(old, segments):
+            old.node_id, old.data_addr, old.grpc_addr, old.http_addr = \
+                node_id, data_addr, grpc_addr, http_addr
+            old.grant_key, old.rdma, old.last_heartbeat, old.registered_at = \
+                grant_key, rdma, now, now
+            old.updates.clear()
+            old.update_seq, old.resync = 0, False
+            kept = self._inventory_of(worker_id)
+            known = {(e.segment_id, e.offset, e.key, e.put_id) for e in kept}
+            rejected = sum(1 for e in inventory
+                           if (e.segment_id, e.offset, e.key, e.put_id) not in known)
+            self.counters["inventory_rejected"] += rejected
+            return Registration(old, kept, adopted=0, rejected=rejected, restarted=True)
+        if old is not None:
+            self._drop_worker(worker_id, now)
         worker = WorkerInfo(
             worker_id=worker_id, node_id=node_id, data_addr=data_addr, grpc_addr=grpc_addr,
             http_addr=http_addr, grant_key=grant_key, last_heartbeat=now, registered_at=now,
@@ -78,8 +114,13 @@ class MasterState(Placement, Tiering):
             },
         )
         self.workers[worker_id] = worker
-        self._restore_held_ranges(worker, now)
-        return worker
+        adopted = self._adopt_inventory(worker, inventory, now)
+        self._restore_held_ranges(worker, now)  # after adoption: those ranges are not free
+        rejected = len(inventory) - len(adopted)
+        self.counters["objects_adopted"] += len(adopted)
+        self.counters["inventory_rejected"] += rejected
+        return Registration(worker, adopted, adopted=len(adopted), rejected=rejected,
+                            restarted=False)
 
     def _restore_held_ranges(self, worker: WorkerInfo, now: float) -> None:
         """A worker back with the same segment files: ranges that a client may still read
@@ -118,21 +159,15 @@ class MasterState(Placement, Tiering):
                     f"worker {worker_id} registers segment id {spec.segment_id} twice")
             seen.add(spec.segment_id)
 
-    def heartbeat(self, worker_id: str, now: float) -> bool:
-        """Refresh a worker's liveness; False when unknown (it must register again)."""
-        worker = self.workers.get(worker_id)
-        if worker is None:
-            return False
-        worker.last_heartbeat = now
-        return True
-
-    def _drop_worker(self, worker_id: str) -> list[str]:
-        """Forget a worker and its replicas; the keys left with no replica. Its ranges that
-        grants still cover (pending frees, leased or uncommitted replicas) are remembered in
-        _held_after_drop, for the case that the worker registers again with the same files."""
+    def _drop_worker(self, worker_id: str, now: float) -> list[str]:
+        """Forget a worker and its replicas; the keys left with no replica (remembered in
+        _lost, to adopt them again if the worker comes back), the others queued to heal. Its
+        ranges that grants still cover (pending frees, leased or uncommitted replicas) are
+        remembered in _held_after_drop, for the case that the worker registers again with
+        the same files."""
         del self.workers[worker_id]
         held = [p for p in self.pending_frees if p.worker_id == worker_id]
-        held.extend(self._forget_moves_of(worker_id))
+        held.extend(self._forget_moves_of(worker_id, now))
         self.pending_frees = [p for p in self.pending_frees if p.worker_id != worker_id]
         lost: list[str] = []
         for key, obj in list(self.objects.items()):
@@ -146,7 +181,12 @@ class MasterState(Placement, Tiering):
             if not kept:
                 del self.objects[key]
                 lost.append(key)
+                if obj.state == COMPLETE:
+                    self._remember(self._lost, key, obj.put_id)
+            elif obj.state == COMPLETE:
+                self._queue_heal(obj)
         self._held_after_drop[worker_id] = held
+        self.counters["objects_lost"] += len(lost)
         return lost
 
     # -- validation of requests -----------------------------------------------------------
@@ -209,6 +249,7 @@ class MasterState(Placement, Tiering):
         if key in failed_in_batch:
             # The first occurrence decides; "already exists" would pass a failure off as success.
             return dataclasses.replace(failed_in_batch[key])
+        self._lost.pop(key, None)  # a new object under the key: a lost copy is stale now
         replica_num = max(1, config.replica_num)
         replicas = self._place(size, replica_num, config.preferred_worker, client_node_id)
         wait_s = None
@@ -246,6 +287,7 @@ class MasterState(Placement, Tiering):
                 self._touch(obj, now)
                 for replica in obj.replicas:
                     replica.state = COMPLETE
+                self._note_committed(obj)
             return KeyResult(code=int(ErrorCode.OK), size=obj.size)
         return self._for_each_object(keys, end, put_ids)
 
@@ -328,6 +370,9 @@ class MasterState(Placement, Tiering):
                              f"key {obj.key!r} is leased for {obj.lease_until - now:.3f}s more")
             self._delete(obj, now)
             return KeyResult(code=int(ErrorCode.OK))
+        for key in keys:  # a copy of one lost with a worker must not come back after this
+            if isinstance(key, str):
+                self._lost.pop(key, None)
         return self._for_each_object(keys, remove_one)
 
     def remove_all(self, force: bool, now: float) -> int:
@@ -336,14 +381,17 @@ class MasterState(Placement, Tiering):
                   if obj.state == COMPLETE and (force or obj.lease_until <= now)]
         for obj in doomed:
             self._delete(obj, now)
+        self._lost.clear()
         return len(doomed)
 
     def _delete(self, obj: ObjectMeta, now: float) -> None:
         """Forgets obj; its ranges come free once no grant on them can be used (a move of
         it finishes on its own: finish_move finds the object gone)."""
         del self.objects[obj.key]
+        self._note_deleted(obj)
         free_at = self._grants_expire_at(obj)
         for replica in obj.replicas:
+            self._note_forgotten(obj, replica)
             self._release(replica, free_at, now)
 
     def _release(self, replica: Replica, free_at: float, now: float) -> None:
@@ -384,7 +432,7 @@ class MasterState(Placement, Tiering):
         dead = [w.worker_id for w in self.workers.values()
                 if now - w.last_heartbeat > self.config.worker_ttl_s]
         for worker_id in dead:
-            report.lost_keys.extend(self._drop_worker(worker_id))
+            report.lost_keys.extend(self._drop_worker(worker_id, now))
             report.dead_workers.append(worker_id)
         for worker_id, held in list(self._held_after_drop.items()):
             held = [p for p in held if p.free_at > now]
@@ -399,6 +447,7 @@ class MasterState(Placement, Tiering):
                 self._free_range(pending.worker_id, pending.segment_id, pending.offset)
             report.freed_ranges = len(due)
         self._evict_over_watermark(now, report)
+        self._plan_heals(now, report)
         return report
 
     # -- invariants and reporting ---------------------------------------------------------
@@ -458,7 +507,8 @@ class MasterState(Placement, Tiering):
                                replica.length, f"replica of {key!r}")
 
     def _validate_move(self, move: Move) -> None:
-        assert move.src.worker_id == move.dst.worker_id, f"move {move.move_id} crosses workers"
+        assert (move.src.worker_id != move.dst.worker_id) == (move.kind == REPLICATE), \
+            f"{move.kind} move {move.move_id} from {move.src.worker_id} to {move.dst.worker_id}"
         assert move.dst.length == move.src.length, f"move {move.move_id} changes the length"
         obj = self._object_of(move)
         if obj is not None:
@@ -489,7 +539,8 @@ class MasterState(Placement, Tiering):
                                  "size_bytes": seg.size_bytes, "used_bytes": used,
                                  "fragmentation": seg.allocator.fragmentation})
             workers.append({"worker_id": worker.worker_id, "node_id": worker.node_id,
-                            "data_addr": worker.data_addr, "segments": segments})
+                            "data_addr": worker.data_addr, "draining": worker.draining,
+                            "segments": segments})
         pending = 0
         replicas_per_tier = {tier: 0 for tier in TIER_NAMES}
         for obj in self.objects.values():  # one pass: it holds the master's lock
@@ -500,4 +551,5 @@ class MasterState(Placement, Tiering):
             tiers[TIER_NAMES[tier]]["replicas"] = count
         return {"objects": len(self.objects), "pending": pending,
                 "pending_frees": len(self.pending_frees), "moves": len(self.moves),
+                "heal_queue": len(self._heal_queue) + len(self._drain_queue),
                 **self.counters, "workers": workers, "tiers": tiers}

@@ -1,5 +1,6 @@
 """Freeing space: eviction at the high watermark and on a failed allocation, demotion of DRAM
-replicas to their worker's SSD segment, promotion of hot SSD objects back to DRAM.
+replicas to their worker's SSD segment, promotion of hot SSD objects back to DRAM; and the
+moves they plan, which recovery.py's copies to other workers (REPLICATE) share.
 
 A mixin of MasterState, pure like it (time passed in). Moves are planned here and carried out
 by the master's mover (master/mover.py), which asks the worker to copy, then calls
@@ -14,8 +15,8 @@ from __future__ import annotations
 import dataclasses
 
 from mooncake_master.allocator import align_up
-from mooncake_master.model import (COMPLETE, DEMOTE, PROMOTE, TIER_DRAM, TIER_SSD, Move,
-                                   ObjectMeta, PendingFree, Replica, Segment, TickReport)
+from mooncake_master.model import (COMPLETE, DEMOTE, PROMOTE, REPLICATE, TIER_DRAM, TIER_SSD,
+                                   Move, ObjectMeta, PendingFree, Replica, Segment, TickReport)
 
 # outcomes the mover reports for a move
 MOVE_DONE = "done"        # the worker copied the bytes
@@ -102,6 +103,7 @@ class Tiering:
             self.counters["evicted_objects"] += 1
             return
         obj.replicas = [r for r in obj.replicas if r is not replica]
+        self._note_forgotten(obj, replica)
         self._release(replica, self._grants_expire_at(obj), now)
 
     def _evict_over_watermark(self, now: float, report: TickReport) -> None:
@@ -124,8 +126,8 @@ class Tiering:
                 at = (pending.worker_id, pending.segment_id)
                 leaving[at] = leaving.get(at, 0) + pending.length
         for move in self.moves.values():
-            if self._object_of(move) is None:
-                continue  # its object went meanwhile, and the source range with it
+            if move.kind == REPLICATE or self._object_of(move) is None:
+                continue  # a copy to another worker frees nothing; or its object went
             at = (move.src.worker_id, move.src.segment_id)
             leaving[at] = leaving.get(at, 0) + move.src.length
         return leaving
@@ -177,7 +179,8 @@ class Tiering:
         def could_hold(worker_id: str, segment_id: int) -> bool:
             seg = self.workers[worker_id].segments[segment_id]
             return seg.tier == TIER_DRAM and seg.size_bytes >= size
-        if any(could_hold(m.src.worker_id, m.src.segment_id) for m in self.moves.values()):
+        if any(could_hold(m.src.worker_id, m.src.segment_id) for m in self.moves.values()
+               if m.kind != REPLICATE):
             return MOVE_RETRY_S
         waits = [p.free_at - now for p in self.pending_frees
                  if could_hold(p.worker_id, p.segment_id)]
@@ -201,6 +204,8 @@ class Tiering:
         """Copies an SSD replica to its worker's DRAM when that stays under the watermark
         (promotion never evicts: it would only push another object down)."""
         for replica in obj.replicas:
+            if self.workers[replica.worker_id].draining:
+                continue  # its objects are on their way out
             for seg in self.workers[replica.worker_id].segments.values():
                 limit = self.config.high_watermark * seg.size_bytes
                 needed = align_up(obj.size, seg.allocator.alignment)  # what allocate takes
@@ -250,12 +255,20 @@ class Tiering:
         obj = self._object_of(move)
         if obj is not None:
             obj.moving = False
+        if move.kind == REPLICATE:
+            if self._finish_replicate(obj, move.dst, outcome == MOVE_DONE):
+                return True
+            free_at = self._move_grant_expires_at(move) if outcome == MOVE_UNKNOWN else now
+            self._release(move.dst, free_at, now)
+            return False
         index = next((i for i, r in enumerate(obj.replicas) if r is move.src), None) \
             if obj is not None else None
         if outcome == MOVE_DONE and index is not None:
             move.dst.state = COMPLETE
             obj.replicas[index] = move.dst
             obj.ssd_hits = []
+            self._note_forgotten(obj, move.src)
+            self._note_inventory(obj, move.dst, removed=False)
             # readers holding the old range's grants finish before it is reused
             self._release(move.src, self._grants_expire_at(obj), now)
             return True
@@ -276,19 +289,26 @@ class Tiering:
                              now)
             report.moves_abandoned += 1
 
-    def _forget_moves_of(self, worker_id: str) -> list[PendingFree]:
-        """Drops the moves on a worker being forgotten; the target ranges its old grants may
-        still write, for _held_after_drop."""
+    def _forget_moves_of(self, worker_id: str, now: float) -> list[PendingFree]:
+        """Drops the moves from or to a worker being forgotten. Returns the target ranges on
+        it that old grants may still write, for _held_after_drop; a target on another worker
+        (a copy from the dropped one) is released once the move's write grant expires."""
         held = []
-        for move in [m for m in self.moves.values() if m.worker_id == worker_id]:
+        for move in [m for m in self.moves.values()
+                     if worker_id in (m.src.worker_id, m.dst.worker_id)]:
             del self.moves[move.move_id]
             if move.sent_at is None:
                 self.unsent_moves -= 1
             obj = self._object_of(move)
             if obj is not None:
                 obj.moving = False
-            if move.sent_at is not None:
-                dst = move.dst
+                if move.kind == REPLICATE:
+                    self._queue_heal(obj)  # from another source, or to another worker
+            expires = self._move_grant_expires_at(move) if move.sent_at is not None else now
+            dst = move.dst
+            if dst.worker_id != worker_id:
+                self._release(dst, expires, now)
+            elif move.sent_at is not None:
                 held.append(PendingFree(dst.worker_id, dst.segment_id, dst.offset, dst.length,
-                                        self._move_grant_expires_at(move)))
+                                        expires))
         return held

@@ -27,7 +27,7 @@ def register(state: MasterState, worker_id: str, now: float = 0.0, node_id: str 
     if ssd:
         specs.append(SegmentSpec(1, TIER_SSD, ssd, f"/ssd/{worker_id}"))
     worker = state.register_worker(worker_id, node_id or f"node-{worker_id}", f"{worker_id}:1",
-                                   f"{worker_id}:2", f"{worker_id}:3", specs, key, now)
+                                   f"{worker_id}:2", f"{worker_id}:3", specs, key, now).worker
     state.validate()
     return worker
 
@@ -430,7 +430,7 @@ def test_remove_all_skips_pending_and_leased_unless_forced():
 def heartbeat_all(state: MasterState, now: float, but: tuple[str, ...] = ()):
     for worker_id in list(state.workers):
         if worker_id not in but:
-            assert state.heartbeat(worker_id, now)
+            assert state.heartbeat(worker_id, now).registered
 
 
 def test_stalled_put_is_revoked_by_tick():
@@ -472,7 +472,7 @@ def test_silent_worker_dies_and_its_replicas_go():
     [result] = state.get_replicas(["both"], 21.0)
     assert [r.worker_id for r in result.replicas] == ["w1"]
     assert call(state, "get_replicas", ["only0"], 21.0) == [ErrorCode.OBJECT_NOT_FOUND]
-    assert state.heartbeat("w0", 21.0) is False
+    assert state.heartbeat("w0", 21.0).registered is False
     assert "w0" not in state.workers
 
 
@@ -520,7 +520,7 @@ def test_worker_registration_records_everything():
     assert (seg.worker_id, seg.segment_id, seg.tier, seg.size_bytes, seg.path) == \
         ("w", 1, TIER_SSD, 8192, "/ssd/w")
     assert seg.allocator.size_bytes == 8192
-    assert state.heartbeat("w", 3.0) and worker.last_heartbeat == 3.0
+    assert state.heartbeat("w", 3.0).registered and worker.last_heartbeat == 3.0
 
 
 @pytest.mark.parametrize("worker_id, specs", [
@@ -835,24 +835,22 @@ def test_put_end_and_revoke_belong_to_their_put_start():
         state.put_end(["k"], 1.8, [])
 
 
-def test_leased_ranges_stay_reserved_when_a_worker_registers_again():
-    # a client may still copy a leased object out of the segment file over shm: a worker that
-    # re-registers (same file) must not see those ranges handed out before the lease ends
+def test_a_worker_registering_again_with_the_same_segments_keeps_its_objects():
+    # a restart within worker_ttl: the segment file kept the bytes, so the replicas stay where
+    # they are (leased ones included) under the worker's new addresses and grant key
     state = make_state(workers=1, dram=4096, lease_ttl_s=10.0, worker_ttl_s=100.0)
     commit(state, "leased", 1024)
     commit(state, "unread", 1024)
-    state.get_replicas(["leased"], 1.0)  # lease until 11, grants until 11 + 2 margins = 15
-    leased_offset = state.objects["leased"].replicas[0].offset
-    register(state, "w0", now=2.0, dram=4096)  # a restart: objects are dropped (no re-adoption yet)
+    [pending] = put(state, ["pending"], [1024], now=0.5)
+    state.get_replicas(["leased"], 1.0)
+    before = {k: (o.replicas[0].offset, o.state) for k, o in state.objects.items()}
+    worker = register(state, "w0", now=2.0, dram=4096, key=b"n" * 32)
     state.validate()
-    assert state.objects == {}
-    assert [(p.offset, p.free_at) for p in state.pending_frees] == [(leased_offset, 15.0)]
-    placed = [r.replicas[0].offset for r in put(state, ["a", "b", "c"], [1024] * 3, now=2.0)]
-    assert leased_offset not in placed and len(placed) == 3
-    heartbeat_all(state, 15.0)
-    assert state.tick(15.0).freed_ranges == 1
-    state.validate()
-    assert [r.replicas[0].offset for r in put(state, ["d"], [1024], now=15.0)] == [leased_offset]
+    assert worker.grant_key == b"n" * 32 and worker.last_heartbeat == 2.0
+    assert {k: (o.replicas[0].offset, o.state) for k, o in state.objects.items()} == before
+    assert codes(state.put_end(["pending"], 2.5, [pending.put_id])) == [OK]
+    placed = [r.replicas[0].offset for r in put(state, ["a"], [1024], now=3.0)]
+    assert placed[0] not in {offset for offset, _ in before.values()}
 
 
 def test_a_dead_worker_coming_back_keeps_ranges_under_lease():

@@ -456,15 +456,16 @@ def test_a_dropped_worker_forgets_its_moves():
     assert sorted(m.key for m in state.moves.values()) == ["a", "e", "f"]
     take(state, 9.0)
     [on_w0] = [m for m in state.moves.values() if m.worker_id == "w0"]
-    # w0 restarts (same files): its move is forgotten, but the target range its old write
-    # grant may still cover stays reserved until that grant expires (9 + 30 + 2 margins)
-    register(state, "w0", now=10.0, dram=4096, ssd=8192)
+    # w0 comes back with a new DRAM segment (its objects are gone): its move is forgotten,
+    # but the target range its old write grant may still cover stays reserved until that
+    # grant expires (9 + 30 + 2 margins)
+    register(state, "w0", now=10.0, dram=8192, ssd=8192)
     assert sorted(m.key for m in state.moves.values()) == ["e", "f"]
     assert [(p.worker_id, p.segment_id, p.offset, p.free_at) for p in state.pending_frees] \
         == [("w0", SSD_SEG, on_w0.dst.offset, 43.0)]
     assert seg_used(state, "w0", SSD_SEG) == 1024
     assert finish(state, on_w0.move_id, MOVE_DONE, 11.0) is False
-    assert not any(k in state.objects for k in "abcd")  # no re-adoption yet
+    assert not any(k in state.objects for k in "abcd")  # no inventory: nothing adopted
     # w1 dies: its moves go with it
     heartbeat_all(state, 20.5, but=("w1",))
     report = state.tick(20.5)
@@ -737,10 +738,12 @@ class TieringMachine(RuleBasedStateMachine):
         self.config = MasterConfig(
             lease_ttl_s=10.0, worker_ttl_s=10.0, put_timeout_s=30.0, grant_margin_s=MARGIN,
             max_batch=8, placement_sample=2, high_watermark=0.8, eviction_ratio=0.25,
-            promotion_hits=2, promotion_window_s=20.0, move_timeout_s=15.0)
+            promotion_hits=2, promotion_window_s=20.0, move_timeout_s=15.0,
+            heal_moves_in_flight=0)  # re-replication has its own machine (test_recovery.py)
         self.state: MasterState | None = None
         self.now = 0.0
         self.sizes: dict[str, tuple[int, int]] = {}
+        self.files: dict[str, int] = {}  # a worker's segment files: a new number, new files
         self.leases: dict[tuple[str, int], float] = {}    # (key, put_id) -> lease until
         self.hits: dict[tuple[str, int], list[float]] = {}  # reads while on SSD only
         self.grants: list[Grant] = []
@@ -864,9 +867,10 @@ class TieringMachine(RuleBasedStateMachine):
 
     def _register(self, worker_id: str):
         dram, ssd = self.sizes[worker_id]
-        specs = [SegmentSpec(0, TIER_DRAM, dram, "p")]
+        files = self.files.get(worker_id, 0)
+        specs = [SegmentSpec(0, TIER_DRAM, dram, f"p{files}")]
         if ssd:
-            specs.append(SegmentSpec(1, TIER_SSD, ssd, "q"))
+            specs.append(SegmentSpec(1, TIER_SSD, ssd, f"q{files}"))
         self.state.register_worker(worker_id, f"n{worker_id}", "d", "g", "h", specs, b"key",
                                    self.now)
 
@@ -1117,7 +1121,7 @@ class TieringMachine(RuleBasedStateMachine):
         for i, move_id in enumerate(sorted(set(self.taken) - before)):
             outcome = outcomes[i % len(outcomes)]
             if outcome == CRASH:
-                self.restart(self.taken[move_id].worker_id)
+                self.restart(self.taken[move_id].worker_id, new_files=False)
                 outcome = MOVE_UNKNOWN
             self._finish(move_id, outcome)
 
@@ -1154,11 +1158,19 @@ class TieringMachine(RuleBasedStateMachine):
         else:
             assert held == [] and after.free[at] > before.free[at]
 
-    @rule(worker_id=st.sampled_from(WORKERS))
-    def restart(self, worker_id):
-        """A worker registers again (after a restart or its death) with the same files."""
+    @rule(worker_id=st.sampled_from(WORKERS), new_files=st.booleans())
+    def restart(self, worker_id, new_files):
+        """A worker registers again (after a restart or its death): with the same files it
+        keeps its replicas and moves; with new ones (its bytes are gone) it loses them."""
         before = self._snapshot()
+        known = worker_id in self.state.workers
+        if new_files:
+            self.files[worker_id] = self.files.get(worker_id, 0) + 1
         self._register(worker_id)
+        if known and not new_files:
+            after = self._check_step(before)
+            assert after.objs == before.objs and after.moves == before.moves
+            return
         self._check_step(before, dropped=(worker_id,))
         assert not any(m.worker_id == worker_id for m in self.state.moves.values())
 
