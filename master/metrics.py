@@ -33,6 +33,16 @@ _STATE_COUNTERS = {
                          "Replicas dropped by eviction (not counting demotions)"),
     "demotions": ("mooncake_master_demotions", "DRAM -> SSD moves started"),
     "promotions": ("mooncake_master_promotions", "SSD -> DRAM moves started"),
+    "replications": ("mooncake_master_replications",
+                     "Copies to another worker started (healing after a death, drains)"),
+    "heals_given_up": ("mooncake_master_heals_given_up",
+                       "Objects left short of replicas: no worker had room, or copies failed"),
+    "objects_lost": ("mooncake_master_objects_lost",
+                     "Objects whose last replica went with a dead or departed worker"),
+    "objects_adopted": ("mooncake_master_objects_adopted",
+                        "Objects adopted from registering workers' inventories"),
+    "inventory_rejected": ("mooncake_master_inventory_rejected",
+                           "Inventory entries refused as stale at registration"),
 }
 
 
@@ -154,7 +164,12 @@ class MasterCollector:
         for key, (name, help_text) in _STATE_COUNTERS.items():
             yield CounterMetricFamily(name, help_text, value=stats.get(key, 0))
         yield _gauge("mooncake_master_moves_in_flight",
-                     "Demotions and promotions planned or copying", stats["moves"])
+                     "Demotions, promotions and copies to other workers planned or copying",
+                     stats["moves"])
+        yield _gauge("mooncake_master_heal_queue",
+                     "Objects waiting to be copied to another worker", stats["heal_queue"])
+        yield _gauge("mooncake_master_workers_draining", "Workers being drained",
+                     sum(1 for w in stats["workers"] if w["draining"]))
         yield _gauge("mooncake_master_leases_held", "Objects under a live read lease", leases)
         yield _gauge("mooncake_master_workers_alive", "Registered workers not yet declared dead",
                      len(stats["workers"]))
