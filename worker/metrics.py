@@ -48,6 +48,12 @@ class WorkerCollector:
         yield GaugeMetricFamily("mooncake_worker_registered",
                                 "1 while a master has accepted this worker, else 0",
                                 value=1 if node.registered else 0)
+        yield GaugeMetricFamily("mooncake_worker_draining",
+                                "1 while the worker is stopping and its objects are copied away",
+                                value=1 if node.draining else 0)
+        yield GaugeMetricFamily("mooncake_worker_inventory_entries",
+                                "Committed replicas in the worker's inventory",
+                                value=len(node.inventory))
 
 
 def _mover_families(mover, has_ssd: bool):
