@@ -2,7 +2,10 @@
 
 Used by `mooncake-bench --local`, by the cluster tests and, as `python -m
 mooncake_client.local_cluster`, by deploy/local-cluster.sh: port 0 everywhere and
-`--ready-file` readiness, so nothing waits on a fixed port or a sleep.
+`--ready-file` readiness, so nothing waits on a fixed port or a sleep. Fault tests kill
+(`Daemon.kill`), pause and restart daemons: a worker comes back with its id and segment files
+(`restart_worker`), the master on the ports it got the first time (`restart_master`), so the
+addresses workers and clients were given stay good.
 """
 from __future__ import annotations
 
@@ -34,6 +37,7 @@ class Daemon:
     ready_file: str
     log_path: str
     info: dict = dataclasses.field(default_factory=dict)
+    log_offset: int = 0  # where this process's lines start in log_path (restarts append)
 
     def wait_ready(self, timeout_s: float = READY_TIMEOUT_S) -> dict:
         """Blocks until the daemon writes its ready file; raises with its log if it dies first."""
@@ -53,13 +57,9 @@ class Daemon:
         what a daemon does instead of becoming ready: a refused registration, say)."""
         deadline = time.monotonic() + timeout_s
         while True:
-            try:
-                with open(self.log_path, encoding="utf-8", errors="replace") as f:
-                    for line in f:
-                        if text in line:
-                            return line
-            except OSError:
-                pass
+            for line in self._log_lines():
+                if text in line:
+                    return line
             if self.proc.poll() is not None:
                 raise ClusterError(f"{self.name} exited with {self.proc.returncode}:\n{self.log_tail()}")
             if time.monotonic() > deadline:
@@ -68,11 +68,20 @@ class Daemon:
             time.sleep(0.02)  # polling the log, not waiting a guessed time
 
     def log_tail(self, lines: int = 40) -> str:
+        """The last lines this process logged."""
+        return "".join(self._log_lines()[-lines:]) or "(no log)"
+
+    def _log_lines(self) -> list[str]:
         try:
-            with open(self.log_path, encoding="utf-8", errors="replace") as f:
-                return "".join(f.readlines()[-lines:])
+            with open(self.log_path, "rb") as f:
+                f.seek(self.log_offset)
+                return f.read().decode("utf-8", errors="replace").splitlines(keepends=True)
         except OSError:
-            return "(no log)"
+            return []
+
+    @property
+    def running(self) -> bool:
+        return self.proc.poll() is None
 
     def pause(self, timeout_s: float = STOP_TIMEOUT_S) -> None:
         """SIGSTOP, then waits until every thread of the daemon is stopped: a group stop
@@ -100,7 +109,12 @@ class Daemon:
             return False
         return True
 
+    def kill(self) -> int:
+        """kill -9: no clean-up of any kind, as a crash or the OOM killer would leave it."""
+        return self.stop(signal.SIGKILL)
+
     def stop(self, sig: int = signal.SIGTERM, timeout_s: float = STOP_TIMEOUT_S) -> int:
+        """Sends sig and waits for the exit (SIGKILL after timeout_s); the exit status."""
         if self.proc.poll() is None:
             self.proc.send_signal(sig)
             try:
@@ -113,10 +127,12 @@ class Daemon:
 
 class LocalCluster:
     """A master plus `workers` workers of `dram` each (and an SSD segment file of `ssd` each,
-    when given), all on 127.0.0.1."""
+    when given), all on 127.0.0.1. Workers get `--drain-timeout drain_timeout` (default 0s:
+    a stop does not wait for a drain; a test of drains asks for one), before worker_args."""
 
     def __init__(self, workers: int = 2, dram: str = "256MiB", master_args: tuple = (),
-                 worker_args: tuple = (), workdir: str | None = None, ssd: str | None = None):
+                 worker_args: tuple = (), workdir: str | None = None, ssd: str | None = None,
+                 drain_timeout: str = "0s"):
         self.dir = workdir or tempfile.mkdtemp(prefix="mooncake-cluster-")
         os.makedirs(self.dir, exist_ok=True)
         self._own_dir = workdir is None
@@ -126,19 +142,27 @@ class LocalCluster:
         # SSD segment files (on the work directory's disk): stop() deletes exactly this one
         self.ssd_dir = tempfile.mkdtemp(prefix="ssd-", dir=self.dir) if ssd else None
         self.master_args, self.worker_args = list(master_args), list(worker_args)
+        self.drain_timeout = drain_timeout
         self.master: Daemon | None = None
+        self._master_ports: list[str] = []  # --port, --http-port, --meta-port it first got
+        self._master_grpc = ""
         self.workers: dict[str, Daemon] = {}
+        self._worker_specs: dict[str, tuple[str | None, tuple]] = {}  # id -> (dram, extra)
 
     @property
     def master_addr(self) -> str:
-        return self.master.info["grpc"]
+        """The master's gRPC address (a restarted master keeps it)."""
+        return self._master_grpc or self.master.info["grpc"]
 
     def start(self) -> "LocalCluster":
         try:
             self.master = self._spawn("master", "mooncake_master",
                                       ["--port", "0", "--http-port", "0", "--meta-port", "0"]
                                       + self.master_args)
-            self.master.wait_ready()
+            info = self.master.wait_ready()
+            self._master_grpc = info["grpc"]
+            self._master_ports = [info[name].rpartition(":")[2]
+                                  for name in ("grpc", "http", "meta")]
             for i in range(self.n_workers):
                 self.start_worker(f"worker-{i}")
         except BaseException:
@@ -154,11 +178,34 @@ class LocalCluster:
         daemon = self._spawn(worker_id, "mooncake_worker", [
             "--master", self.master_addr, "--dram", dram or self.dram, "--worker-id", worker_id,
             "--data-port", "0", "--grpc-port", "0", "--http-port", "0",
-            "--shm-dir", self.shm_dir] + ssd + self.worker_args + list(extra))
+            "--shm-dir", self.shm_dir, "--drain-timeout", self.drain_timeout]
+            + ssd + self.worker_args + list(extra))
         self.workers[worker_id] = daemon
+        self._worker_specs[worker_id] = (dram, tuple(extra))
         if wait:
             daemon.wait_ready()
         return daemon
+
+    def restart_worker(self, worker_id: str, sig: int = signal.SIGTERM,
+                       wait: bool = True) -> Daemon:
+        """Stops the worker with sig (SIGKILL: kill -9) if it still runs, then starts it again
+        with the same id, flags and segment files; waits for its ready file unless `wait` is
+        False (a worker becomes ready once the master accepts it)."""
+        self.workers[worker_id].stop(sig)
+        dram, extra = self._worker_specs[worker_id]
+        return self.start_worker(worker_id, dram=dram, extra=extra, wait=wait)
+
+    def restart_master(self, sig: int = signal.SIGTERM, wait: bool = True) -> Daemon:
+        """Stops the master with sig (SIGKILL: kill -9) if it still runs, then starts a new one
+        (empty metadata) on the gRPC, HTTP and metadata ports the first one got."""
+        self.master.stop(sig)
+        grpc_port, http_port, meta_port = self._master_ports
+        self.master = self._spawn("master", "mooncake_master",
+                                  ["--port", grpc_port, "--http-port", http_port,
+                                   "--meta-port", meta_port] + self.master_args)
+        if wait:
+            self.master.wait_ready()
+        return self.master
 
     def _spawn(self, name: str, module: str, args: list[str]) -> Daemon:
         ready = os.path.join(self.dir, f"{name}.ready.json")
@@ -166,10 +213,11 @@ class LocalCluster:
             os.unlink(ready)
         log_path = os.path.join(self.dir, f"{name}.log")
         log = open(log_path, "ab")
+        offset = log.tell()
         proc = subprocess.Popen([sys.executable, "-m", module, *args, "--ready-file", ready],
                                 stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
         log.close()
-        return Daemon(name, proc, ready, log_path)
+        return Daemon(name, proc, ready, log_path, log_offset=offset)
 
     def stop(self) -> None:
         for daemon in list(self.workers.values()):

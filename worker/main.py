@@ -1,14 +1,16 @@
-"""`mooncake-worker`: parses options, starts a WorkerNode, registers, heartbeats, stops on SIGTERM."""
+"""`mooncake-worker`: parses options, starts a WorkerNode, registers, heartbeats, and on SIGTERM
+or SIGINT drains (up to --drain-timeout), deregisters and stops; a second signal stops at once."""
 from __future__ import annotations
 
 import asyncio
 import logging
+import signal
 import sys
 
 from mooncake_native import rdma
 from mooncake_proto import rpc
-from mooncake_proto.cli import BOOL, SIZE, Option, load_settings
-from mooncake_proto.daemon import kv, setup_logging, stop_event, write_ready_file
+from mooncake_proto.cli import BOOL, DURATION, SIZE, Option, load_settings
+from mooncake_proto.daemon import kv, setup_logging, write_ready_file
 from mooncake_proto.errors import MooncakeError
 from mooncake_proto.identity import default_worker_id
 from mooncake_worker.node import WorkerNode
@@ -43,6 +45,9 @@ OPTIONS = [
     Option("--tls-cert", "", str, "PEM certificate chain: serve gRPC over TLS (with --tls-key)"),
     Option("--tls-key", "", str, "PEM private key of --tls-cert"),
     Option("--tls-ca", "", str, "PEM CA file: call the master over TLS, verifying it with it"),
+    Option("--drain-timeout", "30s", DURATION,
+           "on SIGTERM, wait this long for the master to copy away the objects only this "
+           "worker holds, then deregister (0: stop without draining)"),
 ]
 
 
@@ -58,8 +63,27 @@ def read_token_file(path: str) -> str:
         raise ValueError(f"{path}: {exc}") from None
 
 
+class StopSignals:
+    """SIGTERM or SIGINT: the first asks for a graceful stop (drain, deregister), the next one
+    for a stop at once."""
+
+    def __init__(self):
+        self.graceful = asyncio.Event()
+        self.at_once = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, self._received, sig)
+
+    def _received(self, sig: int) -> None:
+        if self.graceful.is_set():
+            if not self.at_once.is_set():
+                log.warning(kv("stop_at_once", signal=signal.Signals(sig).name))
+            self.at_once.set()
+        self.graceful.set()
+
+
 async def serve(settings, token: str, tls: rpc.Tls) -> int:
-    stop = stop_event()
+    signals = StopSignals()
     # the SSD directory joins the identity only when given: ids of DRAM-only workers stay
     worker_id = settings.worker_id or default_worker_id(
         settings.shm_dir, *([settings.ssd] if settings.ssd else []))
@@ -71,21 +95,39 @@ async def serve(settings, token: str, tls: rpc.Tls) -> int:
            if node.ssd is not None else {})
     log.info(kv("worker_listening", worker_id=worker_id, data=node.data_addr,
                 grpc=node.grpc_addr, http=node.http_addr, dram_bytes=settings.dram,
-                segment=node.dram.path, tls="on" if tls.serving else "off", **ssd))
+                segment=node.dram.path, tls="on" if tls.serving else "off",
+                inventory=len(node.inventory), **ssd))
     heartbeats = None
     try:
-        if await node.register(stop):
+        if await node.register(signals.graceful):
             write_ready_file(settings.ready_file, {
                 "worker_id": worker_id, "data": node.data_addr, "grpc": node.grpc_addr,
                 "http": node.http_addr, "node_id": node.node_id})
-            heartbeats = asyncio.create_task(node.heartbeat_loop(stop))
-            await stop.wait()
+            heartbeats = asyncio.create_task(node.heartbeat_loop(signals.graceful))
+            await signals.graceful.wait()
+            # the loop ends within one heartbeat call; the drain heartbeats in its place
+            await _until_done_or(heartbeats, signals.at_once)
+            if node.registered and settings.drain_timeout > 0 and not signals.at_once.is_set():
+                await node.drain(settings.drain_timeout, signals.at_once)
     finally:
         log.info(kv("worker_stopping", worker_id=worker_id))
         if heartbeats is not None:
-            await heartbeats
+            heartbeats.cancel()  # a no-op once it has finished
+            try:
+                await heartbeats
+            except asyncio.CancelledError:
+                pass
         await node.stop()
     return 0
+
+
+async def _until_done_or(task: asyncio.Task, event: asyncio.Event) -> None:
+    """Waits for task to finish, or for event (which leaves the task running)."""
+    waiter = asyncio.create_task(event.wait())
+    try:
+        await asyncio.wait({task, waiter}, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        waiter.cancel()
 
 
 def rdma_device_table() -> str:

@@ -1,8 +1,8 @@
 """The worker's Prometheus metrics (`mooncake_worker_*`), read at scrape time from the C data
 server's counters, the replica mover and the segments.
 
-Only the bytes the worker itself moves are counted: TCP requests on its data port and the
-copies between its DRAM and SSD segments. Same-node clients copy through shared memory and
+Only the bytes the worker itself moves are counted: TCP requests on its data port, the
+copies between its DRAM and SSD segments and the copies it sends to other workers. Same-node clients copy through shared memory and
 RDMA clients read and write the registered DRAM one-sidedly, neither touching the worker's
 CPU, so neither shows here. Each worker has a registry of its own (never prometheus_client's
 global one), so several can live in one process (tests).
@@ -48,6 +48,12 @@ class WorkerCollector:
         yield GaugeMetricFamily("mooncake_worker_registered",
                                 "1 while a master has accepted this worker, else 0",
                                 value=1 if node.registered else 0)
+        yield GaugeMetricFamily("mooncake_worker_draining",
+                                "1 while the worker is stopping and its objects are copied away",
+                                value=1 if node.draining else 0)
+        yield GaugeMetricFamily("mooncake_worker_inventory_entries",
+                                "Committed replicas in the worker's inventory",
+                                value=len(node.inventory))
 
 
 def _mover_families(mover, has_ssd: bool):
@@ -64,9 +70,17 @@ def _mover_families(mover, has_ssd: bool):
         items.add_metric([src, dst], n)
         moved.add_metric([src, dst], length)
     failed = CounterMetricFamily("mooncake_worker_move_failures",
-                                 "Replica copies the worker refused or failed",
+                                 "Copies between the worker's tiers that it refused or failed",
                                  value=mover.items_failed)
-    return [items, moved, failed]
+    return [items, moved, failed,
+            CounterMetricFamily("mooncake_worker_replicated_items",
+                                "Replicas copied to other workers (re-replication, drains)",
+                                value=mover.items_replicated),
+            CounterMetricFamily("mooncake_worker_replicated_bytes",
+                                "Bytes copied to other workers", value=mover.bytes_replicated),
+            CounterMetricFamily("mooncake_worker_replication_failures",
+                                "Copies to other workers refused here, refused there or failed",
+                                value=mover.replications_failed)]
 
 
 def worker_registry(node) -> CollectorRegistry:

@@ -1,11 +1,15 @@
-"""Copies replica bytes between this worker's own segments for the master's MoveReplicas.
+"""Copies replica bytes for the master's MoveReplicas: between this worker's own segments, or
+to another worker.
 
-Demotion (DRAM -> SSD) and promotion (SSD -> DRAM) are the master's decisions; the worker
-only checks that the master signed both sides (a READ grant over the source range, a WRITE
-grant over the destination) and that both ranges lie inside their segments, then moves the
-bytes: one pwrite from the DRAM mapping, or one pread into it. Each item succeeds or fails on
-its own. Batches run one at a time on a caller's thread (never the event loop); close() waits
-for the running one, so no copy touches a segment after the worker unmaps or closes it.
+Demotion (DRAM -> SSD), promotion (SSD -> DRAM) and re-replication (to another worker, after a
+death or for a drain) are the master's decisions; the worker only checks that the master signed
+them and moves the bytes. A local copy needs a READ grant over the source range and a WRITE
+grant over the destination, both ranges inside their segments: one pwrite from the DRAM
+mapping, or one pread into it. A copy to another worker (MoveItem.dst_data_addr) needs the READ
+grant here; its WRITE grant is signed for the destination, whose data server checks it
+(worker/peer_copy.py sends the bytes). Each item succeeds or fails on its own. Batches run one
+at a time on a caller's thread (never the event loop); close() waits for the running one, so no
+copy touches a segment after the worker unmaps or closes it.
 """
 from __future__ import annotations
 
@@ -24,6 +28,7 @@ from mooncake_proto.daemon import kv
 from mooncake_proto.errors import (ErrorCode, InvalidArgumentError, LeaseExpiredError,
                                    MooncakeError, PermissionDeniedError,
                                    UnavailableError)
+from mooncake_worker.peer_copy import PeerCopy, PeerWriter
 
 log = logging.getLogger("mooncake.worker")
 
@@ -45,13 +50,17 @@ class ReplicaMover:
     """Moves granted ranges between `segments` (segment id -> mapping or file)."""
 
     def __init__(self, worker_id: str, segments: dict[int, Segment],
-                 grant_key: Callable[[], bytes | None]):
+                 grant_key: Callable[[], bytes | None], peers: PeerWriter | None = None):
+        """peers: what sends copies to other workers (default: PeerWriter's defaults)."""
         self.worker_id = worker_id
         self.segments = segments
         self._grant_key = grant_key  # read per item: re-registration may swap it at any time
         self._lock = threading.Lock()
         self._closed = False
-        self.items_failed = 0
+        self.items_failed = 0  # local copies refused or failed
+        self._peers = peers or PeerWriter()
+        # copies to other workers: done (items, bytes) and refused or failed
+        self.items_replicated = self.bytes_replicated = self.replications_failed = 0
         # (source tier, destination tier) -> [items, bytes] moved (the worker's metrics)
         self.moved_by_tiers: dict[tuple[str, str], list[int]] = {}
         self.items_refused = 0  # a grant missing, forged, expired or not covering the range
@@ -59,13 +68,25 @@ class ReplicaMover:
     def move_batch(self, items: Sequence[pb.MoveItem]) -> list[MoveStatus]:
         """One status per item, in order; blocks (run it off the event loop)."""
         started = time.monotonic()
+        statuses: list[MoveStatus | None] = [None] * len(items)
+        to_peers: dict[str, list[int]] = {}  # destination data address -> item indexes
         with self._lock:
-            statuses = [self._move_or_status(item) for item in items]
+            for i, item in enumerate(items):
+                if item.dst_data_addr:
+                    to_peers.setdefault(item.dst_data_addr, []).append(i)
+                else:
+                    statuses[i] = self._move_or_status(item)
+            self.items_failed += sum(1 for s in statuses if s is not None and s.code != 0)
+            for addr, indexes in to_peers.items():
+                copied = self._copy_to_peer(addr, [items[i] for i in indexes])
+                for i, status in zip(indexes, copied):
+                    statuses[i] = status
         moved = sum(item.length for item, s in zip(items, statuses) if s.code == 0)
         failed = [s for s in statuses if s.code != 0]
-        self.items_failed += len(failed)
         fields = {"items": len(items), "failed": len(failed), "bytes": moved,
                   "ms": f"{(time.monotonic() - started) * 1000:.1f}"}
+        if to_peers:
+            fields["to_workers"] = sum(len(indexes) for indexes in to_peers.values())
         if failed:
             fields.update(first_code=failed[0].code, first_error=failed[0].message)
         log.log(logging.WARNING if failed else logging.INFO, kv("replicas_moved", **fields))
@@ -89,14 +110,13 @@ class ReplicaMover:
         """Waits for a running batch; later batches are refused. Call before closing segments."""
         with self._lock:
             self._closed = True
+            self._peers.close()
 
     def _move_or_status(self, item: pb.MoveItem) -> MoveStatus:
         try:
             self._move(item)
         except MooncakeError as exc:
-            if exc.code == ErrorCode.PERMISSION_DENIED:
-                self.items_refused += 1
-            return MoveStatus(exc.code, exc.message)
+            return self._refused(exc)
         except OSError as exc:  # the disk or the file failed under the copy
             return MoveStatus(ErrorCode.TRANSFER_FAIL, f"copy failed: {exc}")
         tiers = (tier_of(self.segments[item.src_segment_id]),
@@ -106,7 +126,12 @@ class ReplicaMover:
         counts[1] += item.length
         return MoveStatus(0)
 
-    def _move(self, item: pb.MoveItem) -> None:
+    def _refused(self, exc: MooncakeError) -> MoveStatus:
+        if exc.code == ErrorCode.PERMISSION_DENIED:
+            self.items_refused += 1
+        return MoveStatus(exc.code, exc.message)
+
+    def _usable_key(self) -> bytes:
         if self._closed:
             raise UnavailableError("worker is stopping",
                                    code=ErrorCode.UNAVAILABLE_IN_CURRENT_STATUS)
@@ -114,6 +139,47 @@ class ReplicaMover:
         if not key:
             raise UnavailableError("worker not registered yet",
                                    code=ErrorCode.UNAVAILABLE_IN_CURRENT_STATUS)
+        return key
+
+    def _copy_to_peer(self, addr: str, items: list[pb.MoveItem]) -> list[MoveStatus]:
+        """Copies items to the worker at addr; one status per item, in order."""
+        started = time.monotonic()
+        statuses: list[MoveStatus | None] = [None] * len(items)
+        copies: list[tuple[int, PeerCopy, int]] = []  # (index, copy, read grant expiry)
+        for i, item in enumerate(items):
+            try:
+                src, expiry = self._authorize(self._usable_key(), item.read_grant,
+                                              grants.Op.READ, item.src_segment_id,
+                                              item.src_offset, item.length)
+            except MooncakeError as exc:
+                statuses[i] = self._refused(exc)
+                continue
+            copies.append((i, PeerCopy(src, item.src_offset, item.dst_segment_id,
+                                       item.dst_offset, item.length, item.write_grant), expiry))
+        self._peers.write(addr, [copy for _, copy, _ in copies])
+        now = _now_ms()
+        for i, copy, expiry in copies:
+            if copy.error is not None:
+                statuses[i] = MoveStatus(copy.error.code, copy.error.message)
+            elif now > expiry:  # the master may have reused the source range: bytes unsure
+                statuses[i] = MoveStatus(ErrorCode.LEASE_EXPIRED,
+                                         "the read grant expired before the copy finished")
+            else:
+                statuses[i] = MoveStatus(0)
+                self.items_replicated += 1
+                self.bytes_replicated += copy.length
+        failed = [s for s in statuses if s.code != 0]
+        self.replications_failed += len(failed)
+        fields = {"dst": addr, "items": len(items), "failed": len(failed),
+                  "bytes": sum(item.length for item, s in zip(items, statuses) if s.code == 0),
+                  "ms": f"{(time.monotonic() - started) * 1000:.1f}"}
+        if failed:
+            fields.update(first_code=failed[0].code, first_error=failed[0].message)
+        log.log(logging.WARNING if failed else logging.INFO, kv("replicas_copied", **fields))
+        return statuses
+
+    def _move(self, item: pb.MoveItem) -> None:
+        key = self._usable_key()
         src, src_expiry = self._authorize(key, item.read_grant, grants.Op.READ,
                                           item.src_segment_id, item.src_offset, item.length)
         dst, dst_expiry = self._authorize(key, item.write_grant, grants.Op.WRITE,

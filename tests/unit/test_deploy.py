@@ -17,6 +17,7 @@ import yaml
 from mooncake_client import admin
 from mooncake_master import main as master_main
 from mooncake_proto.cli import ENV_PREFIX, load_settings
+from mooncake_proto.units import parse_duration
 from mooncake_worker import main as worker_main
 
 DEPLOY = Path(__file__).resolve().parents[2] / "deploy"
@@ -240,6 +241,25 @@ def test_shell_scripts_pass_only_existing_flags():
         for line in text.splitlines():
             for program, words in invocations(shlex.split(line, comments=True)):
                 _check(script.name, program, words)
+
+
+def _worker_drain_timeout_s(configured) -> float:
+    default = next(o.default for o in worker_main.OPTIONS if o.flag == "--drain-timeout")
+    return parse_duration(default if configured is None else configured)
+
+
+def test_stop_timeouts_leave_room_for_the_worker_drain():
+    # a SIGKILL before the drain's deadline cuts it short: objects only that worker held
+    # stay behind (until it comes back with the same id)
+    unit = (DEPLOY / "systemd" / "mooncake-worker@.service").read_text()
+    stop_s = parse_duration(re.search(r"^TimeoutStopSec=(\S+)$", unit, re.MULTILINE)[1])
+    env = env_file(DEPLOY / "systemd" / "worker.env")
+    assert stop_s > _worker_drain_timeout_s(env.get("MOONCAKE_DRAIN_TIMEOUT")) + 5
+    config = kubernetes_config_files()["worker.yaml"]
+    [grace] = [doc["spec"]["template"]["spec"]["terminationGracePeriodSeconds"]
+               for _, doc in kubernetes_docs() if doc.get("kind") == "DaemonSet"
+               and doc["metadata"]["name"] == "mooncake-worker"]
+    assert grace > _worker_drain_timeout_s(config.get("drain-timeout")) + 5
 
 
 def test_the_checks_see_a_wrong_flag():

@@ -1,4 +1,5 @@
-"""ReplicaMover: MoveReplicas' checks and copies between a real DRAM mapping and SSD file (no sockets)."""
+"""ReplicaMover: MoveReplicas' checks and copies between a real DRAM mapping and SSD file, and to
+another worker's data server (a real C server in this process, on loopback)."""
 import logging
 import os
 import threading
@@ -6,6 +7,7 @@ import time
 
 import pytest
 
+from mooncake_native.data_server import DataServer
 from mooncake_native.file_segment import FileSegment
 from mooncake_native.segment import SegmentMapping
 from mooncake_proto import grants
@@ -13,6 +15,7 @@ from mooncake_proto import mooncake_pb2 as pb
 from mooncake_proto.errors import ErrorCode
 from mooncake_worker import mover as mover_module
 from mooncake_worker.mover import BOUNCE_BYTES, ReplicaMover
+from mooncake_worker.peer_copy import PeerWriter
 
 pytestmark = pytest.mark.timeout(30)
 
@@ -201,3 +204,175 @@ def test_close_waits_for_the_running_batch_and_refuses_later_ones(mover, segment
     assert codes(result[0]) == [0]
     assert codes(mover.move_batch([item(DRAM, 0, SSD, 0, 8)])) == \
         [ErrorCode.UNAVAILABLE_IN_CURRENT_STATUS]
+
+
+# ---- copies to another worker (re-replication): a real data server as the destination ----
+
+PEER = "w-peer"
+PEER_KEY = b"p" * 32
+PEER_DRAM_BYTES, PEER_SSD_BYTES = 8 << 20, 16 << 20
+
+
+class Peer:
+    """Another worker's data plane, in this process: its segments and its C data server."""
+
+    def __init__(self, tmp_path, port: int = 0):
+        self.dram = SegmentMapping(str(tmp_path / "peer-dram"), PEER_DRAM_BYTES, create=True)
+        self.ssd = FileSegment(str(tmp_path / "peer-ssd"), PEER_SSD_BYTES, create=True)
+        self.server = DataServer(PEER, {DRAM: self.dram.view}, file_segments={SSD: self.ssd})
+        self.server.grant_key = PEER_KEY
+        self.addr = self.server.start("127.0.0.1", port)
+
+    def ssd_bytes(self, offset, length) -> bytes:
+        out = bytearray(length)
+        self.ssd.read_into(offset, out)
+        return bytes(out)
+
+    def stop(self):
+        self.server.stop()
+
+    def close(self):
+        self.stop()
+        self.dram.close()
+        self.ssd.close()
+
+
+@pytest.fixture
+def peer(tmp_path):
+    p = Peer(tmp_path)
+    yield p
+    p.close()
+
+
+def to_peer(addr, src_seg, src_off, dst_seg, dst_off, length, **overrides) -> pb.MoveItem:
+    fields = dict(dst_data_addr=addr,
+                  write_grant=grant(grants.Op.WRITE, dst_seg, dst_off, length, key=PEER_KEY,
+                                    worker=PEER))
+    fields.update(overrides)
+    return item(src_seg, src_off, dst_seg, dst_off, length, **fields)
+
+
+def test_copies_to_another_worker_land_there_from_dram_and_from_ssd(mover, segments, peer):
+    small, large = os.urandom(70_000), os.urandom(2 * (4 << 20) + 12345)  # SSD: in chunks
+    segments[DRAM].view[100:100 + len(small)] = small
+    segments[SSD].write_from(5, large)
+    local = os.urandom(300)
+    segments[DRAM].view[DRAM_BYTES - 300:] = local
+    statuses = mover.move_batch([
+        to_peer(peer.addr, DRAM, 100, DRAM, 1000, len(small)),
+        item(DRAM, DRAM_BYTES - 300, SSD, 9_000_000, 300),  # a local demotion in between
+        to_peer(peer.addr, SSD, 5, SSD, 7, len(large)),
+    ])
+    assert codes(statuses) == [0, 0, 0]
+    assert bytes(peer.dram.view[1000:1000 + len(small)]) == small
+    assert peer.ssd_bytes(7, len(large)) == large
+    assert ssd_bytes(segments, 9_000_000, 300) == local
+    assert (mover.items_replicated, mover.bytes_replicated) == (2, len(small) + len(large))
+    assert (mover.items_moved, mover.replications_failed) == (1, 0)
+    # a second batch reuses the pooled connection
+    assert codes(mover.move_batch([to_peer(peer.addr, DRAM, 0, DRAM, 0, 10)])) == [0]
+    assert peer.server.stats()["connections_total"] == 1
+
+
+def test_many_ssd_items_go_through_the_bounce_buffer_in_rounds(segments, peer):
+    key = {"key": KEY}
+    mover = ReplicaMover(WORKER, segments, lambda: key["key"],
+                         peers=PeerWriter(chunk_bytes=4096, bounce_bytes=3 * 4096))
+    blobs = [os.urandom(n) for n in (1, 4096, 4097, 10_000, 3 * 4096, 5)]
+    offsets, at = [], 0
+    for blob in blobs:
+        segments[SSD].write_from(at, blob)
+        offsets.append(at)
+        at += len(blob) + 17
+    items = [to_peer(peer.addr, SSD, off, DRAM, off * 2, len(blob))
+             for off, blob in zip(offsets, blobs)]
+    assert codes(mover.move_batch(items)) == [0] * len(blobs)
+    for off, blob in zip(offsets, blobs):
+        assert bytes(peer.dram.view[off * 2:off * 2 + len(blob)]) == blob
+    mover.close()
+
+
+def test_a_refused_write_fails_its_item_only(mover, segments, peer, caplog):
+    segments[DRAM].view[0:3000] = b"x" * 3000
+    bad_grants = {
+        "another key": grant(grants.Op.WRITE, DRAM, 100, 1000, key=b"z" * 32, worker=PEER),
+        "this worker's own": grant(grants.Op.WRITE, DRAM, 100, 1000),
+        "too short": grant(grants.Op.WRITE, DRAM, 100, 999, key=PEER_KEY, worker=PEER),
+    }
+    items = [to_peer(peer.addr, DRAM, 0, DRAM, 0, 1000)]
+    for i, bad in enumerate(bad_grants.values()):
+        items.append(to_peer(peer.addr, DRAM, 1000, DRAM, 100, 1000, write_grant=bad))
+        items.append(to_peer(peer.addr, DRAM, 2000, DRAM, 10_000 * (i + 1), 1000))
+    with caplog.at_level(logging.INFO, logger="mooncake.worker"):
+        statuses = mover.move_batch(items)
+    assert codes(statuses) == [0] + [ErrorCode.PERMISSION_DENIED, 0] * len(bad_grants)
+    assert "refused the write" in statuses[1].message
+    assert bytes(peer.dram.view[0:1000]) == b"x" * 1000
+    assert bytes(peer.dram.view[100:1000]) == b"x" * 900  # from the first item only
+    for i in range(len(bad_grants)):
+        assert bytes(peer.dram.view[10_000 * (i + 1):10_000 * (i + 1) + 1000]) == b"x" * 1000
+    assert mover.replications_failed == len(bad_grants)
+    assert f"event=replicas_copied dst={peer.addr} items=7 failed=3" in caplog.text
+
+
+def test_the_local_read_grant_is_checked_before_anything_is_sent(mover, peer):
+    forged = _forged(grant(grants.Op.READ, DRAM, 0, 64))
+    statuses = mover.move_batch([to_peer(peer.addr, DRAM, 0, DRAM, 0, 64, read_grant=forged),
+                                 to_peer(peer.addr, DRAM, 0, DRAM, 0, DRAM_BYTES + 1)])
+    assert codes(statuses) == [ErrorCode.PERMISSION_DENIED, ErrorCode.INVALID_PARAMS]
+    assert peer.server.stats()["connections_total"] == 0
+    assert mover.items_refused == 1
+
+
+def test_a_dead_destination_fails_its_items_at_once(mover, segments, tmp_path):
+    dead = Peer(tmp_path)
+    addr = dead.addr
+    dead.close()  # nothing listens there any more
+    started = time.monotonic()
+    statuses = mover.move_batch([to_peer(addr, DRAM, 0, DRAM, 0, 64),
+                                 to_peer(addr, DRAM, 64, DRAM, 64, 64)])
+    assert codes(statuses) == [ErrorCode.TRANSFER_FAIL] * 2
+    assert "cannot connect" in statuses[0].message
+    assert time.monotonic() - started < 5
+
+
+def test_a_silent_destination_fails_within_the_timeout(segments):
+    import socket
+    key = {"key": KEY}
+    mover = ReplicaMover(WORKER, segments, lambda: key["key"], peers=PeerWriter(timeout_s=0.3))
+    with socket.create_server(("127.0.0.1", 0)) as paused:  # accepts, never answers
+        addr = f"127.0.0.1:{paused.getsockname()[1]}"
+        started = time.monotonic()
+        statuses = mover.move_batch([to_peer(addr, DRAM, 0, DRAM, 0, 1 << 20)])
+        elapsed = time.monotonic() - started
+    assert codes(statuses) == [ErrorCode.TRANSFER_FAIL]
+    assert "timed out" in statuses[0].message and elapsed < 3
+    mover.close()
+
+
+def test_a_restarted_destination_gets_a_fresh_connection(mover, segments, tmp_path):
+    first = Peer(tmp_path)
+    assert codes(mover.move_batch([to_peer(first.addr, DRAM, 0, DRAM, 0, 64)])) == [0]
+    port = int(first.addr.rpartition(":")[2])
+    first.close()  # the pooled connection now leads nowhere
+    second = Peer(tmp_path, port=port)
+    try:
+        segments[DRAM].view[0:64] = b"y" * 64
+        assert codes(mover.move_batch([to_peer(second.addr, DRAM, 0, DRAM, 0, 64)])) == [0]
+        assert bytes(second.dram.view[0:64]) == b"y" * 64
+    finally:
+        second.close()
+
+
+def test_a_read_grant_that_expires_during_a_copy_to_a_peer_is_lease_expired(mover, peer,
+                                                                           monkeypatch):
+    real = mover_module._now_ms
+    calls = []
+
+    def clock():  # verification sees now; the check after the copy two minutes later
+        calls.append(1)
+        return real() + (120_000 if len(calls) > 1 else 0)
+
+    monkeypatch.setattr(mover_module, "_now_ms", clock)
+    assert codes(mover.move_batch([to_peer(peer.addr, DRAM, 0, DRAM, 0, 8)])) == \
+        [ErrorCode.LEASE_EXPIRED]
