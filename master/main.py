@@ -86,8 +86,11 @@ async def tick_loop(state: MasterState, lock, mover: Mover, stop: asyncio.Event)
             pass
         with lock:
             report = state.tick(time.monotonic())
-        if report.moves_planned:
+        if report.moves_planned or report.heals_planned:
             mover.wake()
+        if report.heals_planned or report.heals_given_up:
+            log.info(kv("healing", copies_planned=report.heals_planned,
+                        given_up=report.heals_given_up))
         if report.evicted_keys or report.moves_planned:
             log.info(kv("evicted", dropped=len(report.evicted_keys),
                         demotions_planned=report.moves_planned))
@@ -110,7 +113,10 @@ async def serve(settings, auth: Authenticator, tls: rpc.Tls) -> int:
                                      worker_ttl_s=settings.worker_ttl,
                                      put_timeout_s=settings.put_timeout,
                                      high_watermark=settings.high_watermark,
-                                     eviction_ratio=settings.eviction_ratio))
+                                     eviction_ratio=settings.eviction_ratio),
+                        # put ids start at the wall clock in microseconds: above any earlier
+                        # master's, which is how adoption tells their objects apart
+                        first_put_id=time.time_ns() // 1000)
     servicer = MasterServicer(state, auth=auth)
     server = rpc.aio_server()
     rpc.add_servicer(server, pb_grpc.add_MasterServiceServicer_to_server, servicer)
