@@ -105,10 +105,11 @@ class Client:
                  master_retry_s: float = 15.0):
         """master: "H:P[,H:P...]" (or a list of those), or "etcd://H:P[,H:P...]/CLUSTER_ID"
         to follow the leader an etcd-HA cluster elects (proto/discovery.py).
-        master_retry_s: how long a master call keeps trying while no master answers (a
+        master_retry_s: how long a master call keeps trying while no master serves it (a
         restart, a fail-over): other addresses at once, then again with backoff; 0 tries
-        each address once. Then UnavailableError. Calls that may have reached a master are
-        not repeated unless that is harmless (SAFE_TO_REPEAT).
+        each address once. Then UnavailableError (so a call takes at most about this plus
+        one rpc_timeout_s). Calls that may have reached a master are not repeated unless
+        that is harmless (SAFE_TO_REPEAT).
         framed_metadata: send object calls over the master's framed metadata port when it
         offers one (found with Hello; gRPC otherwise, and for everything else).
         put_wait_s: how long a put waits for eviction to free room (a full pool evicts, and
@@ -527,7 +528,8 @@ class Client:
                 if self.master_retry_s == 0:
                     raise error from None
                 raise UnavailableError(f"master {self._locator.describe()} {method}: no master "
-                                       f"answered for {self.master_retry_s:g}s; last: {error}")
+                                       f"served the call within {self.master_retry_s:g}s; "
+                                       f"last: {error}")
             time.sleep(min(pause_s * (0.5 + random.random()), give_up_at - now))
             pause_s, tried = min(pause_s * 2, MASTER_RETRY_MAX_S), 0
 

@@ -217,10 +217,14 @@ class Election:
         return (f"standby of cluster {self.cluster_id}: the leader is master "
                 f"{holder.master_id} at {holder.grpc}")
 
-    def _lost(self, reason: str) -> None:
+    def fence(self, reason: str) -> None:
+        """Stops acting as leader now (calls are refused from here on), whatever the role."""
         self._standby(f"this master lost the leadership of cluster {self.cluster_id}: {reason}")
         log.error(kv("leadership_lost", cluster_id=self.cluster_id,
                      master_id=self.record.master_id, reason=reason))
+
+    def _lost(self, reason: str) -> None:
+        self.fence(reason)
         raise LeadershipLost(reason)
 
 

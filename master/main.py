@@ -231,8 +231,12 @@ async def run_election(election: Election, stop: asyncio.Event) -> bool:
         await election.run(stop)
         return False
     except LeadershipLost:
-        stop.set()
-        return True
+        pass
+    except Exception:  # a bug: nobody keeps the lease alive now, so stop leading all the same
+        log.exception(kv("election_failed", cluster_id=election.cluster_id))
+        election.fence("the election loop failed")
+    stop.set()
+    return True
 
 
 def advertised_host(host: str, advertise_host: str) -> str:

@@ -130,6 +130,10 @@ class Etcd:
                 failures.append(f"{self.endpoints[i]}: {_etcd_reason(exc)}")
             except exceptions.Etcd3Exception as exc:  # an answer, but not one we can use
                 raise EtcdError(f"etcd {self.endpoints[i]}: {_etcd_reason(exc)}") from exc
+            except (OSError, ValueError, KeyError, TypeError) as exc:
+                # what etcd3gw lets through: requests' other errors (OSError), an answer that
+                # is not JSON or lacks a field
+                raise EtcdError(f"etcd {self.endpoints[i]}: {_etcd_reason(exc)}") from exc
         raise EtcdError("etcd unreachable: " + "; ".join(failures))
 
     def read_key(self, key: str) -> tuple[bytes, int] | None:
