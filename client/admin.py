@@ -67,8 +67,9 @@ def _common_options() -> argparse.ArgumentParser:
                         help="CA of the master's certificate: gRPC over TLS "
                              "(default $MOONCAKE_TLS_CA)")
     common.add_argument("--timeout", metavar="DURATION",
-                        help="per call (default 10s); for drain, the whole command "
-                             f"(default {DRAIN_TIMEOUT}: --wait's bound)")
+                        help="per call, riding out a master fail-over included (default "
+                             f"10s); for drain, the whole command (default {DRAIN_TIMEOUT}: "
+                             "--wait's bound)")
     common.add_argument("--json", action="store_true", help="machine-readable output")
     return common
 
@@ -445,7 +446,8 @@ def run(args) -> None:
         return
     commands = {"ls": cmd_ls, "get": cmd_get, "put": cmd_put, "rm": cmd_rm, "drain": cmd_drain}
     with Client(args.master, token=args.token, tls_ca=args.tls_ca,
-                rpc_timeout_s=args.call_timeout, transfer_timeout_s=args.call_timeout) as client:
+                rpc_timeout_s=args.call_timeout, transfer_timeout_s=args.call_timeout,
+                master_retry_s=args.call_timeout) as client:
         commands[args.command](args, client)
 
 
