@@ -20,6 +20,9 @@ so workers and clients move on to it. etcd decides, nothing here votes:
   with a new leader's, and a restart (systemd, Kubernetes, compose restart it) comes back as a
   standby with nothing in memory. Staying up as a standby would mean resetting every piece of
   state in place; a process exit is the simplest reset that cannot miss one.
+  The timing guarantees no overlap when the lease runs out. A key deleted by hand (or its
+  lease revoked by hand) is noticed at the next refresh: a standby may lead for up to ttl/3
+  before the old leader stops. Do not edit the key.
 - etcd unreachable while not leading: standby, retrying with backoff (ETCD_RETRY_*).
 
 The etcd calls block (HTTP through etcd3gw) and run in threads (asyncio.to_thread).
@@ -96,11 +99,11 @@ class Election:
         """Until `stop`: standby or leader. Returns on stop (having resigned when leading);
         raises LeadershipLost when this master led and lost the lease."""
         delay_s, retry_s = STANDBY_POLL_S, ETCD_RETRY_MIN_S
-        while not stop.is_set():
-            if self.role is Role.LEADER:
+        while True:
+            if self.role is Role.LEADER:  # also when stop came already: _hold resigns at once
                 await self._hold(stop)
                 return
-            if await _wait(stop, delay_s):
+            if stop.is_set() or await _wait(stop, delay_s):
                 return
             try:
                 await self.campaign_once()

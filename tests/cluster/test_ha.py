@@ -82,7 +82,7 @@ def test_a_killed_leader_is_replaced_within_the_lease_ttl_and_returns_as_standby
     # the killed master, started again, stands by behind the new leader
     a = masters("a2", etcd.endpoint, "kill", "--leader-ttl", f"{ttl_s}s")
     assert a.info["role"] == "standby"
-    assert f"the leader is master" in a.log_tail() and b.info["grpc"] in a.log_tail()
+    assert "the leader is master" in a.log_tail() and b.info["grpc"] in a.log_tail()
 
 
 @pytest.mark.timeout(60)
