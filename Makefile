@@ -8,15 +8,30 @@ STAMP  := $(VENV)/.installed
 
 NATIVE := $(wildcard native/src/*.c native/include/*.h) native/build_native.py setup.py
 # Debian packages the build needs: venv, a C toolchain, OpenSSL's libcrypto (grant HMACs in
-# the data server), rdma-core's headers (the RDMA transport compiles whenever they exist) and
-# the openssl command (the TLS tests make their certificates with it).
-APT_PACKAGES := python3-venv python3-dev gcc libssl-dev libibverbs-dev openssl
+# the data server), rdma-core's headers (the RDMA transport compiles whenever they exist),
+# the openssl command (the TLS tests make their certificates with it) and etcd (the HA tests
+# start their own /usr/bin/etcd on free ports).
+APT_PACKAGES := python3-venv python3-dev gcc libssl-dev libibverbs-dev openssl etcd-server
 
-# apt only when something is missing (you are root in CI)
+# apt only when something is missing (you are root in CI): each package must be installed
+# ("ii"; `dpkg -s` also passes a removed package whose configuration files remain). Nothing
+# the install brings may keep running (etcd-server would start a system etcd): while apt
+# runs, a policy-rc.d that refuses every service start stands in, unless the machine has
+# one of its own.
 system-deps:
-	@$(PYTHON) -c 'import venv, ensurepip' 2>/dev/null && \
-	  dpkg -s $(APT_PACKAGES) >/dev/null 2>&1 || \
-	  (apt-get update && DEBIAN_FRONTEND=noninteractive apt-get install -y $(APT_PACKAGES))
+	@installed=$$(dpkg-query -W -f='$${db:Status-Abbrev}\n' $(APT_PACKAGES) 2>/dev/null \
+	    | grep -c '^ii'); \
+	if ! $(PYTHON) -c 'import venv, ensurepip' 2>/dev/null || \
+	    [ "$$installed" -ne $(words $(APT_PACKAGES)) ]; then \
+	  apt-get update || exit 1; \
+	  policy=/usr/sbin/policy-rc.d; own=; \
+	  if [ ! -e $$policy ]; then \
+	    own=1; printf '#!/bin/sh\nexit 101\n' > $$policy && chmod 755 $$policy || exit 1; \
+	  fi; \
+	  DEBIAN_FRONTEND=noninteractive apt-get install -y $(APT_PACKAGES); status=$$?; \
+	  if [ -n "$$own" ]; then rm -f $$policy; fi; \
+	  exit $$status; \
+	fi
 
 $(STAMP): pyproject.toml $(NATIVE) | system-deps
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -30,8 +45,9 @@ venv: $(STAMP)
 demo: venv
 	$(BIN)/mooncake-bench --local --json bench-results.json
 
+# MOONCAKE_REQUIRE_ETCD: the HA tests fail, rather than skip, when etcd is missing
 test: venv
-	$(BIN)/python -m pytest -q
+	MOONCAKE_REQUIRE_ETCD=1 $(BIN)/python -m pytest -q
 
 # Regenerates the checked-in gRPC stubs (grpcio-tools is pinned to the grpcio floor).
 proto: venv

@@ -1,8 +1,11 @@
-"""`mooncake-admin`: an operator's view of a running pool (stat, workers, ls) and one-object get, put, rm.
+"""`mooncake-admin`: an operator's view of a running pool (stat, workers, ls), one-object get, put,
+rm, and draining a worker before it is stopped.
 
 Cluster figures come from the master's HTTP `/stats`, keys from the admin-only `ListKeys`
-RPC, objects through the ordinary `Client`. Tables for people, `--json` for programs; any
-failure is one line on stderr and exit status 1 (2 for a bad command line).
+RPC, drains from the admin-only `DrainWorker` RPC, objects through the ordinary `Client`.
+`--master` is any master spec (proto/discovery.py), etcd:// included: the leader's HTTP
+address then comes from etcd too. Tables for people, `--json` for programs; any failure is
+one line on stderr and exit status 1 (2 for a bad command line).
 """
 from __future__ import annotations
 
@@ -10,10 +13,12 @@ import argparse
 import json
 import os
 import sys
+import time
 import urllib.error
 import urllib.request
 
-from mooncake_client.client import Client, KeyInfo, ReplicaConfig
+from mooncake_client.client import Client, DrainProgress, KeyInfo, ReplicaConfig
+from mooncake_proto.discovery import ETCD_SCHEME, MasterLocator
 from mooncake_proto.errors import HasLeaseError, MooncakeError, PermissionDeniedError
 from mooncake_proto.rpc import check_token
 from mooncake_proto.units import human_size, parse_duration
@@ -22,6 +27,9 @@ PROG = "mooncake-admin"
 DEFAULT_MASTER = "127.0.0.1:50051"
 MASTER_HTTP_PORT = 9003  # the master's default --http-port: --http points there unless given
 LIST_PAGE = 10_000  # the master's cap on one ListKeys answer
+CALL_TIMEOUT_S = 10.0  # --timeout's default, and the most one call of drain may take
+DRAIN_TIMEOUT = "10m"  # --timeout's default for drain: the whole --wait
+DRAIN_POLL_S = 0.5  # drain --wait asks for progress this often
 TIER_NAMES = {1: "DRAM", 2: "SSD"}
 # what the environment may say (a flag wins): addresses, and what Client reads itself
 ENV_VARS = ("MOONCAKE_MASTER", "MOONCAKE_MASTER_HTTP", "MOONCAKE_TOKEN", "MOONCAKE_TLS_CA")
@@ -31,25 +39,37 @@ class AdminError(Exception):
     """A failure to report as one line (the command itself was well formed)."""
 
 
+class DrainTimeout(AdminError):
+    """drain --wait ran out of time; `progress` is the master's last answer."""
+
+    def __init__(self, message: str, progress: "DrainProgress"):
+        super().__init__(message)
+        self.progress = progress
+
+
 # ---- the command line ----
 
 def _common_options() -> argparse.ArgumentParser:
     """Options taken before or after the command (`--json stat` and `stat --json`).
     SUPPRESS: a subcommand's copy must not reset what was given before it."""
     common = argparse.ArgumentParser(add_help=False, argument_default=argparse.SUPPRESS)
-    common.add_argument("--master", metavar="H:P[,H:P...]",
-                        help=f"master gRPC address(es) (default $MOONCAKE_MASTER or {DEFAULT_MASTER})")
+    common.add_argument("--master", metavar="H:P[,H:P...]|etcd://H:P/CLUSTER_ID",
+                        help="master gRPC address(es), or the etcd endpoints and cluster id "
+                             f"of an HA cluster (default $MOONCAKE_MASTER or {DEFAULT_MASTER})")
     common.add_argument("--http", metavar="H:P",
                         help="master HTTP address, for stat and workers (default "
-                             f"$MOONCAKE_MASTER_HTTP, else the first master's host, port "
-                             f"{MASTER_HTTP_PORT})")
+                             f"$MOONCAKE_MASTER_HTTP, else the leader's from etcd, else the "
+                             f"first master's host, port {MASTER_HTTP_PORT})")
     common.add_argument("--token", help="bearer token (default $MOONCAKE_TOKEN; visible in ps: "
                                         "prefer the variable or --token-file)")
     common.add_argument("--token-file", metavar="FILE", help="file holding the bearer token")
     common.add_argument("--tls-ca", metavar="PEM",
                         help="CA of the master's certificate: gRPC over TLS "
                              "(default $MOONCAKE_TLS_CA)")
-    common.add_argument("--timeout", metavar="DURATION", help="per call (default 10s)")
+    common.add_argument("--timeout", metavar="DURATION",
+                        help="per call, riding out a master fail-over included (default "
+                             f"10s); for drain, the whole command (default {DRAIN_TIMEOUT}: "
+                             "--wait's bound)")
     common.add_argument("--json", action="store_true", help="machine-readable output")
     return common
 
@@ -89,6 +109,14 @@ def build_parser() -> argparse.ArgumentParser:
     rm = commands.add_parser("rm", parents=[common], help="remove an object")
     rm.add_argument("key")
     rm.add_argument("--force", action="store_true", help="remove even under a read lease")
+    drain = commands.add_parser(
+        "drain", parents=[common], help="move a worker's objects away before stopping it "
+                                        "(admin token)")
+    drain.add_argument("worker_id", metavar="WORKER_ID")
+    how = drain.add_mutually_exclusive_group()
+    how.add_argument("--wait", action="store_true",
+                     help="until no object is held by it alone (exit 1 past --timeout)")
+    how.add_argument("--cancel", action="store_true", help="put it back in service")
     return parser
 
 
@@ -96,18 +124,28 @@ def _settle(args: argparse.Namespace, parser: argparse.ArgumentParser) -> None:
     """Fills what was not given from the environment and the defaults."""
     env = os.environ
     args.master = getattr(args, "master", None) or env.get("MOONCAKE_MASTER") or DEFAULT_MASTER
-    first_host = args.master.split(",")[0].strip().rpartition(":")[0] or "127.0.0.1"
     args.http = getattr(args, "http", None) or env.get("MOONCAKE_MASTER_HTTP") \
-        or f"{first_host}:{MASTER_HTTP_PORT}"
+        or _default_http(args.master)  # None: the leader's, read from etcd when needed
     args.json = getattr(args, "json", False)
     args.tls_ca = getattr(args, "tls_ca", None)  # None: Client reads $MOONCAKE_TLS_CA
+    default_timeout = DRAIN_TIMEOUT if args.command == "drain" else f"{CALL_TIMEOUT_S:g}s"
     try:
-        args.timeout = parse_duration(getattr(args, "timeout", "10s"))
+        args.timeout = parse_duration(getattr(args, "timeout", default_timeout))
         args.token = _token(getattr(args, "token", None), getattr(args, "token_file", None))
     except (OSError, ValueError) as exc:
         parser.error(str(exc))
+    # drain's --timeout bounds the whole command; each of its calls at most CALL_TIMEOUT_S
+    args.call_timeout = min(args.timeout, CALL_TIMEOUT_S) if args.command == "drain" \
+        else args.timeout
     if args.command == "get" and args.json and not args.output:
         parser.error("get --json needs -o FILE: stdout carries the object's bytes")
+
+
+def _default_http(master: str) -> str | None:
+    if master.strip().startswith(ETCD_SCHEME):
+        return None
+    first_host = master.split(",")[0].strip().rpartition(":")[0] or "127.0.0.1"
+    return f"{first_host}:{MASTER_HTTP_PORT}"
 
 
 def _token(token: str | None, token_file: str | None) -> str:
@@ -322,9 +360,83 @@ def cmd_rm(args, client: Client) -> None:
     _emit(args, {"key": args.key, "removed": True}, f"removed {_shown(args.key)}")
 
 
+# ---- drain ----
+
+def drain_summary(p: DrainProgress, timeout_s: float | None = None) -> dict:
+    """What drain prints with --json: the last answer, and whether the worker may be stopped
+    (whether nothing is left only on it)."""
+    done = p.draining and p.objects_left == 0
+    summary = {"worker_id": p.worker_id, "draining": p.draining,
+               "objects_left": p.objects_left, "bytes_left": p.bytes_left, "done": done}
+    if timeout_s is not None:
+        summary["timed_out"] = not done
+    return summary
+
+
+def render_drain(p: DrainProgress) -> str:
+    if not p.draining:
+        return f"{p.worker_id}: in service (not draining)"
+    if p.objects_left == 0:
+        return f"{p.worker_id}: drained: no object is held by it alone; it can be stopped"
+    objects = f"{p.objects_left} object{'' if p.objects_left == 1 else 's'}"
+    return f"{p.worker_id}: draining, {objects} ({human_size(p.bytes_left)}) held by it alone"
+
+
+def follow_drain(ask, timeout_s: float, report, clock=time.monotonic,
+                 sleep=time.sleep) -> DrainProgress:
+    """Asks `ask()` for the drain's progress every DRAIN_POLL_S until nothing is left on the
+    worker alone, calling `report` with each answer that differs from the one before.
+    AdminError after timeout_s."""
+    give_up_at = clock() + timeout_s
+    progress = ask()
+    report(progress)
+    while not (progress.draining and progress.objects_left == 0):
+        if not progress.draining:
+            raise AdminError(f"drain {progress.worker_id}: the master stopped draining it "
+                             "(cancelled meanwhile, or the worker left)")
+        if clock() + DRAIN_POLL_S > give_up_at:
+            raise DrainTimeout(f"drain {progress.worker_id}: {progress.objects_left} object(s) "
+                               f"({human_size(progress.bytes_left)}) still held by it alone "
+                               f"after {timeout_s:g}s; it is still draining (run drain again "
+                               "to follow it, or --cancel)", progress)
+        sleep(DRAIN_POLL_S)
+        latest = ask()
+        if latest != progress:
+            report(latest)
+        progress = latest
+    return progress
+
+
+def cmd_drain(args, client: Client) -> None:
+    if not args.wait:
+        progress = client.drain_worker(args.worker_id, cancel=args.cancel)
+        _emit(args, drain_summary(progress), render_drain(progress))
+        return
+    report = (lambda p: None) if args.json else (lambda p: print(render_drain(p), flush=True))
+    try:
+        progress = follow_drain(lambda: client.drain_worker(args.worker_id), args.timeout,
+                                report)
+    except DrainTimeout as exc:
+        if args.json:
+            print(json.dumps(drain_summary(exc.progress, args.timeout), indent=1))
+        raise
+    if args.json:
+        print(json.dumps(drain_summary(progress, args.timeout), indent=1))
+
+
+def master_http(args) -> str:
+    """--http, or the elected leader's HTTP address under etcd HA."""
+    if args.http:
+        return args.http
+    try:
+        return MasterLocator(args.master).leader().http
+    except MooncakeError as exc:
+        raise AdminError(f"{exc} (--http gives the master's HTTP address)") from None
+
+
 def run(args) -> None:
     if args.command in ("stat", "workers"):
-        stats = fetch_stats(args.http, args.token, args.timeout)
+        stats = fetch_stats(master_http(args), args.token, args.timeout)
         if args.command == "stat":
             summary = stat_summary(stats)
             _emit(args, summary, render_stat(summary))
@@ -332,9 +444,10 @@ def run(args) -> None:
             rows = worker_rows(stats)
             _emit(args, rows, render_workers(rows))
         return
-    commands = {"ls": cmd_ls, "get": cmd_get, "put": cmd_put, "rm": cmd_rm}
+    commands = {"ls": cmd_ls, "get": cmd_get, "put": cmd_put, "rm": cmd_rm, "drain": cmd_drain}
     with Client(args.master, token=args.token, tls_ca=args.tls_ca,
-                rpc_timeout_s=args.timeout, transfer_timeout_s=args.timeout) as client:
+                rpc_timeout_s=args.call_timeout, transfer_timeout_s=args.call_timeout,
+                master_retry_s=args.call_timeout) as client:
         commands[args.command](args, client)
 
 

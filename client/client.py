@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import random
 import threading
 import time
 from typing import Iterable, Sequence
@@ -20,6 +21,7 @@ from mooncake_native.buffers import RegisteredBuffers, as_parts, parts_size
 from mooncake_proto import mooncake_pb2 as pb
 from mooncake_proto import mooncake_pb2_grpc as pb_grpc
 from mooncake_proto import metaframe, rpc
+from mooncake_proto.discovery import MasterLocator
 from mooncake_proto.errors import (ErrorCode, InvalidArgumentError, LeaseExpiredError,
                                    MooncakeError, NoSpaceError, TransferError,
                                    UnavailableError, error_for_code)
@@ -31,6 +33,16 @@ META_RETRY_S = 5.0  # a client without a framed metadata channel asks Hello agai
 META_RETRY_MAX_S = 60.0  # doubling after each failure up to this
 META_CONNECT_TIMEOUT_S = 0.5  # a port that drops SYNs must not stall a call for rpc_timeout_s
 PUT_RETRY_MAX_S = 0.5  # a put told to wait for eviction asks again at least this often
+MASTER_RETRY_FIRST_S = 0.05  # pause after a round of master addresses failed, doubling
+MASTER_RETRY_MAX_S = 1.0  # up to this, until master_retry_s is spent
+# Master calls that may be sent again whatever became of the first attempt: reads (leases
+# aside), commits and revokes keyed by put_id (a second PutEnd of a committed put is OK, a
+# second PutRevoke finds nothing), admin reads and drains (asking again is how progress is
+# followed). PutStart, Remove and RemoveAll are not: a PutStart sent twice meets its own
+# PENDING key and reports success for bytes never written. They are retried only when
+# they cannot have reached a master (see _may_retry).
+SAFE_TO_REPEAT = metaframe.IDEMPOTENT | {"Hello", "PutEnd", "PutRevoke", "ListKeys",
+                                         "DrainWorker"}
 READ_CHUNK_BYTES = 256 << 20  # a long batch read checks (and renews) its lease between chunks
 _TIER_NAMES = {pb.TIER_DRAM: "DRAM", pb.TIER_SSD: "SSD"}
 _STATE_NAMES = {pb.REPLICA_PENDING: "PENDING", pb.REPLICA_COMPLETE: "COMPLETE"}
@@ -53,6 +65,15 @@ class ReplicaInfo:
     offset: int
     length: int
     data_addr: str
+
+
+@dataclasses.dataclass(frozen=True)
+class DrainProgress:
+    """One answer of `drain_worker`: the worker's objects that still have no replica elsewhere."""
+    worker_id: str
+    draining: bool
+    objects_left: int
+    bytes_left: int
 
 
 @dataclasses.dataclass(frozen=True)
@@ -80,18 +101,26 @@ class Client:
     def __init__(self, master: str | Sequence[str], transports: Iterable[str] = KNOWN_TRANSPORTS,
                  rpc_timeout_s: float = 10.0, transfer_timeout_s: float = 10.0,
                  framed_metadata: bool = True, put_wait_s: float = 10.0,
-                 token: str | None = None, tls_ca: str | None = None):
-        """framed_metadata: send object calls over the master's framed metadata port when it
+                 token: str | None = None, tls_ca: str | None = None,
+                 master_retry_s: float = 15.0):
+        """master: "H:P[,H:P...]" (or a list of those), or "etcd://H:P[,H:P...]/CLUSTER_ID"
+        to follow the leader an etcd-HA cluster elects (proto/discovery.py).
+        master_retry_s: how long a master call keeps trying while no master serves it (a
+        restart, a fail-over): other addresses at once, then again with backoff; 0 tries
+        each address once. Then UnavailableError (so a call takes at most about this plus
+        one rpc_timeout_s). Calls that may have reached a master are not repeated unless
+        that is harmless (SAFE_TO_REPEAT).
+        framed_metadata: send object calls over the master's framed metadata port when it
         offers one (found with Hello; gRPC otherwise, and for everything else).
         put_wait_s: how long a put waits for eviction to free room (a full pool evicts, and
         demotes to SSD, rather than refuse writes) before it raises NoSpaceError.
         token: the bearer token sent on every master call (None: $MOONCAKE_TOKEN; "": none).
         tls_ca: a PEM file of the CA that signed the master's and workers' certificates: gRPC
         then uses TLS (None: $MOONCAKE_TLS_CA; "": no TLS)."""
-        self.masters = [m.strip() for m in master.split(",")] if isinstance(master, str) \
-            else list(master)
-        if not self.masters or not all(self.masters):
-            raise InvalidArgumentError("Client needs at least one master address H:P")
+        self._locator = MasterLocator(master)  # InvalidArgumentError for a bad spec
+        if master_retry_s < 0:
+            raise InvalidArgumentError(f"master_retry_s must be >= 0, got {master_retry_s}")
+        self.master_retry_s = master_retry_s
         self.transport_names = tuple(transports)
         unknown = [t for t in self.transport_names if t not in KNOWN_TRANSPORTS]
         if unknown or not self.transport_names:
@@ -113,9 +142,12 @@ class Client:
         self._meta_failures = 0
         self._meta_lock = threading.Lock()
         self._switch_lock = threading.Lock()
-        self._master_index = 0
-        self._channel = rpc.client_channel(self.masters[0], self._tls, self._token)
-        self._stub = pb_grpc.MasterServiceStub(self._channel)
+        # the master now: its address, a channel and stub to it (made at the first call, so
+        # an etcd spec is read then), and a count of fail-overs so far
+        self._target: str | None = None
+        self._channel: grpc.Channel | None = None
+        self._stub: pb_grpc.MasterServiceStub | None = None
+        self._switches = 0
 
     # ---- lifecycle ----
 
@@ -126,7 +158,8 @@ class Client:
         self.framed_metadata = False  # calls after close() must not reopen a channel
         if meta is not None:
             meta.close()
-        self._channel.close()
+        if self._channel is not None:
+            self._channel.close()
 
     def __enter__(self) -> "Client":
         return self
@@ -440,6 +473,14 @@ class Client:
                         tuple(_TIER_NAMES.get(t, "?") for t in k.tiers), k.soft_pin,
                         k.hard_pin, k.last_access_age_s) for k in reply.keys], reply.truncated
 
+    def drain_worker(self, worker_id: str, cancel: bool = False) -> DrainProgress:
+        """Marks a worker draining (no new placements; the master copies the objects only it
+        holds to other workers), or back in service with cancel; asking again reports the
+        progress. Needs an admin token on a master with --tokens."""
+        reply = self._grpc_call("DrainWorker", pb.DrainRequest(worker_id=worker_id,
+                                                               cancel=cancel))
+        return DrainProgress(worker_id, reply.draining, reply.objects_left, reply.bytes_left)
+
     # ---- master calls ----
 
     def _call(self, method: str, request):
@@ -451,28 +492,82 @@ class Client:
                 self._meta_failures = 0
                 return response
             except NotSent:
-                self._forget_meta(meta)  # unreachable or busy: gRPC, and Hello again later
+                self._forget_meta(meta)  # unreachable, busy or a standby: gRPC, Hello later
             except MaybeSent as exc:
                 self._forget_meta(meta)
-                if method not in metaframe.IDEMPOTENT:
+                if method not in SAFE_TO_REPEAT:
                     raise UnavailableError(f"master {meta.addr} {method}: connection lost after "
                                            f"the call was sent ({exc}); its outcome is unknown")
         return self._grpc_call(method, request)
 
     def _grpc_call(self, method: str, request):
-        """One master RPC; on an unreachable master, tries the next address once around."""
-        last: grpc.RpcError | None = None
-        for _ in range(len(self.masters)):
-            index, stub = self._master_index, self._stub
-            target = self.masters[index % len(self.masters)]
+        """One master RPC, through restarts and fail-overs: when the master is unreachable
+        or refuses as a standby, the next address (under etcd: the leader, read again) is
+        tried at once, then every address again after a growing pause, for up to
+        master_retry_s; then UnavailableError. A call that may have reached a master is
+        not sent again unless that is harmless (_may_retry)."""
+        give_up_at, pause_s, tried = None, MASTER_RETRY_FIRST_S, 0
+        while True:
+            switches, target = self._switches, self._locator.describe()
             try:
+                switches, target, stub = self._master()
                 return getattr(stub, method)(request, timeout=self.rpc_timeout_s)
             except grpc.RpcError as exc:
-                last = exc
-                if exc.code() != grpc.StatusCode.UNAVAILABLE or len(self.masters) == 1:
-                    break
-                self._switch_master(index)
-        raise rpc.error_from_rpc(last, f"master {target} {method}")
+                error = rpc.error_from_rpc(exc, f"master {target} {method}")
+                if not _may_retry(method, exc):
+                    raise error from None
+            except UnavailableError as exc:  # no leader in etcd now, or etcd unreachable
+                error = exc
+            self._fail_over(switches, target)
+            now = time.monotonic()
+            give_up_at = now + self.master_retry_s if give_up_at is None else give_up_at
+            tried += 1
+            if tried < self._candidates():
+                continue  # the next address of a static list, at once
+            if now >= give_up_at:
+                if self.master_retry_s == 0:
+                    raise error from None
+                raise UnavailableError(f"master {self._locator.describe()} {method}: no master "
+                                       f"served the call within {self.master_retry_s:g}s; "
+                                       f"last: {error}")
+            time.sleep(min(pause_s * (0.5 + random.random()), give_up_at - now))
+            pause_s, tried = min(pause_s * 2, MASTER_RETRY_MAX_S), 0
+
+    def _candidates(self) -> int:
+        """How many addresses one round of tries has: a static list's length; 1 under etcd."""
+        return 1 if self._locator.is_etcd else len(self._locator.addresses())
+
+    def _master(self) -> tuple[int, str, pb_grpc.MasterServiceStub]:
+        """(fail-overs so far, address, stub) of the master to call now; connects (reading
+        etcd for an etcd spec) after a fail-over. UnavailableError when none is known."""
+        with self._switch_lock:
+            if self._stub is None:
+                target = self._locator.addresses()[0]
+                if target != self._target or self._channel is None:
+                    # the old channel is not closed here: other threads may still be in a
+                    # call on it (they fail over the same way); it closes with its last user
+                    self._channel = rpc.client_channel(target, self._tls, self._token)
+                    self._target = target
+                # the same address (a restart): the channel reconnects by itself, and a new
+                # one would share its connection's backoff anyway
+                self._stub = pb_grpc.MasterServiceStub(self._channel)
+            return self._switches, self._target, self._stub
+
+    def _fail_over(self, seen_switches: int, target: str) -> None:
+        """After `target` failed: the next call re-resolves the master (the next address of a
+        static list; the leader read again from etcd) and asks it Hello for its framed port.
+        Once per failure however many threads saw it."""
+        with self._switch_lock:
+            if self._switches != seen_switches:
+                return  # another thread already moved on
+            self._switches += 1
+            self._locator.invalidate(target)
+            self._stub = None
+        with self._meta_lock:  # the framed port is the old master's: ask the new one
+            meta, self._meta = self._meta, None
+            self._meta_checked_at, self._meta_failures = -float("inf"), 0
+        if meta is not None:
+            meta.close()
 
     def _meta_channel(self) -> MetaChannel | None:
         """The framed metadata channel of the current master; asks Hello again after a
@@ -484,10 +579,10 @@ class Client:
         with self._meta_lock:
             if self._meta is None and now - self._meta_checked_at >= wait_s:
                 self._meta_checked_at = now
-                master = self.masters[self._master_index % len(self.masters)]
                 try:
-                    hello = self._stub.Hello(pb.HelloRequest(), timeout=self.rpc_timeout_s)
-                except grpc.RpcError:
+                    _, master, stub = self._master()
+                    hello = stub.Hello(pb.HelloRequest(), timeout=self.rpc_timeout_s)
+                except (grpc.RpcError, UnavailableError):
                     return None  # an older master without Hello, or unreachable: gRPC it is
                 if hello.meta_addr and self.framed_metadata:
                     self._meta = MetaChannel(_reachable(hello.meta_addr, master),
@@ -503,20 +598,33 @@ class Client:
                 self._meta_failures += 1
         meta.close()
 
-    def _switch_master(self, seen_index: int) -> None:
-        """Moves to the next master address, once per failure however many threads saw it."""
-        with self._switch_lock:
-            if self._master_index != seen_index:
-                return  # another thread already moved on
-            meta = self._meta
-            if meta is not None:
-                self._forget_meta(meta)
-            # the old channel is not closed here: other threads may still be inside a call
-            # on it (they fail over the same way); it closes when the last user drops it
-            self._master_index += 1
-            self._channel = rpc.client_channel(
-                self.masters[self._master_index % len(self.masters)], self._tls, self._token)
-            self._stub = pb_grpc.MasterServiceStub(self._channel)
+
+def _may_retry(method: str, exc: grpc.RpcError) -> bool:
+    """Whether a failed master call may be sent again (to the next master, or later).
+
+    UNAVAILABLE that the master answered itself (its Mooncake code in the trailers) is a
+    standby's refusal, made before the call touched anything: any call may go again. A call
+    gRPC failed with "failed to connect to all addresses" never left this process (gRPC
+    fails a call that way only when no connection could be made to send it on): any call
+    may go again. Any other UNAVAILABLE (a connection lost mid-call), or a deadline, leaves
+    the outcome unknown: only SAFE_TO_REPEAT calls go again. gRPC's wording is matched
+    because its Python API tells nothing more; if the wording changes, non-repeatable
+    calls just stop being retried (the safe side)."""
+    code = exc.code()
+    if code == grpc.StatusCode.UNAVAILABLE:
+        answered = any(key == rpc.CODE_METADATA_KEY for key, _ in exc.trailing_metadata() or ())
+        details = exc.details() or ""
+        if answered or "failed to connect to all addresses" in details:
+            return not _tls_refused(details)
+        return method in SAFE_TO_REPEAT
+    return code == grpc.StatusCode.DEADLINE_EXCEEDED and method in SAFE_TO_REPEAT
+
+
+def _tls_refused(details: str) -> bool:
+    """A TLS handshake that failed (a wrong CA, TLS on one side only) is a configuration
+    error, not an outage: waiting would not fix it."""
+    lowered = details.lower()
+    return "ssl" in lowered or "handshake" in lowered or "certificate" in lowered
 
 
 def _security(token: str | None, tls_ca: str | None) -> tuple[str, rpc.Tls]:

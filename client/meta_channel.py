@@ -1,9 +1,10 @@
 """The client side of the master's framed metadata port (proto/metaframe.py).
 
 Pooled blocking connections, one call in flight on each. A call is never sent twice: one whose
-connection could not be made, or that the master turned away unread, is `NotSent` (the caller
-uses gRPC instead); one whose answer was lost after the frame left is `MaybeSent` (only an
-idempotent call may then be repeated, over gRPC). Idle connections are checked before reuse,
+connection could not be made, or that the master turned away unread or refused as a standby
+(etcd HA: it answers UNAVAILABLE before touching anything), is `NotSent` (the caller uses
+gRPC instead, which finds the leader); one whose answer was lost after the frame left is
+`MaybeSent` (only an idempotent call may then be repeated, over gRPC). Idle connections are checked before reuse,
 so a master that restarted is noticed before a frame is sent into a dead connection. With a
 token, each new connection authenticates first (an auth frame, proto/metaframe.py).
 """
@@ -53,6 +54,8 @@ class MetaChannel:
             conn.close()
             raise NotSent(f"framed metadata port {self.addr}: {body.decode(errors='replace')}")
         self._checkin(conn)
+        if status == ErrorCode.RPC_FAIL:  # UnavailableError: a standby refused it, unread
+            raise NotSent(f"master {self.addr} {method}: {body.decode(errors='replace')}")
         if status != 0:
             raise error_for_code(status, f"master {self.addr} {method}: {body.decode(errors='replace')}")
         return response_type.FromString(body)

@@ -1,10 +1,11 @@
-"""mooncake-admin without a cluster: its command line, its tables, and that it reads the very
-JSON that MasterState.stats() (the master's /stats) produces."""
+"""mooncake-admin without a cluster: its command line, its tables, that it reads the very
+JSON that MasterState.stats() (the master's /stats) produces, and how drain follows progress."""
 import random
 
 import pytest
 
 from mooncake_client import admin
+from mooncake_client.client import DrainProgress
 from mooncake_master.state import (TIER_DRAM, TIER_SSD, MasterConfig, MasterState,
                                    PlacementConfig, SegmentSpec)
 from mooncake_proto.units import human_size
@@ -56,7 +57,9 @@ def test_a_token_file(tmp_path, monkeypatch):
     ["put", "k", "f", "--replicas", "0"],
     ["ls", "--limit", "-1"],
     ["--token", "two words", "ls"],              # could not travel as a bearer token
-    ["drain", "worker-0"],                       # needs worker drain (issue 5): not offered
+    ["drain"],                                   # which worker?
+    ["drain", "w", "--wait", "--cancel"],
+    ["drain", "w", "--timeout", "soon"],
     [],
 ])
 def test_bad_command_lines_exit_2(argv, monkeypatch, capsys):
@@ -113,3 +116,80 @@ def test_workers_reads_the_masters_stats():
     assert lines[0].split()[:3] == ["WORKER", "NODE", "DATA"]
     assert "1MiB/4MiB 25.0%" in lines[1] and "0B/16MiB 0.0%" in lines[1]
     assert lines[2].split()[-2:] == ["-", "0.00"]
+
+
+# ---- drain ----
+
+def test_drain_bounds_the_whole_wait_and_each_call(monkeypatch):
+    args = _parse(["drain", "w0"], monkeypatch=monkeypatch)
+    assert (args.worker_id, args.wait, args.cancel) == ("w0", False, False)
+    assert (args.timeout, args.call_timeout) == (600.0, admin.CALL_TIMEOUT_S)
+    args = _parse(["drain", "w0", "--wait", "--timeout", "90s"], monkeypatch=monkeypatch)
+    assert (args.wait, args.timeout, args.call_timeout) == (True, 90.0, admin.CALL_TIMEOUT_S)
+    args = _parse(["--timeout", "2s", "drain", "w0", "--cancel"], monkeypatch=monkeypatch)
+    assert (args.cancel, args.timeout, args.call_timeout) == (True, 2.0, 2.0)
+    assert _parse(["ls"], monkeypatch=monkeypatch).call_timeout == 10.0
+
+
+def test_an_etcd_master_spec_leaves_the_http_address_to_the_leader(monkeypatch):
+    args = _parse(["--master", "etcd://e1:2379,e2:2379/prod", "stat"], monkeypatch=monkeypatch)
+    assert (args.master, args.http) == ("etcd://e1:2379,e2:2379/prod", None)
+    args = _parse(["drain", "w"], {"MOONCAKE_MASTER": "etcd://e1:2379/prod",
+                                   "MOONCAKE_MASTER_HTTP": "m:80"}, monkeypatch)
+    assert (args.master, args.http) == ("etcd://e1:2379/prod", "m:80")
+
+
+def test_drain_progress_reads_as_sentences_and_json():
+    draining = DrainProgress("w0", True, 3, 3 * MiB // 2)
+    assert admin.render_drain(draining) == "w0: draining, 3 objects (1.5MiB) held by it alone"
+    assert admin.render_drain(DrainProgress("w0", True, 1, 10)).startswith(
+        "w0: draining, 1 object (10B)")
+    assert "it can be stopped" in admin.render_drain(DrainProgress("w0", True, 0, 0))
+    assert admin.render_drain(DrainProgress("w0", False, 0, 0)) == \
+        "w0: in service (not draining)"
+    assert admin.drain_summary(draining) == {"worker_id": "w0", "draining": True,
+                                             "objects_left": 3, "bytes_left": 3 * MiB // 2,
+                                             "done": False}
+    assert admin.drain_summary(DrainProgress("w0", True, 0, 0), 60)["timed_out"] is False
+
+
+class _Clock:
+    """Time that moves only when the code under test sleeps."""
+
+    def __init__(self):
+        self.now = 0.0
+
+    def __call__(self):
+        return self.now
+
+    def sleep(self, seconds):
+        self.now += seconds
+
+
+def _answers(*left):
+    """The master's successive answers: objects left (bytes: a KiB each)."""
+    it = iter([DrainProgress("w0", True, n, n << 10) for n in left])
+    return lambda: next(it)
+
+
+def test_drain_wait_reports_each_change_until_nothing_is_left_alone():
+    clock, seen = _Clock(), []
+    done = admin.follow_drain(_answers(5, 5, 2, 0), 60, seen.append, clock, clock.sleep)
+    assert done.objects_left == 0
+    assert [p.objects_left for p in seen] == [5, 2, 0]  # the repeated 5 is not printed again
+    assert clock.now == 3 * admin.DRAIN_POLL_S
+
+
+def test_drain_wait_gives_up_at_its_timeout_with_the_last_answer():
+    clock = _Clock()
+    with pytest.raises(admin.DrainTimeout, match=r"4 object\(s\) \(4KiB\) still held by it "
+                                                  r"alone after 1.2s") as info:
+        admin.follow_drain(_answers(*[4] * 100), 1.2, lambda p: None, clock, clock.sleep)
+    assert info.value.progress.objects_left == 4 and clock.now <= 1.2
+
+
+def test_drain_wait_stops_when_the_drain_is_cancelled_meanwhile():
+    clock = _Clock()
+    answers = iter([DrainProgress("w0", True, 3, 1), DrainProgress("w0", False, 3, 1)])
+    with pytest.raises(admin.AdminError, match="stopped draining"):
+        admin.follow_drain(lambda: next(answers), 60, lambda p: None, clock, clock.sleep)
