@@ -132,7 +132,9 @@ class LocalCluster:
 
     def __init__(self, workers: int = 2, dram: str = "256MiB", master_args: tuple = (),
                  worker_args: tuple = (), workdir: str | None = None, ssd: str | None = None,
-                 drain_timeout: str = "0s"):
+                 drain_timeout: str = "0s", master: str | None = None):
+        """master: a master spec to point the workers at (masters the caller runs, e.g. an
+        etcd HA pair) instead of starting one."""
         self.dir = workdir or tempfile.mkdtemp(prefix="mooncake-cluster-")
         os.makedirs(self.dir, exist_ok=True)
         self._own_dir = workdir is None
@@ -145,7 +147,8 @@ class LocalCluster:
         self.drain_timeout = drain_timeout
         self.master: Daemon | None = None
         self._master_ports: list[str] = []  # --port, --http-port, --meta-port it first got
-        self._master_grpc = ""
+        self._master_grpc = master or ""
+        self._external_master = master is not None
         self.workers: dict[str, Daemon] = {}
         self._worker_specs: dict[str, tuple[str | None, tuple]] = {}  # id -> (dram, extra)
 
@@ -156,6 +159,10 @@ class LocalCluster:
 
     def start(self) -> "LocalCluster":
         try:
+            if self._external_master:
+                for i in range(self.n_workers):
+                    self.start_worker(f"worker-{i}")
+                return self
             self.master = self._spawn("master", "mooncake_master",
                                       ["--port", "0", "--http-port", "0", "--meta-port", "0"]
                                       + self.master_args)

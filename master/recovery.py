@@ -57,6 +57,11 @@ class Recovery:
         if replica.state == COMPLETE:
             self._note_inventory(obj, replica, removed=True)
 
+    def _inventory_of_gone(self, worker_id: str) -> list[InventoryEntry]:
+        """The committed replicas a worker being dropped held, at most remembered_keys."""
+        entries = self._inventory_of(worker_id)
+        return entries[:self.config.remembered_keys]
+
     def _inventory_of(self, worker_id: str) -> list[InventoryEntry]:
         """Every committed replica on the worker, as its inventory should hold it
         (O(objects): only when a known worker registers again)."""
@@ -86,10 +91,6 @@ class Recovery:
 
     # -- registration ---------------------------------------------------------------------
 
-    def _same_segments(self, worker: WorkerInfo, specs) -> bool:
-        return {s.segment_id: (s.tier, s.size_bytes, s.path) for s in specs} == {
-            seg.segment_id: (seg.tier, seg.size_bytes, seg.path)
-            for seg in worker.segments.values()}
 
     def _adopt_inventory(self, worker: WorkerInfo, entries: Iterable[InventoryEntry],
                          now: float) -> list[InventoryEntry]:

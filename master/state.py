@@ -34,6 +34,11 @@ def _fail(code: ErrorCode, message: str) -> KeyResult:
     return KeyResult(code=int(code), message=message)
 
 
+def _segment_signature(segments) -> dict:
+    """What makes two registrations' segments the same files (SegmentSpec or Segment)."""
+    return {s.segment_id: (s.tier, s.size_bytes, s.path) for s in segments}
+
+
 def _copy_replicas(replicas: list[Replica]) -> list[Replica]:
     # Callers get copies so that nothing outside can mutate the state behind validate().
     # (the constructor, not dataclasses.replace: this runs per replica of every get)
@@ -63,6 +68,10 @@ class MasterState(Placement, Tiering, Recovery):
         # objects to copy to another worker (key -> put_id; drained ones first), and when
         # healing may start (a rebuild grace after the first tick)
         self._lost: dict[str, int] = {}
+        # what a dead worker held (its segments, its committed replicas), offered again for
+        # adoption beside its own inventory if it comes back with the same segments: its
+        # inventory may lack the commits of its last heartbeat interval
+        self._held_by_dead: dict[str, tuple[dict, list[InventoryEntry]]] = {}
         self._buried: dict[tuple[str, int], bool] = {}
         self._heal_queue: dict[str, int] = {}
         self._drain_queue: dict[str, int] = {}
@@ -86,7 +95,8 @@ class MasterState(Placement, Tiering, Recovery):
         replicas go first, as on death."""
         self._check_segments(worker_id, segments)
         old = self.workers.get(worker_id)
-        if old is not None and self._same_segments(old, segments):
+        if old is not None and _segment_signature(old.segments.values()) == \
+                _segment_signature(segments):
             old.node_id, old.data_addr, old.grpc_addr, old.http_addr = \
                 node_id, data_addr, grpc_addr, http_addr
             old.grant_key, old.rdma, old.last_heartbeat, old.registered_at = \
@@ -101,6 +111,11 @@ class MasterState(Placement, Tiering, Recovery):
             return Registration(old, kept, adopted=0, rejected=rejected, restarted=True)
         if old is not None:
             self._drop_worker(worker_id, now)
+        remembered = self._held_by_dead.pop(worker_id, None)
+        if remembered is not None and remembered[0] == _segment_signature(segments):
+            sent = {(e.segment_id, e.offset) for e in inventory}
+            inventory = [*inventory, *(e for e in remembered[1]
+                                       if (e.segment_id, e.offset) not in sent)]
         worker = WorkerInfo(
             worker_id=worker_id, node_id=node_id, data_addr=data_addr, grpc_addr=grpc_addr,
             http_addr=http_addr, grant_key=grant_key, last_heartbeat=now, registered_at=now,
@@ -165,7 +180,9 @@ class MasterState(Placement, Tiering, Recovery):
         ranges that grants still cover (pending frees, leased or uncommitted replicas) are
         remembered in _held_after_drop, for the case that the worker registers again with
         the same files."""
-        del self.workers[worker_id]
+        worker = self.workers.pop(worker_id)
+        self._held_by_dead[worker_id] = (
+            _segment_signature(worker.segments.values()), self._inventory_of_gone(worker_id))
         held = [p for p in self.pending_frees if p.worker_id == worker_id]
         held.extend(self._forget_moves_of(worker_id, now))
         self.pending_frees = [p for p in self.pending_frees if p.worker_id != worker_id]

@@ -11,22 +11,26 @@ from mooncake_native import rdma
 from mooncake_proto import rpc
 from mooncake_proto.cli import BOOL, DURATION, SIZE, Option, load_settings
 from mooncake_proto.daemon import kv, setup_logging, write_ready_file
-from mooncake_proto.errors import MooncakeError
+from mooncake_proto.discovery import MasterLocator
+from mooncake_proto.errors import InvalidArgumentError, MooncakeError
 from mooncake_proto.identity import default_worker_id
 from mooncake_worker.node import WorkerNode
 
 log = logging.getLogger("mooncake.worker")
 
 
-def _masters(text: str) -> list[str]:
-    masters = [m.strip() for m in str(text).split(",") if m.strip()]
-    if not masters:
-        raise ValueError("give at least one master address H:P")
-    return masters
+def _masters(text: str) -> str:
+    """A master spec (proto/discovery.py): addresses, or etcd endpoints and a cluster id."""
+    try:
+        return MasterLocator(str(text)).spec
+    except InvalidArgumentError as exc:
+        raise ValueError(str(exc)) from None
 
 
 OPTIONS = [
-    Option("--master", None, _masters, "master address(es) H:P[,H:P...] (required)"),
+    Option("--master", None, _masters,
+           "master address(es) H:P[,H:P...], or etcd://H:P[,H:P...]/CLUSTER_ID to follow the "
+           "leader of masters run with --etcd (required)"),
     Option("--dram", None, SIZE, "DRAM segment size, e.g. 4GiB (required)"),
     Option("--host", "127.0.0.1", str, "address to listen on and advertise"),
     Option("--data-port", 0, int, "TCP data-plane port (0 picks one)"),

@@ -19,6 +19,8 @@ from mooncake_proto import mooncake_pb2 as pb
 from mooncake_proto import mooncake_pb2_grpc as pb_grpc
 from mooncake_proto import rpc
 from mooncake_proto.daemon import HttpServer, json_response, kv, metrics_response
+from mooncake_proto.discovery import MasterLocator
+from mooncake_proto.errors import MooncakeError
 from mooncake_proto.identity import node_id
 from mooncake_worker.inventory import Inventory, SegmentFile, segment_kept
 from mooncake_worker.metrics import worker_registry
@@ -42,6 +44,9 @@ MAX_ENTRY_BYTES = 4096 + 64  # a key of the longest kind and the integers beside
 DRAIN_HEARTBEAT_S = 0.2      # heartbeats while draining (progress comes back in each reply)
 DRAIN_MASTER_SILENCE_S = 2.0  # a master unreachable this long ends a drain
 DRAIN_LOG_EVERY_S = 1.0
+# where calls go while no master leads under etcd: a port that refuses at once, so the call
+# fails fast and the next attempt reads etcd again
+NO_LEADER = "127.0.0.1:1"
 
 
 def _segment_path(directory: str, worker_id: str, tier: str) -> str:
@@ -73,7 +78,7 @@ def open_ssd_segment(path: str, size_bytes: int) -> FileSegment:
 
 
 class WorkerNode:
-    def __init__(self, worker_id: str, masters: list[str], dram_bytes: int, shm_dir: str,
+    def __init__(self, worker_id: str, masters: str | list[str], dram_bytes: int, shm_dir: str,
                  rdma_device: str = "", ssd_dir: str = "", ssd_bytes: int = 0,
                  token: str = "", tls: rpc.Tls = rpc.NO_TLS):
         """ssd_dir and ssd_bytes (both or neither) add the SSD segment, served from a file.
@@ -83,7 +88,10 @@ class WorkerNode:
             raise ValueError("an SSD segment needs both a directory and a size")
         self.worker_id = worker_id
         self.node_id = node_id()
-        self.masters = masters
+        # where the master is (proto/discovery.py): a list rotated through on failures, or
+        # the leader read from etcd, read again after each failure
+        self.locator = MasterLocator(masters)
+        self.masters = [NO_LEADER] if self.locator.is_etcd else self.locator.addresses()
         self.token, self.tls = token, tls
         # whether each segment file was already there, same size, is known only before the
         # open (which creates or resizes it): its inventory is worth keeping only then
@@ -129,11 +137,27 @@ class WorkerNode:
         return master, pb_grpc.MasterServiceStub(self._channel)
 
     async def _next_master(self) -> None:
-        """Moves to the next master address (a standby, or the same one restarted)."""
+        """Moves to the next master address (a standby, or the same one restarted); under
+        etcd, to the leader etcd names now."""
         if self._channel is not None:
             await self._channel.close()
             self._channel = None
-        self._master_index += 1
+        if not self.locator.is_etcd:
+            self._master_index += 1
+            return
+        await asyncio.to_thread(self.locator.invalidate, None)
+        await self._resolve_leader()
+
+    async def _resolve_leader(self) -> None:
+        """Reads the leader's address from etcd; while none leads (or etcd is unreachable)
+        calls go to NO_LEADER, which refuses at once, and the next failure reads again."""
+        try:
+            self.masters = await asyncio.to_thread(self.locator.addresses)
+        except MooncakeError as exc:
+            if self.masters != [NO_LEADER]:
+                log.warning(kv("no_master_leads", spec=self.locator.spec, reason=exc))
+            self.masters = [NO_LEADER]
+        self._master_index = 0
 
     def _inventory_segments(self, dram_kept: bool, ssd_kept: bool) -> list[SegmentFile]:
         # the DRAM segment lives in tmpfs (gone with a reboot anyway): its log needs no fsync
@@ -153,6 +177,8 @@ class WorkerNode:
         return infos
 
     async def start(self, host: str, data_port: int, grpc_port: int, http_port: int) -> None:
+        if self.locator.is_etcd:
+            await self._resolve_leader()
         self.data_addr = self.data_server.start(host, data_port)
         self._grpc_server = rpc.aio_server()
         rpc.add_servicer(self._grpc_server, pb_grpc.add_WorkerServiceServicer_to_server,

@@ -351,3 +351,24 @@ def test_an_object_committed_on_a_draining_worker_is_copied_too():
     assert state.drain("w0").objects_left == 1
     [move] = run_heals(state, 11.0)
     assert move.key == "late" and state.drain("w0").objects_left == 0
+
+
+def test_a_dead_worker_back_with_its_files_gets_even_what_its_inventory_missed():
+    # commits reach an inventory with the next heartbeat: a worker killed sooner comes back
+    # without them, and the master offers what it remembers of the dead worker
+    state = new_state(workers=2)
+    commit(state, "synced", preferred="w0")
+    inventory = inventory_of(state, "w0")
+    commit(state, "unsynced", preferred="w0")
+    kill(state, "w0", 11.0)
+    done = rejoin(state, "w0", inventory, 12.0)
+    assert (done.adopted, done.rejected) == (2, 0)
+    assert keys_of(done.inventory) == ["synced", "unsynced"]
+
+
+def test_what_a_dead_worker_held_is_forgotten_when_it_comes_back_with_other_files():
+    state = new_state(workers=2)
+    commit(state, "k", preferred="w0")
+    kill(state, "w0", 11.0)
+    done = rejoin(state, "w0", [], 12.0, dram=2 << 20)  # a new, larger segment file
+    assert done.adopted == 0 and "k" not in state.objects

@@ -859,6 +859,7 @@ def test_a_dead_worker_coming_back_keeps_ranges_under_lease():
     state.get_replicas(["k"], 0.0)
     heartbeat_all(state, 6.0, but=("w0",))
     assert state.tick(6.0).dead_workers == ["w0"]
+    state.remove(["k"], True, 6.5)  # lost with w0, then removed: not adopted when it returns
     register(state, "w0", now=7.0)
     state.validate()
     assert [p.free_at for p in state.pending_frees] == [14.0]

@@ -1164,7 +1164,9 @@ class TieringMachine(RuleBasedStateMachine):
         keeps its replicas and moves; with new ones (its bytes are gone) it loses them."""
         before = self._snapshot()
         known = worker_id in self.state.workers
-        if new_files:
+        # a dead worker back with its files re-adopts its objects (test_recovery.py): here it
+        # comes back with new ones
+        if new_files or not known:
             self.files[worker_id] = self.files.get(worker_id, 0) + 1
         self._register(worker_id)
         if known and not new_files:
