@@ -124,13 +124,13 @@ def test_a_put_in_flight_while_its_target_dies_is_never_a_committed_object_missi
         make_cluster):
     cluster = make_cluster(workers=2)
     victim = "worker-0"
-    size = 4 << 20
+    size = 1 << 20  # 24 of them fit the victim's 32 MiB below the watermark: none is evicted
     outcomes: dict[str, str] = {}
     started = threading.Event()
 
     def writer():
         with tcp_client(cluster.master_addr, master_retry_s=0) as client:
-            for i in range(40):
+            for i in range(24):
                 key = f"inflight-{i}"
                 try:
                     write(client, [key], size, preferred=victim)
