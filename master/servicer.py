@@ -121,6 +121,7 @@ class MasterServicer(pb_grpc.MasterServiceServicer):
         # non-empty while this master is a standby: every call is refused with UNAVAILABLE
         # and this text (which names the leader when known), so callers move on to the leader
         self.standby_reason = ""
+        self.started_at = clock()
 
     @_serialized(Role.CLIENT)
     async def Hello(self, request, context):
@@ -175,6 +176,12 @@ class MasterServicer(pb_grpc.MasterServiceServicer):
 
     @_serialized(Role.CLIENT)
     async def PutStart(self, request, context):
+        if not self.state.workers and \
+                self.clock() - self.started_at < self.state.config.worker_ttl_s:
+            # just started (a restart, a fail-over): workers are about to register and bring
+            # their objects back; "no space" would be a lie that clients do not retry
+            raise _CallFailed(UnavailableError(
+                "the master has just started and no worker has registered yet"))
         cfg = request.config
         config = PlacementConfig(replica_num=cfg.replica_num or 1,
                                  preferred_worker=cfg.preferred_worker, soft_pin=cfg.soft_pin,

@@ -33,6 +33,10 @@ _OPTIONS = [
     ("grpc.http2.max_pings_without_data", 0),
     ("grpc.optimization_target", "latency"),  # small messages, one at a time: latency first
 ]
+# a channel of its own connections: gRPC otherwise shares them (and their reconnect back-off)
+# across a process's channels, so a new channel to a restarted master would wait out the old
+# one's back-off
+_CHANNEL_OPTIONS = _OPTIONS + [("grpc.use_local_subchannel_pool", 1)]
 _SERVER_OPTIONS = _OPTIONS + [
     ("grpc.http2.min_ping_interval_without_data_ms", 5_000),
     ("grpc.so_reuseport", 0),
@@ -108,9 +112,9 @@ def client_channel(target: str, tls: Tls = NO_TLS, token: str = "") -> grpc.Chan
     """A blocking channel, for the client SDK: TLS when `tls.ca` is set, `token` on every call."""
     if tls.calling:
         channel = grpc.secure_channel(target, grpc.ssl_channel_credentials(tls.ca),
-                                      options=_OPTIONS)
+                                      options=_CHANNEL_OPTIONS)
     else:
-        channel = grpc.insecure_channel(target, options=_OPTIONS)
+        channel = grpc.insecure_channel(target, options=_CHANNEL_OPTIONS)
     return grpc.intercept_channel(channel, _BearerToken(token)) if token else channel
 
 
@@ -119,8 +123,9 @@ def aio_channel(target: str, tls: Tls = NO_TLS, token: str = "") -> grpc.aio.Cha
     interceptors = [_AioBearerToken(token)] if token else None
     if tls.calling:
         return grpc.aio.secure_channel(target, grpc.ssl_channel_credentials(tls.ca),
-                                       options=_OPTIONS, interceptors=interceptors)
-    return grpc.aio.insecure_channel(target, options=_OPTIONS, interceptors=interceptors)
+                                       options=_CHANNEL_OPTIONS, interceptors=interceptors)
+    return grpc.aio.insecure_channel(target, options=_CHANNEL_OPTIONS,
+                                     interceptors=interceptors)
 
 
 def aio_server() -> grpc.aio.Server:

@@ -7,7 +7,7 @@ import sys
 
 import pytest
 
-from mooncake_client import Client
+from mooncake_client import Client, ReplicaConfig
 from mooncake_client.admin import collect_keys
 from mooncake_client.local_cluster import LocalCluster
 
@@ -150,3 +150,21 @@ def test_listing_keys_needs_an_admin_token(secured):
     assert "token" in failed(admin(secured, "ls"))
     listing = json.loads(ok(admin(secured, "ls", "--json", env={"MOONCAKE_TOKEN": "adm1n"})))
     assert [k["key"] for k in listing["keys"]] == ["sec/k"]
+
+
+def test_drain_copies_a_workers_sole_objects_away_and_cancel_puts_it_back(fresh_cluster):
+    cluster = fresh_cluster(workers=2, dram="32MiB")
+    with Client(cluster.master_addr, transports=("tcp",)) as c:
+        keys = [f"drain/{i}" for i in range(12)]
+        for key in keys:
+            c.put(key, key.encode() * 1000,
+                  config=ReplicaConfig(preferred_worker="worker-0"))
+        assert {r.worker_id for k in keys for r in c.get_replicas(k)} == {"worker-0"}
+        out = ok(admin(cluster, "drain", "worker-0", "--wait"))
+        assert "worker-0" in out
+        # every object now has a copy on worker-1: stopping worker-0 loses nothing
+        assert all("worker-1" in [r.worker_id for r in c.get_replicas(k)] for k in keys)
+        cluster.workers["worker-0"].stop()
+        assert c.batch_get(keys) == [k.encode() * 1000 for k in keys]
+        ok(admin(cluster, "drain", "worker-1", "--cancel"))
+        assert "not registered" in failed(admin(cluster, "drain", "nobody"))

@@ -336,7 +336,7 @@ def test_a_client_without_tls_or_with_another_ca_is_unavailable(tls_cluster):
     other = make_certs(str(tls_cluster.tls_dir / "other"), "other")
     for tls_ca in ("", other.ca):
         with Client(tls_cluster.master_addr, token=CLIENT, tls_ca=tls_ca,
-                    rpc_timeout_s=3) as c:
+                    rpc_timeout_s=3, master_retry_s=1) as c:
             with pytest.raises(UnavailableError):
                 c.put("tls/refused", b"x")
 

@@ -90,7 +90,7 @@ def test_unreachable_master_is_unavailable(tmp_path):
     with socket.socket() as s:  # a port that was free a moment ago: nobody listens there
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    with Client(f"127.0.0.1:{port}", rpc_timeout_s=2) as c:
+    with Client(f"127.0.0.1:{port}", rpc_timeout_s=2, master_retry_s=1) as c:
         with pytest.raises(UnavailableError):
             c.get("anything")
 

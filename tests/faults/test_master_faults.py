@@ -27,6 +27,9 @@ def test_kill_9_and_restart_the_master_every_committed_object_reads_after_the_re
             wait_for_inventories(cluster, 40 + 2 * 20)
             cluster.restart_master(signal.SIGKILL)
             clock = Stopwatch()
+            # a put right away: the new master asks it to wait (UNAVAILABLE) until workers
+            # are back, rather than answer "no space"; the client retries through that
+            objects |= write(client, ["m-after-restart"], 128 * KiB)
             wait_until(lambda: len(alive_workers(http)) == 2, 20, "workers registered again")
             rebuilt_s = clock()
             assert master_stats(http)["objects"] == len(objects)
