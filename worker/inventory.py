@@ -100,14 +100,17 @@ class SegmentLog:
         self.needs_rewrite = True  # until the first rewrite: never append to an unchecked file
         self._fd = -1
 
-    def load(self) -> dict[int, pb.InventoryEntry]:
-        """The entries the log on disk describes (offset -> entry); {} when there is none or
-        it no longer describes the segment (logged)."""
+    def load(self) -> dict[int, bytes]:
+        """The entries the log on disk describes (offset -> serialized entry); {} when there
+        is none or it no longer describes the segment (logged)."""
         seg = self.segment
         try:
             with open(self.path, "rb") as f:
                 data = f.read()
         except FileNotFoundError:
+            return {}
+        except OSError as exc:
+            self._discard("unreadable", error=exc)
             return {}
         if not seg.kept:
             self._discard("segment_file_new_or_recreated")
@@ -131,10 +134,10 @@ class SegmentLog:
                     entries=len(entries), records=records))
         return entries
 
-    def _replay(self, data: bytes) -> tuple[dict[int, pb.InventoryEntry], int, int]:
+    def _replay(self, data: bytes) -> tuple[dict[int, bytes], int, int]:
         """Applies the records in order; stops at the first torn or corrupt one. Returns the
         entries, the records read and where reading stopped."""
-        entries: dict[int, pb.InventoryEntry] = {}
+        entries: dict[int, bytes] = {}
         records, at = 0, HEADER.size
         while len(data) - at >= RECORD.size:
             length, crc = RECORD.unpack_from(data, at)
@@ -157,9 +160,9 @@ class SegmentLog:
         log.warning(kv("inventory_discarded", path=self.path, segment=self.segment.path,
                        reason=reason, **fields))
 
-    def rewrite(self, entries: Iterable[pb.InventoryEntry]) -> None:
-        """Replaces the file with the header and one record per entry (temp file + rename),
-        then appends go to the new file."""
+    def rewrite(self, entries: Iterable[bytes]) -> None:
+        """Replaces the file with the header and one record per (serialized) entry, through a
+        temp file and a rename; appends then go to the new file."""
         seg = self.segment
         tmp = self.path + ".tmp"
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
@@ -167,8 +170,10 @@ class SegmentLog:
         try:
             chunk = bytearray(HEADER.pack(MAGIC, VERSION, seg.segment_id, seg.size_bytes,
                                           seg.inode))
-            for entry in entries:
-                chunk += _encode(pb.InventoryUpdate(entry=entry))
+            for raw in entries:
+                update = pb.InventoryUpdate()
+                update.entry.MergeFromString(raw)
+                chunk += _encode(update)
                 records += 1
                 if len(chunk) >= WRITE_CHUNK_BYTES:
                     _write_all(fd, chunk)
@@ -210,14 +215,14 @@ class SegmentLog:
             self._fd = -1
 
 
-def apply_update(entries: dict[int, pb.InventoryEntry], update: pb.InventoryUpdate) -> None:
-    """An add replaces whatever was at its offset; a removal deletes it (if there)."""
+def apply_update(entries: dict[int, bytes], update: pb.InventoryUpdate) -> None:
+    """An add replaces whatever was at its offset; a removal deletes it (if there). Entries
+    are kept serialized: a third of the memory of message objects (and no reply's memory
+    pinned by them)."""
     if update.removed:
         entries.pop(update.entry.offset, None)
     else:
-        entry = pb.InventoryEntry()
-        entry.CopyFrom(update.entry)  # its own copy: never pins the whole reply in memory
-        entries[entry.offset] = entry
+        entries[update.entry.offset] = update.entry.SerializeToString()
 
 
 class Inventory:
@@ -229,7 +234,8 @@ class Inventory:
     def __init__(self, segments: Sequence[SegmentFile]):
         self._lock = threading.Lock()
         self._logs = {s.segment_id: SegmentLog(s) for s in segments}
-        self._entries: dict[int, dict[int, pb.InventoryEntry]] = {}
+        # segment_id -> offset -> serialized InventoryEntry
+        self._entries: dict[int, dict[int, bytes]] = {}
         self.seq = 0
         for segment_id, seg_log in self._logs.items():
             self._entries[segment_id] = seg_log.load()
@@ -244,13 +250,14 @@ class Inventory:
             out = []
             for segment_id in sorted(self._entries):
                 entries = self._entries[segment_id]
-                out.extend(entries[offset] for offset in sorted(entries))
+                out.extend(pb.InventoryEntry.FromString(entries[offset])
+                           for offset in sorted(entries))
             return out
 
     def replace(self, entries: Iterable[pb.InventoryEntry]) -> None:
         """Makes `entries` (a registration's answer) the whole inventory; seq starts over."""
         with self._lock:
-            fresh: dict[int, dict[int, pb.InventoryEntry]] = {s: {} for s in self._logs}
+            fresh: dict[int, dict[int, bytes]] = {s: {} for s in self._logs}
             unknown = 0
             for entry in entries:
                 if entry.segment_id not in fresh:

@@ -14,7 +14,7 @@ from mooncake_proto.daemon import kv, setup_logging, write_ready_file
 from mooncake_proto.discovery import MasterLocator
 from mooncake_proto.errors import InvalidArgumentError, MooncakeError
 from mooncake_proto.identity import default_worker_id
-from mooncake_worker.node import WorkerNode
+from mooncake_worker.node import Stopped, WorkerNode, unless_set
 
 log = logging.getLogger("mooncake.worker")
 
@@ -79,11 +79,13 @@ class StopSignals:
             loop.add_signal_handler(sig, self._received, sig)
 
     def _received(self, sig: int) -> None:
-        if self.graceful.is_set():
-            if not self.at_once.is_set():
-                log.warning(kv("stop_at_once", signal=signal.Signals(sig).name))
+        name = signal.Signals(sig).name
+        if not self.graceful.is_set():
+            log.info(kv("stop_requested", signal=name))
+            self.graceful.set()
+        elif not self.at_once.is_set():
+            log.warning(kv("stop_at_once", signal=name))
             self.at_once.set()
-        self.graceful.set()
 
 
 async def serve(settings, token: str, tls: rpc.Tls) -> int:
@@ -109,8 +111,10 @@ async def serve(settings, token: str, tls: rpc.Tls) -> int:
                 "http": node.http_addr, "node_id": node.node_id})
             heartbeats = asyncio.create_task(node.heartbeat_loop(signals.graceful))
             await signals.graceful.wait()
-            # the loop ends within one heartbeat call; the drain heartbeats in its place
-            await _until_done_or(heartbeats, signals.at_once)
+            try:  # the loop ends at once (its call is cancelled); the drain heartbeats instead
+                await unless_set(signals.at_once, heartbeats)
+            except Stopped:
+                pass
             if node.registered and settings.drain_timeout > 0 and not signals.at_once.is_set():
                 await node.drain(settings.drain_timeout, signals.at_once)
     finally:
@@ -123,15 +127,6 @@ async def serve(settings, token: str, tls: rpc.Tls) -> int:
                 pass
         await node.stop()
     return 0
-
-
-async def _until_done_or(task: asyncio.Task, event: asyncio.Event) -> None:
-    """Waits for task to finish, or for event (which leaves the task running)."""
-    waiter = asyncio.create_task(event.wait())
-    try:
-        await asyncio.wait({task, waiter}, return_when=asyncio.FIRST_COMPLETED)
-    finally:
-        waiter.cancel()
 
 
 def rdma_device_table() -> str:

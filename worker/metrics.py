@@ -2,9 +2,9 @@
 server's counters, the replica mover and the segments.
 
 Only the bytes the worker itself moves are counted: TCP requests on its data port, the
-copies between its DRAM and SSD segments and the copies it sends to other workers. Same-node clients copy through shared memory and
-RDMA clients read and write the registered DRAM one-sidedly, neither touching the worker's
-CPU, so neither shows here. Each worker has a registry of its own (never prometheus_client's
+copies between its DRAM and SSD segments and the copies it sends to other workers. Same-node
+clients copy through shared memory and RDMA clients read and write the registered DRAM
+one-sidedly, neither touching the worker's CPU, so neither shows here. Each worker has a registry of its own (never prometheus_client's
 global one), so several can live in one process (tests).
 """
 from __future__ import annotations

@@ -216,7 +216,7 @@ class WorkerNode:
         while not stop.is_set() and _left(deadline) > 0:
             master, stub = self._master_stub()
             try:
-                reply = await _unless_set(stop, stub.RegisterWorker(
+                reply = await unless_set(stop, stub.RegisterWorker(
                     request, timeout=min(timeout_s, _left(deadline))))
             except Stopped:
                 return False
@@ -287,7 +287,7 @@ class WorkerNode:
                     pass
             at_once = False
             try:
-                master, reply = await _unless_set(stop, self._heartbeat(False, RPC_TIMEOUT_S))
+                master, reply = await unless_set(stop, self._heartbeat(False, RPC_TIMEOUT_S))
             except Stopped:
                 return
             except grpc.aio.AioRpcError as exc:
@@ -345,7 +345,7 @@ class WorkerNode:
                 return True
             asked = time.monotonic()
             try:
-                master, reply = await _unless_set(
+                master, reply = await unless_set(
                     at_once, self._heartbeat(True, progress.call_timeout_s()))
             except Stopped:
                 break
@@ -466,9 +466,9 @@ class Stopped(Exception):
     """The stop event came before the call's answer (the call is cancelled)."""
 
 
-async def _unless_set(event: asyncio.Event, call: Awaitable[T]) -> T:
-    """Awaits call, unless event is set first: then cancels it and raises Stopped (a stopping
-    worker never waits out a hung master's RPC timeout)."""
+async def unless_set(event: asyncio.Event, call: Awaitable[T]) -> T:
+    """Awaits call (a coroutine or a task), unless event is set first: then cancels it and
+    raises Stopped (a stopping worker never waits out a hung master's RPC timeout)."""
     task = asyncio.ensure_future(call)
     waiter = asyncio.ensure_future(event.wait())
     try:

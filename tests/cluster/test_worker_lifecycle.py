@@ -3,6 +3,7 @@ retried through master restarts, SIGTERM with and without a drain, restarts with
 import os
 import signal
 import time
+import urllib.request
 
 import pytest
 
@@ -36,6 +37,12 @@ def test_inventory_logs_live_beside_the_segments_and_follow_their_files(fresh_cl
         magic, _, _, size, inode = HEADER.unpack(header)
         assert (magic, size, inode) == (MAGIC, 8 << 20, os.stat(segment).st_ino)
         assert os.stat(log_path_for(segment)).st_mode & 0o777 == 0o600
+    metrics = urllib.request.urlopen(
+        f"http://{cluster.workers['worker-0'].info['http']}/metrics", timeout=5).read().decode()
+    for line in ("mooncake_worker_inventory_entries 0.0", "mooncake_worker_draining 0.0",
+                 "mooncake_worker_replicated_items_total 0.0",
+                 "mooncake_worker_replication_failures_total 0.0"):
+        assert line in metrics.splitlines()
     # the same id and sizes: the segment files and their logs are taken up again
     worker = cluster.restart_worker("worker-0")
     assert worker.wait_for_log("event=inventory_loaded")
@@ -103,6 +110,7 @@ def test_a_second_signal_ends_a_drain_at_once(fresh_cluster):
         assert worker.stop(signal.SIGINT) == 0
         assert time.monotonic() - started < 1.5
         log = worker.log_tail(200)
+        assert "event=stop_requested signal=SIGTERM" in log
         assert "event=stop_at_once signal=SIGINT" in log and "event=drain_interrupted" in log
         assert "event=deregister" not in log
     finally:
