@@ -52,6 +52,11 @@ class MasterConfig:
     # objects lost with a worker (or adopted and later deleted) remembered, to re-adopt (or
     # refuse) them when an inventory brings them back
     remembered_keys: int = 1_000_000
+    # a freed range of a committed object is reused only once its worker has acknowledged
+    # the inventory update that removes the object (see PendingFree.after_seq). Off: reused
+    # as soon as no grant covers it (for tests of placement and eviction that do not
+    # heartbeat; a master restart could then adopt an old object over new bytes)
+    reuse_after_inventory_ack: bool = True
 
 
 @dataclass(slots=True)
@@ -93,6 +98,7 @@ class WorkerInfo:
     # changes to its inventory not yet acknowledged (recovery.py), numbered from 1
     updates: list["InventoryUpdate"] = field(default_factory=list)
     update_seq: int = 0
+    acked_seq: int = 0          # the last update it has applied (its heartbeats say)
     resync: bool = False        # too many updates queued: it must register again
 
 
@@ -193,6 +199,10 @@ class PendingFree:
     offset: int
     length: int
     free_at: float
+    # the worker's inventory update that removes the object that was here: the range waits
+    # until the worker has acknowledged it, so that no inventory lists an old object over a
+    # new one's bytes (a master restarting then would adopt the old key with the new bytes)
+    after_seq: int = 0
 
 
 @dataclass(slots=True)

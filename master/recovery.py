@@ -31,19 +31,21 @@ from mooncake_master.model import (COMPLETE, MAX_REPLICA_NUM, REPLICATE, TIER_DR
 class Recovery:
     # -- inventory updates ----------------------------------------------------------------
 
-    def _note_inventory(self, obj: ObjectMeta, replica: Replica, removed: bool) -> None:
-        """Queues one change to the inventory of the worker holding replica."""
+    def _note_inventory(self, obj: ObjectMeta, replica: Replica, removed: bool) -> int:
+        """Queues one change to the inventory of the worker holding replica; its seq (0 when
+        none was queued: the worker is gone, or will take its whole inventory anyway)."""
         worker = self.workers.get(replica.worker_id)
         if worker is None or worker.resync:
-            return
+            return 0
         if len(worker.updates) >= self.config.max_inventory_updates:
             # it stopped fetching them: it registers again and takes the whole inventory
             worker.updates.clear()
             worker.resync = True
-            return
+            return 0
         worker.update_seq += 1
         worker.updates.append(InventoryUpdate(worker.update_seq, removed,
                                               _entry(obj, replica)))
+        return worker.update_seq
 
     def _note_committed(self, obj: ObjectMeta) -> None:
         for replica in obj.replicas:
@@ -52,10 +54,12 @@ class Recovery:
                                           for r in obj.replicas):
             self._queue_heal(obj, urgent=True)  # a put placed just before the drain began
 
-    def _note_forgotten(self, obj: ObjectMeta, replica: Replica) -> None:
-        """A replica leaves the metadata: committed ones leave their worker's inventory."""
+    def _note_forgotten(self, obj: ObjectMeta, replica: Replica) -> int:
+        """A replica leaves the metadata: committed ones leave their worker's inventory.
+        The removal's seq: its range is reused only once the worker has it (PendingFree)."""
         if replica.state == COMPLETE:
-            self._note_inventory(obj, replica, removed=True)
+            return self._note_inventory(obj, replica, removed=True)
+        return 0
 
     def _inventory_of_gone(self, worker_id: str) -> list[InventoryEntry]:
         """The committed replicas a worker being dropped held, at most remembered_keys."""
@@ -78,6 +82,7 @@ class Recovery:
         if worker is None or worker.resync:
             return HeartbeatResult(registered=False)
         worker.last_heartbeat = now
+        worker.acked_seq = max(worker.acked_seq, min(acked_seq, worker.update_seq))
         if draining and not worker.draining:
             self._start_drain(worker)
         updates = worker.updates

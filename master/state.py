@@ -102,7 +102,10 @@ class MasterState(Placement, Tiering, Recovery):
             old.grant_key, old.rdma, old.last_heartbeat, old.registered_at = \
                 grant_key, rdma, now, now
             old.updates.clear()
-            old.update_seq, old.resync = 0, False
+            old.update_seq, old.acked_seq, old.resync = 0, 0, False
+            for pending in self.pending_frees:  # its inventory is the master's truth again
+                if pending.worker_id == worker_id:
+                    pending.after_seq = 0
             kept = self._inventory_of(worker_id)
             known = {(e.segment_id, e.offset, e.key, e.put_id) for e in kept}
             rejected = sum(1 for e in inventory
@@ -408,15 +411,20 @@ class MasterState(Placement, Tiering, Recovery):
         self._note_deleted(obj)
         free_at = self._grants_expire_at(obj)
         for replica in obj.replicas:
-            self._note_forgotten(obj, replica)
-            self._release(replica, free_at, now)
+            self._release(replica, free_at, now, self._note_forgotten(obj, replica))
 
-    def _release(self, replica: Replica, free_at: float, now: float) -> None:
-        """Frees a range now, or at free_at when a grant may still use it until then."""
-        if free_at > now:
+    def _release(self, replica: Replica, free_at: float, now: float,
+                 after_seq: int = 0) -> None:
+        """Frees a range now, or at free_at when a grant may still use it until then, and
+        not before the holder has acknowledged inventory update after_seq (recovery.py)."""
+        worker = self.workers.get(replica.worker_id)
+        unacked = worker is not None and after_seq > worker.acked_seq \
+            and self.config.reuse_after_inventory_ack
+        if free_at > now or unacked:
             self.pending_frees.append(PendingFree(
                 worker_id=replica.worker_id, segment_id=replica.segment_id,
-                offset=replica.offset, length=replica.length, free_at=free_at))
+                offset=replica.offset, length=replica.length, free_at=free_at,
+                after_seq=after_seq if unacked else 0))
         else:
             self._free_range(replica.worker_id, replica.segment_id, replica.offset)
 
@@ -430,6 +438,10 @@ class MasterState(Placement, Tiering, Recovery):
         if obj.state == PENDING:
             return obj.put_started_at + self.config.put_timeout_s + margin
         return obj.lease_until + margin if obj.lease_until > 0 else 0.0
+
+    def _free_due(self, pending: PendingFree, now: float) -> bool:
+        return pending.free_at <= now and (
+            pending.after_seq == 0 or pending.after_seq <= self.workers[pending.worker_id].acked_seq)
 
     def _free_range(self, worker_id: str, segment_id: int, offset: int) -> None:
         self.workers[worker_id].segments[segment_id].allocator.free(offset)
@@ -457,9 +469,9 @@ class MasterState(Placement, Tiering, Recovery):
                 self._held_after_drop[worker_id] = held
             else:
                 del self._held_after_drop[worker_id]
-        due = [p for p in self.pending_frees if p.free_at <= now]
+        due = [p for p in self.pending_frees if self._free_due(p, now)]
         if due:
-            self.pending_frees = [p for p in self.pending_frees if p.free_at > now]
+            self.pending_frees = [p for p in self.pending_frees if not self._free_due(p, now)]
             for pending in due:
                 self._free_range(pending.worker_id, pending.segment_id, pending.offset)
             report.freed_ranges = len(due)

@@ -26,6 +26,7 @@ MOVE_UNKNOWN = "unknown"  # no answer: the worker may write the target until its
 # how soon a writer that got SPACE_BEING_FREED asks again while a demotion copies
 MOVE_RETRY_S = 0.02
 MIN_RETRY_S = 0.005
+ACK_RETRY_S = 0.1
 
 
 def _replica_on(obj: ObjectMeta, seg: Segment) -> Replica | None:
@@ -103,8 +104,8 @@ class Tiering:
             self.counters["evicted_objects"] += 1
             return
         obj.replicas = [r for r in obj.replicas if r is not replica]
-        self._note_forgotten(obj, replica)
-        self._release(replica, self._grants_expire_at(obj), now)
+        self._release(replica, self._grants_expire_at(obj), now,
+                      self._note_forgotten(obj, replica))
 
     def _evict_over_watermark(self, now: float, report: TickReport) -> None:
         """Every segment whose use, less what is already leaving it, is past the high
@@ -182,8 +183,10 @@ class Tiering:
         if any(could_hold(m.src.worker_id, m.src.segment_id) for m in self.moves.values()
                if m.kind != REPLICATE):
             return MOVE_RETRY_S
-        waits = [p.free_at - now for p in self.pending_frees
-                 if could_hold(p.worker_id, p.segment_id)]
+        # a range waiting for its worker to acknowledge an inventory update comes free at a
+        # tick after the worker's next heartbeat
+        waits = [max(p.free_at - now, ACK_RETRY_S if p.after_seq else 0.0)
+                 for p in self.pending_frees if could_hold(p.worker_id, p.segment_id)]
         waits.extend(obj.lease_until - now for obj in self.objects.values()
                      if obj.lease_until > now and obj.state == COMPLETE and not obj.hard_pin
                      and any(could_hold(r.worker_id, r.segment_id) for r in obj.replicas))
@@ -267,10 +270,10 @@ class Tiering:
             move.dst.state = COMPLETE
             obj.replicas[index] = move.dst
             obj.ssd_hits = []
-            self._note_forgotten(obj, move.src)
+            removed = self._note_forgotten(obj, move.src)
             self._note_inventory(obj, move.dst, removed=False)
             # readers holding the old range's grants finish before it is reused
-            self._release(move.src, self._grants_expire_at(obj), now)
+            self._release(move.src, self._grants_expire_at(obj), now, removed)
             return True
         free_at = self._move_grant_expires_at(move) if outcome == MOVE_UNKNOWN else now
         self._release(move.dst, free_at, now)

@@ -372,3 +372,28 @@ def test_what_a_dead_worker_held_is_forgotten_when_it_comes_back_with_other_file
     kill(state, "w0", 11.0)
     done = rejoin(state, "w0", [], 12.0, dram=2 << 20)  # a new, larger segment file
     assert done.adopted == 0 and "k" not in state.objects
+
+
+def test_a_freed_range_is_reused_only_after_its_worker_has_the_removal():
+    # otherwise: the range goes to a new object, the master dies before the worker heard of
+    # either change, and the next master adopts the old key over the new object's bytes
+    state = new_state(workers=1, dram=4096)
+    commit(state, "old", 4096)
+    state.heartbeat("w0", 1.0, state.workers["w0"].update_seq)
+    assert state.remove(["old"], False, 2.0)[0].code == OK
+    assert put(state, ["new"], [4096], now=2.0)[0].code == ErrorCode.SPACE_BEING_FREED
+    state.heartbeat("w0", 2.6, acked_seq=1)  # the add of "old", not its removal
+    assert state.tick(2.6).freed_ranges == 0
+    assert put(state, ["new"], [4096], now=2.6)[0].code == ErrorCode.SPACE_BEING_FREED
+    state.heartbeat("w0", 3.0, acked_seq=state.workers["w0"].update_seq)
+    assert state.tick(3.0).freed_ranges == 1
+    assert put(state, ["new"], [4096], now=3.0)[0].code == OK
+
+
+def test_a_worker_registering_again_releases_the_ranges_waiting_for_its_acknowledgement():
+    state = new_state(workers=1, dram=4096)
+    commit(state, "old", 4096)
+    state.remove(["old"], False, 1.0)
+    assert len(state.pending_frees) == 1
+    rejoin(state, "w0", [], 2.0, dram=4096)  # a restart: its inventory is the master's answer
+    assert state.tick(2.0).freed_ranges == 1

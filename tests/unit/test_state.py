@@ -33,6 +33,8 @@ def register(state: MasterState, worker_id: str, now: float = 0.0, node_id: str 
 
 
 def make_state(workers: int = 3, dram: int = MiB, seed: int = 0, **config) -> MasterState:
+    # ranges come free without waiting for inventory acknowledgements (test_recovery.py)
+    config.setdefault("reuse_after_inventory_ack", False)
     state = MasterState(MasterConfig(**config), random.Random(seed))
     for i in range(workers):
         register(state, f"w{i}", dram=dram)
@@ -430,7 +432,9 @@ def test_remove_all_skips_pending_and_leased_unless_forced():
 def heartbeat_all(state: MasterState, now: float, but: tuple[str, ...] = ()):
     for worker_id in list(state.workers):
         if worker_id not in but:
-            assert state.heartbeat(worker_id, now).registered
+            # acknowledging every inventory update: ranges wait for that before reuse
+            worker = state.workers[worker_id]
+            assert state.heartbeat(worker_id, now, worker.update_seq).registered
 
 
 def test_stalled_put_is_revoked_by_tick():
@@ -659,7 +663,8 @@ class MasterMachine(RuleBasedStateMachine):
     def __init__(self):
         super().__init__()
         self.config = MasterConfig(lease_ttl_s=10.0, worker_ttl_s=10.0, put_timeout_s=30.0,
-                                   max_batch=4, placement_sample=2)
+                                   max_batch=4, placement_sample=2,
+                                   reuse_after_inventory_ack=False)
         self.state: MasterState | None = None
         self.now = 0.0
         # Ranges some reader holds a lease on: (worker, incarnation, offset, end, lease_until).

@@ -30,6 +30,7 @@ def tiered(workers: int = 1, dram: int = 4096, ssd: int = 8192, **config) -> Mas
     watermark is off (1.0) unless a test sets it, so that only failed puts evict."""
     config.setdefault("high_watermark", 1.0)
     config.setdefault("worker_ttl_s", 1e9)
+    config.setdefault("reuse_after_inventory_ack", False)  # test_recovery.py tests that
     state = MasterState(MasterConfig(**config), random.Random(0))
     for i in range(workers):
         register(state, f"w{i}", dram=dram, ssd=ssd)
@@ -197,7 +198,8 @@ def test_an_object_that_fits_nowhere_is_no_space_even_while_space_is_freed():
 
 
 def test_room_coming_on_a_too_small_segment_is_not_room_on_its_way():
-    state = MasterState(MasterConfig(high_watermark=1.0, worker_ttl_s=1e9), random.Random(0))
+    state = MasterState(MasterConfig(high_watermark=1.0, worker_ttl_s=1e9,
+                                      reuse_after_inventory_ack=False), random.Random(0))
     register(state, "small", dram=2048, ssd=8192)
     register(state, "large", dram=8192)
     commit(state, "pinned", 8192, preferred="large", hard_pin=True)
@@ -609,7 +611,8 @@ def test_promotion_counts_the_dram_bytes_it_really_takes():
 
 
 def test_stats_count_evictions_demotions_and_promotions():
-    state = MasterState(MasterConfig(high_watermark=1.0, worker_ttl_s=1e9, promotion_hits=2),
+    state = MasterState(MasterConfig(high_watermark=1.0, worker_ttl_s=1e9, promotion_hits=2,
+                                     reuse_after_inventory_ack=False),
                         random.Random(0))
     register(state, "w0", dram=4096, ssd=1024)
     register(state, "w1", dram=4096)
@@ -1076,7 +1079,8 @@ class TieringMachine(RuleBasedStateMachine):
                      if o.state == PENDING and self.now - o.put_started_at > self.config.put_timeout_s]
         for worker_id in list(self.state.workers):
             if worker_id not in but:
-                self.state.heartbeat(worker_id, self.now)
+                self.state.heartbeat(worker_id, self.now,
+                                     self.state.workers[worker_id].update_seq)
         report = self.state.tick(self.now)
         event(f"tick: evicted={bool(report.evicted_keys)} planned={bool(report.moves_planned)} "
               f"abandoned={bool(report.moves_abandoned)}")
