@@ -83,7 +83,7 @@ class Mover:
                 continue  # dropped meanwhile, like above
             batch_bytes[move.worker_id] += move.src.length
             src, dst = move.src, move.dst
-            read = grants.Grant(grants.Op.READ, worker.worker_id, src.segment_id, src.offset,
+            read = grants.Grant(grants.Op.COPY, worker.worker_id, src.segment_id, src.offset,
                                 src.length, expiry_ms)
             write = grants.Grant(grants.Op.WRITE, target.worker_id, dst.segment_id, dst.offset,
                                  dst.length, expiry_ms)

@@ -22,6 +22,12 @@ MAX_GRANT_BYTES = _HEAD.size + MAX_WORKER_ID_BYTES + MAC_BYTES
 class Op(enum.IntEnum):
     READ = 1
     WRITE = 2
+    # the source of a copy the master orders (WorkerService.MoveReplicas): a client's READ
+    # grant cannot make a worker send bytes elsewhere, and the data port refuses this op
+    COPY = 3
+
+
+_OPS = frozenset(int(op) for op in Op)
 
 
 class GrantError(ValueError):
@@ -59,7 +65,7 @@ def verify(key: bytes, token: bytes, worker_id: str, now_ms: int) -> Grant:
     if not hmac.compare_digest(hmac.digest(key, body, "sha256"), mac):
         raise GrantError("grant signature is invalid")
     version, op, segment_id, offset, length, expiry_ms, wid_len = _HEAD.unpack_from(body)
-    if version != GRANT_VERSION or len(body) != _HEAD.size + wid_len or op not in (1, 2):
+    if version != GRANT_VERSION or len(body) != _HEAD.size + wid_len or op not in _OPS:
         raise GrantError("grant is malformed")
     grant = Grant(Op(op), body[_HEAD.size:].decode(), segment_id, offset, length, expiry_ms)
     if grant.worker_id != worker_id:

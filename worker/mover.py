@@ -149,7 +149,7 @@ class ReplicaMover:
         for i, item in enumerate(items):
             try:
                 src, expiry = self._authorize(self._usable_key(), item.read_grant,
-                                              grants.Op.READ, item.src_segment_id,
+                                              grants.Op.COPY, item.src_segment_id,
                                               item.src_offset, item.length)
             except MooncakeError as exc:
                 statuses[i] = self._refused(exc)
@@ -180,7 +180,7 @@ class ReplicaMover:
 
     def _move(self, item: pb.MoveItem) -> None:
         key = self._usable_key()
-        src, src_expiry = self._authorize(key, item.read_grant, grants.Op.READ,
+        src, src_expiry = self._authorize(key, item.read_grant, grants.Op.COPY,
                                           item.src_segment_id, item.src_offset, item.length)
         dst, dst_expiry = self._authorize(key, item.write_grant, grants.Op.WRITE,
                                           item.dst_segment_id, item.dst_offset, item.length)
@@ -196,7 +196,7 @@ class ReplicaMover:
     def _authorize(self, key: bytes, token: bytes, op: grants.Op, segment_id: int,
                    offset: int, length: int) -> tuple[Segment, int]:
         """The segment a granted range lies in, and the grant's expiry (ms)."""
-        side = "read_grant" if op == grants.Op.READ else "write_grant"
+        side = "read_grant" if op == grants.Op.COPY else "write_grant"
         try:
             grant = grants.verify(key, token, self.worker_id, _now_ms())
         except grants.GrantError as exc:

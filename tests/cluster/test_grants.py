@@ -244,17 +244,19 @@ def test_move_replicas_refuses_what_was_not_granted(cluster, objects, tcp_client
     still_serving(cluster, tcp_client, objects)
 
 
-def test_a_granted_move_is_done_beside_refused_ones(cluster, objects, tcp_client):
-    """The positive control: in one batch the granted item copies, the forged one does not."""
+def test_a_clients_read_grant_cannot_order_a_copy(cluster, objects, tcp_client):
+    """A client holds READ grants (GetReplicas); MoveReplicas takes only the COPY grants the
+    master signs for its own moves, so no client can make a worker send bytes elsewhere (to
+    another of its segments, or to any host:port as dst_data_addr). Granted moves are
+    tested where the grant key is known: tests/unit/test_mover.py, test_ssd_tier.py."""
     o = objects
     daemon = cluster.workers["worker-0"]
-    items = [move(o[FIRST], o[PENDING]), move(o[FIRST], o[SECOND], write_grant=o[SECOND].grant)]
-    assert move_codes(daemon, items) == [0, DENIED]
-    assert tcp_client.get(SECOND) == b"b" * SIZE  # the READ grant wrote nothing
-    channel, stub = master_stub(cluster)
-    with channel:
-        stub.PutEnd(pb.PutFinishRequest(keys=[o["pending key"]]), timeout=10)
-    assert tcp_client.get(o["pending key"]) == b"a" * SIZE  # the granted copy landed
+    items = [move(o[FIRST], o[PENDING]),
+             move(o[FIRST], o[PENDING], dst_data_addr=cluster.workers["worker-1"].info["data"])]
+    before = worker_stats(daemon)
+    assert move_codes(daemon, items) == [DENIED, DENIED]
+    assert worker_stats(daemon)["moved_items"] == before["moved_items"]
+    still_serving(cluster, tcp_client, objects)
 
 
 def test_an_undecodable_move_request_is_invalid_argument(cluster, objects, tcp_client):

@@ -40,7 +40,7 @@ def grant(op, segment_id, offset, length, key=KEY, worker=WORKER) -> bytes:
 def move(src_seg, src_off, dst_seg, dst_off, length, key=KEY, worker=WORKER) -> pb.MoveItem:
     return pb.MoveItem(src_segment_id=src_seg, src_offset=src_off, dst_segment_id=dst_seg,
                        dst_offset=dst_off, length=length,
-                       read_grant=grant(grants.Op.READ, src_seg, src_off, length, key, worker),
+                       read_grant=grant(grants.Op.COPY, src_seg, src_off, length, key, worker),
                        write_grant=grant(grants.Op.WRITE, dst_seg, dst_off, length, key, worker))
 
 

@@ -50,7 +50,7 @@ def grant(op, segment_id, offset, length, key=KEY, worker=WORKER, ttl_ms=60_000)
 def item(src_seg, src_off, dst_seg, dst_off, length, **overrides) -> pb.MoveItem:
     fields = dict(src_segment_id=src_seg, src_offset=src_off, dst_segment_id=dst_seg,
                   dst_offset=dst_off, length=length,
-                  read_grant=grant(grants.Op.READ, src_seg, src_off, length),
+                  read_grant=grant(grants.Op.COPY, src_seg, src_off, length),
                   write_grant=grant(grants.Op.WRITE, dst_seg, dst_off, length))
     fields.update(overrides)
     return pb.MoveItem(**fields)
@@ -96,7 +96,7 @@ def _forged(token: bytes) -> bytes:
 
 BAD_ITEMS = {
     "forged read grant": (lambda: item(DRAM, 0, SSD, 0, 64,
-                                       read_grant=_forged(grant(grants.Op.READ, DRAM, 0, 64))),
+                                       read_grant=_forged(grant(grants.Op.COPY, DRAM, 0, 64))),
                           ErrorCode.PERMISSION_DENIED),
     "write grant under another key": (
         lambda: item(DRAM, 0, SSD, 0, 64,
@@ -104,7 +104,7 @@ BAD_ITEMS = {
         ErrorCode.PERMISSION_DENIED),
     "grant for another worker": (
         lambda: item(DRAM, 0, SSD, 0, 64,
-                     read_grant=grant(grants.Op.READ, DRAM, 0, 64, worker="w-other")),
+                     read_grant=grant(grants.Op.COPY, DRAM, 0, 64, worker="w-other")),
         ErrorCode.PERMISSION_DENIED),
     "expired grant": (lambda: item(DRAM, 0, SSD, 0, 64,
                                    write_grant=grant(grants.Op.WRITE, SSD, 0, 64, ttl_ms=-1)),
@@ -113,7 +113,7 @@ BAD_ITEMS = {
         lambda: item(DRAM, 0, SSD, 0, 64, read_grant=grant(grants.Op.WRITE, DRAM, 0, 64)),
         ErrorCode.PERMISSION_DENIED),
     "read grant short of the range": (
-        lambda: item(DRAM, 0, SSD, 0, 64, read_grant=grant(grants.Op.READ, DRAM, 0, 63)),
+        lambda: item(DRAM, 0, SSD, 0, 64, read_grant=grant(grants.Op.COPY, DRAM, 0, 63)),
         ErrorCode.PERMISSION_DENIED),
     "write grant for the other segment": (
         lambda: item(DRAM, 0, SSD, 0, 64, write_grant=grant(grants.Op.WRITE, DRAM, 0, 64)),
@@ -316,7 +316,7 @@ def test_a_refused_write_fails_its_item_only(mover, segments, peer, caplog):
 
 
 def test_the_local_read_grant_is_checked_before_anything_is_sent(mover, peer):
-    forged = _forged(grant(grants.Op.READ, DRAM, 0, 64))
+    forged = _forged(grant(grants.Op.COPY, DRAM, 0, 64))
     statuses = mover.move_batch([to_peer(peer.addr, DRAM, 0, DRAM, 0, 64, read_grant=forged),
                                  to_peer(peer.addr, DRAM, 0, DRAM, 0, DRAM_BYTES + 1)])
     assert codes(statuses) == [ErrorCode.PERMISSION_DENIED, ErrorCode.INVALID_PARAMS]
