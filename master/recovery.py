@@ -175,12 +175,15 @@ class Recovery:
         bytes-in-flight budget."""
         if self._heal_after is None:
             self._heal_after = now + self.config.worker_ttl_s  # rebuild grace after a start
-        if now < self._heal_after or not (self._drain_queue or self._heal_queue):
+        # drains go at once; healing waits out the grace (a second replica may be on a
+        # worker that has not registered again yet)
+        queues = [self._drain_queue] + ([self._heal_queue] if now >= self._heal_after else [])
+        if not any(queues):
             return
         copying = [m for m in self.moves.values() if m.kind == REPLICATE]
         budget = self.config.heal_bytes_in_flight - sum(m.src.length for m in copying)
         slots = self.config.heal_moves_in_flight - len(copying)
-        for queue in (self._drain_queue, self._heal_queue):
+        for queue in queues:
             busy: list[tuple[str, int]] = []
             while queue and budget > 0 and slots > 0:
                 key = next(iter(queue))

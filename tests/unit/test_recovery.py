@@ -397,3 +397,11 @@ def test_a_worker_registering_again_releases_the_ranges_waiting_for_its_acknowle
     assert len(state.pending_frees) == 1
     rejoin(state, "w0", [], 2.0, dram=4096)  # a restart: its inventory is the master's answer
     assert state.tick(2.0).freed_ranges == 1
+
+
+def test_a_drain_does_not_wait_out_the_rebuild_grace():
+    state = new_state(workers=2)  # started at 0: healing waits until 10
+    commit(state, "sole", preferred="w0")
+    state.drain("w0")
+    [move] = run_heals(state, 1.0)
+    assert move.key == "sole" and state.drain("w0").objects_left == 0
