@@ -170,6 +170,9 @@ def test_demotions_and_promotions_move_master_and_worker_counters(fresh_cluster)
         # DRAM emptied, an SSD object read twice goes back up (d/0 was the first demoted)
         for i in range(1, count):
             c.remove(f"d/{i}", force=True)
+        # their ranges come free once the worker has the removals (its next heartbeat)
+        wait_until(lambda: master_scrape(cluster).value("mooncake_master_tier_used_bytes",
+                                                         tier="DRAM") == 0, 10, "DRAM emptied")
         assert c.get("d/0") == b"d" * size and c.get("d/0") == b"d" * size
         wait_until(lambda: master_scrape(cluster).value("mooncake_master_promotions_total")
                     == 1 and _no_moves(cluster), 30, "the promotion copied")

@@ -7,6 +7,7 @@ import urllib.request
 
 import grpc
 import pytest
+from polling import wait_until
 
 from mooncake_client import Client
 from mooncake_proto import metaframe, rpc
@@ -135,6 +136,12 @@ def unchanged(cluster):
     allocate on purpose give the ranges back with `release`)."""
     before = store_state(cluster)
     yield
+    # a range `release` gave back comes free once its worker has acknowledged the removal
+    # from its inventory (its next heartbeat): give that a moment, then insist
+    try:
+        wait_until(lambda: store_state(cluster) == before, 5, "the store as it was")
+    except AssertionError:
+        pass
     assert store_state(cluster) == before
 
 
