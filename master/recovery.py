@@ -82,7 +82,9 @@ class Recovery:
         if worker is None or worker.resync:
             return HeartbeatResult(registered=False)
         worker.last_heartbeat = now
-        worker.acked_seq = max(worker.acked_seq, min(acked_seq, worker.update_seq))
+        if acked_seq > worker.acked_seq:
+            worker.acked_seq = min(acked_seq, worker.update_seq)
+            self._free_acknowledged(worker.worker_id, now)
         if draining and not worker.draining:
             self._start_drain(worker)
         updates = worker.updates

@@ -439,6 +439,17 @@ class MasterState(Placement, Tiering, Recovery):
             return obj.put_started_at + self.config.put_timeout_s + margin
         return obj.lease_until + margin if obj.lease_until > 0 else 0.0
 
+    def _free_acknowledged(self, worker_id: str, now: float) -> None:
+        """Frees the worker's ranges that waited only for the acknowledgement it just sent
+        (at once: a writer may be waiting for that room, and the tick is 100 ms away)."""
+        due = [p for p in self.pending_frees
+               if p.after_seq and p.worker_id == worker_id and self._free_due(p, now)]
+        if due:
+            gone = {id(p) for p in due}
+            self.pending_frees = [p for p in self.pending_frees if id(p) not in gone]
+            for pending in due:
+                self._free_range(pending.worker_id, pending.segment_id, pending.offset)
+
     def _free_due(self, pending: PendingFree, now: float) -> bool:
         return pending.free_at <= now and (
             pending.after_seq == 0 or pending.after_seq <= self.workers[pending.worker_id].acked_seq)

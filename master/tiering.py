@@ -26,7 +26,7 @@ MOVE_UNKNOWN = "unknown"  # no answer: the worker may write the target until its
 # how soon a writer that got SPACE_BEING_FREED asks again while a demotion copies
 MOVE_RETRY_S = 0.02
 MIN_RETRY_S = 0.005
-ACK_RETRY_S = 0.1
+ACK_RETRY_S = 0.02  # a busy worker acknowledges within about 10 ms (worker/node.py)
 
 
 def _replica_on(obj: ObjectMeta, seg: Segment) -> Replica | None:

@@ -41,9 +41,11 @@ REGISTER_TIMEOUT_PER_ENTRY_S = 50e-6
 # what a registration's inventory may fill of a gRPC message (the rest: the other fields)
 INVENTORY_MESSAGE_BYTES = rpc.MAX_MESSAGE_BYTES - (1 << 20)
 MAX_ENTRY_BYTES = 4096 + 64  # a key of the longest kind and the integers beside it
-# after a reply with inventory updates (the master waits for their acknowledgement before it
-# reuses freed ranges): the next heartbeat this soon, not a whole interval later
-BUSY_HEARTBEAT_S = 0.1
+# for BUSY_WINDOW_S after a reply with inventory updates, heartbeats come every
+# BUSY_HEARTBEAT_S instead of every interval: the master reuses a freed range only once we
+# acknowledge its removal, and a writer under eviction waits for that
+BUSY_HEARTBEAT_S = 0.05
+BUSY_WINDOW_S = 1.0
 DRAIN_HEARTBEAT_S = 0.2      # heartbeats while draining (progress comes back in each reply)
 DRAIN_MASTER_SILENCE_S = 2.0  # a master unreachable this long ends a drain
 DRAIN_LOG_EVERY_S = 1.0
@@ -281,18 +283,17 @@ class WorkerNode:
         updates; registers again when the master no longer knows us or an update is missing."""
         failing = False
         at_once = False  # the master has more updates for us
-        busy = False     # the last reply had updates: the master reuses their ranges only
-        #                  once we acknowledge them, so the next heartbeat comes sooner
+        busy_until = 0.0  # see BUSY_WINDOW_S
         while not stop.is_set():
             if not at_once:
-                wait_s = min(BUSY_HEARTBEAT_S, self.heartbeat_interval_s) if busy \
-                    else self.heartbeat_interval_s
+                wait_s = min(BUSY_HEARTBEAT_S, self.heartbeat_interval_s) \
+                    if time.monotonic() < busy_until else self.heartbeat_interval_s
                 try:
                     await asyncio.wait_for(stop.wait(), timeout=wait_s)
                     return
                 except asyncio.TimeoutError:
                     pass
-            at_once = busy = False
+            at_once = False
             try:
                 master, reply = await unless_set(stop, self._heartbeat(False, RPC_TIMEOUT_S))
             except Stopped:
@@ -312,7 +313,8 @@ class WorkerNode:
                 await self.register(stop)
                 continue
             at_once = reply.more and len(reply.updates) > 0
-            busy = len(reply.updates) > 0
+            if reply.updates:
+                busy_until = time.monotonic() + BUSY_WINDOW_S
 
     async def _heartbeat(self, draining: bool, timeout_s: float
                          ) -> tuple[str, pb.HeartbeatResponse]:
