@@ -172,3 +172,5 @@ def test_sigterm_drains_a_worker_before_it_leaves(make_cluster):
         assert all(replica_workers(client, k) == ["worker-1"] for k in objects)
         report("SIGTERM drain", objects=len(objects), readable_after=len(objects),
                drain_s=drained_s)
+    # the last worker would drain for its whole --drain-timeout (nowhere to copy to)
+    cluster.workers["worker-1"].kill()
