@@ -50,8 +50,7 @@ class Recovery:
     def _note_committed(self, obj: ObjectMeta) -> None:
         for replica in obj.replicas:
             self._note_inventory(obj, replica, removed=False)
-        if self._draining_workers and any(self.workers[r.worker_id].draining
-                                          for r in obj.replicas):
+        if any(self.workers[r.worker_id].draining for r in obj.replicas):
             self._queue_heal(obj, urgent=True)  # a put placed just before the drain began
 
     def _note_forgotten(self, obj: ObjectMeta, replica: Replica) -> int:
@@ -61,16 +60,16 @@ class Recovery:
             return self._note_inventory(obj, replica, removed=True)
         return 0
 
-    def _inventory_of_gone(self, worker_id: str) -> list[InventoryEntry]:
-        """The committed replicas a worker being dropped held, at most remembered_keys."""
-        entries = self._inventory_of(worker_id)
-        return entries[:self.config.remembered_keys]
+    @staticmethod
+    def _entries_on(obj: ObjectMeta, worker_id: str) -> list[InventoryEntry]:
+        """obj's committed replicas on the worker, as its inventory holds them."""
+        return [_entry(obj, r) for r in obj.replicas
+                if r.worker_id == worker_id and r.state == COMPLETE]
 
     def _inventory_of(self, worker_id: str) -> list[InventoryEntry]:
         """Every committed replica on the worker, as its inventory should hold it
         (O(objects): only when a known worker registers again)."""
-        return [_entry(obj, r) for obj in self.objects.values() for r in obj.replicas
-                if r.worker_id == worker_id and r.state == COMPLETE]
+        return [e for obj in self.objects.values() for e in self._entries_on(obj, worker_id)]
 
     # -- heartbeats -----------------------------------------------------------------------
 
@@ -84,7 +83,8 @@ class Recovery:
         worker.last_heartbeat = now
         if acked_seq > worker.acked_seq:
             worker.acked_seq = min(acked_seq, worker.update_seq)
-            self._free_acknowledged(worker.worker_id, now)
+            # at once: a writer may wait for that room, and the tick is 100 ms away
+            self._free_due_ranges(now, worker.worker_id)
         if draining and not worker.draining:
             self._start_drain(worker)
         updates = worker.updates
@@ -264,10 +264,6 @@ class Recovery:
         return True
 
     # -- drains and departures ------------------------------------------------------------
-
-    @property
-    def _draining_workers(self) -> bool:
-        return any(w.draining for w in self.workers.values())
 
     def drain(self, worker_id: str, cancel: bool = False) -> DrainStatus | None:
         """Starts (or cancels) taking a worker out of service; its progress. None: unknown."""

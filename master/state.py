@@ -184,16 +184,16 @@ class MasterState(Placement, Tiering, Recovery):
         remembered in _held_after_drop, for the case that the worker registers again with
         the same files."""
         worker = self.workers.pop(worker_id)
-        self._held_by_dead[worker_id] = (
-            _segment_signature(worker.segments.values()), self._inventory_of_gone(worker_id))
         held = [p for p in self.pending_frees if p.worker_id == worker_id]
         held.extend(self._forget_moves_of(worker_id, now))
         self.pending_frees = [p for p in self.pending_frees if p.worker_id != worker_id]
         lost: list[str] = []
+        gone: list[InventoryEntry] = []  # what it held, for _held_by_dead
         for key, obj in list(self.objects.items()):
             kept = [r for r in obj.replicas if r.worker_id != worker_id]
             if len(kept) == len(obj.replicas):
                 continue
+            gone.extend(self._entries_on(obj, worker_id))
             free_at = self._grants_expire_at(obj)
             held.extend(PendingFree(r.worker_id, r.segment_id, r.offset, r.length, free_at)
                         for r in obj.replicas if r.worker_id == worker_id and free_at > 0)
@@ -206,6 +206,8 @@ class MasterState(Placement, Tiering, Recovery):
             elif obj.state == COMPLETE:
                 self._queue_heal(obj)
         self._held_after_drop[worker_id] = held
+        self._held_by_dead[worker_id] = (_segment_signature(worker.segments.values()),
+                                         gone[:self.config.remembered_keys])
         self.counters["objects_lost"] += len(lost)
         return lost
 
@@ -439,20 +441,21 @@ class MasterState(Placement, Tiering, Recovery):
             return obj.put_started_at + self.config.put_timeout_s + margin
         return obj.lease_until + margin if obj.lease_until > 0 else 0.0
 
-    def _free_acknowledged(self, worker_id: str, now: float) -> None:
-        """Frees the worker's ranges that waited only for the acknowledgement it just sent
-        (at once: a writer may be waiting for that room, and the tick is 100 ms away)."""
-        due = [p for p in self.pending_frees
-               if p.after_seq and p.worker_id == worker_id and self._free_due(p, now)]
+    def _free_due_ranges(self, now: float, worker_id: str | None = None) -> int:
+        """Frees the pending ranges whose grants have expired and whose removal their worker
+        has acknowledged; how many. With worker_id: only that worker's that waited for an
+        acknowledgement (the rest are the tick's)."""
+        due, waiting = [], []
+        for pending in self.pending_frees:
+            worker = self.workers[pending.worker_id]
+            ready = pending.free_at <= now and pending.after_seq <= worker.acked_seq and (
+                worker_id is None or (pending.worker_id == worker_id and pending.after_seq > 0))
+            (due if ready else waiting).append(pending)
         if due:
-            gone = {id(p) for p in due}
-            self.pending_frees = [p for p in self.pending_frees if id(p) not in gone]
+            self.pending_frees = waiting
             for pending in due:
                 self._free_range(pending.worker_id, pending.segment_id, pending.offset)
-
-    def _free_due(self, pending: PendingFree, now: float) -> bool:
-        return pending.free_at <= now and (
-            pending.after_seq == 0 or pending.after_seq <= self.workers[pending.worker_id].acked_seq)
+        return len(due)
 
     def _free_range(self, worker_id: str, segment_id: int, offset: int) -> None:
         self.workers[worker_id].segments[segment_id].allocator.free(offset)
@@ -480,12 +483,7 @@ class MasterState(Placement, Tiering, Recovery):
                 self._held_after_drop[worker_id] = held
             else:
                 del self._held_after_drop[worker_id]
-        due = [p for p in self.pending_frees if self._free_due(p, now)]
-        if due:
-            self.pending_frees = [p for p in self.pending_frees if not self._free_due(p, now)]
-            for pending in due:
-                self._free_range(pending.worker_id, pending.segment_id, pending.offset)
-            report.freed_ranges = len(due)
+        report.freed_ranges = self._free_due_ranges(now)
         self._evict_over_watermark(now, report)
         self._plan_heals(now, report)
         return report
