@@ -26,7 +26,9 @@ MOVE_UNKNOWN = "unknown"  # no answer: the worker may write the target until its
 # how soon a writer that got SPACE_BEING_FREED asks again while a demotion copies
 MOVE_RETRY_S = 0.02
 MIN_RETRY_S = 0.005
-ACK_RETRY_S = 0.02  # a busy worker acknowledges within about 10 ms (worker/node.py)
+# a worker busy with inventory updates heartbeats, and so acknowledges, every 50 ms
+# (worker/node.py BUSY_HEARTBEAT_S): a writer waiting for such a range asks a few times
+ACK_RETRY_S = 0.02
 
 
 def _replica_on(obj: ObjectMeta, seg: Segment) -> Replica | None:
@@ -183,8 +185,8 @@ class Tiering:
         if any(could_hold(m.src.worker_id, m.src.segment_id) for m in self.moves.values()
                if m.kind != REPLICATE):
             return MOVE_RETRY_S
-        # a range waiting for its worker to acknowledge an inventory update comes free at a
-        # tick after the worker's next heartbeat
+        # a range waiting for its worker to acknowledge an inventory update comes free with
+        # the heartbeat that brings the acknowledgement
         waits = [max(p.free_at - now, ACK_RETRY_S if p.after_seq else 0.0)
                  for p in self.pending_frees if could_hold(p.worker_id, p.segment_id)]
         waits.extend(obj.lease_until - now for obj in self.objects.values()
@@ -250,34 +252,40 @@ class Tiering:
         return taken
 
     def finish_move(self, move_id: int, outcome: str, now: float) -> bool:
-        """Swaps the copied replica in (MOVE_DONE), or gives the target range back. True when
-        the object now lives in the new place."""
+        """Swaps the copied replica in (MOVE_DONE; a REPLICATE copy is added instead), or gives
+        the target range back. True when the object now lives in the new place."""
         move = self.moves.pop(move_id, None)
         if move is None:
             return False  # abandoned on timeout, or its worker was dropped
         obj = self._object_of(move)
         if obj is not None:
             obj.moving = False
+        done = outcome == MOVE_DONE
         if move.kind == REPLICATE:
-            if self._finish_replicate(obj, move.dst, outcome == MOVE_DONE):
-                return True
-            free_at = self._move_grant_expires_at(move) if outcome == MOVE_UNKNOWN else now
-            self._release(move.dst, free_at, now)
-            return False
-        index = next((i for i, r in enumerate(obj.replicas) if r is move.src), None) \
-            if obj is not None else None
-        if outcome == MOVE_DONE and index is not None:
-            move.dst.state = COMPLETE
-            obj.replicas[index] = move.dst
-            obj.ssd_hits = []
-            removed = self._note_forgotten(obj, move.src)
-            self._note_inventory(obj, move.dst, removed=False)
-            # readers holding the old range's grants finish before it is reused
-            self._release(move.src, self._grants_expire_at(obj), now, removed)
+            kept = self._finish_replicate(obj, move.dst, done)
+        else:
+            kept = done and self._swap_in(obj, move, now)
+        if kept:
             return True
         free_at = self._move_grant_expires_at(move) if outcome == MOVE_UNKNOWN else now
         self._release(move.dst, free_at, now)
         return False
+
+    def _swap_in(self, obj: ObjectMeta | None, move: Move, now: float) -> bool:
+        """Replaces the moved replica by its copy; False when the object or that replica is
+        gone meanwhile."""
+        index = next((i for i, r in enumerate(obj.replicas) if r is move.src), None) \
+            if obj is not None else None
+        if index is None:
+            return False
+        move.dst.state = COMPLETE
+        obj.replicas[index] = move.dst
+        obj.ssd_hits = []
+        removed = self._note_forgotten(obj, move.src)
+        self._note_inventory(obj, move.dst, removed=False)
+        # readers holding the old range's grants finish before it is reused
+        self._release(move.src, self._grants_expire_at(obj), now, removed)
+        return True
 
     def _move_grant_expires_at(self, move: Move) -> float:
         sent = move.waiting_since
