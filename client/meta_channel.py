@@ -14,6 +14,7 @@ import select
 import socket
 import threading
 
+from mooncake_native.binding import spin_readable
 from mooncake_proto import metaframe
 from mooncake_proto.errors import ErrorCode, error_for_code
 
@@ -69,8 +70,10 @@ class MetaChannel:
 
     @staticmethod
     def _exchange(conn: socket.socket, frame: bytes, timeout_s: float) -> tuple[int, bytes]:
-        conn.settimeout(timeout_s)
+        if conn.gettimeout() != timeout_s:
+            conn.settimeout(timeout_s)
         conn.sendall(frame)
+        spin_readable(conn.fileno())  # the answer of a small call comes within microseconds
         status, length = metaframe.RESPONSE.unpack(
             metaframe.recv_exact(conn, metaframe.RESPONSE.size))
         if length > metaframe.MAX_FRAME_BYTES:

@@ -17,6 +17,7 @@ import time
 
 from google.protobuf.message import DecodeError
 
+from mooncake_native.binding import spin_readable
 from mooncake_proto import metaframe
 from mooncake_proto.daemon import kv
 from mooncake_proto.errors import ErrorCode
@@ -117,7 +118,11 @@ class MetaServer:
     def _serve(self, conn: socket.socket, peer: str) -> None:
         token = ""  # until the connection's auth frame
         try:
-            while (head := metaframe.recv_exact(conn, metaframe.REQUEST.size, True)) is not None:
+            while True:
+                spin_readable(conn.fileno())  # a client's next call often follows at once
+                head = metaframe.recv_exact(conn, metaframe.REQUEST.size, True)
+                if head is None:
+                    break
                 magic, method_id, length = metaframe.REQUEST.unpack(head)
                 if magic != metaframe.MAGIC or length > metaframe.MAX_FRAME_BYTES \
                         or method_id not in metaframe.METHODS and method_id != metaframe.AUTH \

@@ -324,6 +324,7 @@ static void answer_refusal(mc_conn *c) {
 void server_serve_connection(mc_conn *c) {
     uint8_t head[MC_DATAPLANE_REQUEST_BYTES];
     for (;;) {
+        mc_spin_ready(c->fd, POLLIN);   /* a client's next request often follows at once */
         ssize_t got = recv_full(c, head, sizeof head);
         if (got == 0) return;   /* a clean close between requests */
         int rc = got < 0 ? (int)got

@@ -1,6 +1,10 @@
 """The C library's build, error mapping, threaded copies, segment mapping and buffer views."""
 import errno
 import os
+import socket
+import subprocess
+import sys
+import time
 
 import numpy as np
 import pytest
@@ -217,3 +221,29 @@ def test_c_calls_release_the_gil():
         assert dst[-1] == 1
     finally:
         check(lib.mc_copy_set_threads(0))
+
+
+def test_spin_readable_sees_input_and_gives_up_when_none_comes():
+    a, b = socket.socketpair()
+    try:
+        started = time.monotonic()
+        assert binding.spin_readable(a.fileno()) is False  # nothing sent: the spin runs out
+        assert time.monotonic() - started < 1.0  # 100 us by default, 100 ms at most
+        b.send(b"x")
+        assert binding.spin_readable(a.fileno()) is True
+        b.close()
+        a.recv(1)
+        assert binding.spin_readable(a.fileno()) is True  # a close is input too
+    finally:
+        a.close()
+
+
+@pytest.mark.parametrize("value, expected", [("0", 0), ("250", 250), ("", 100), ("x", 100),
+                                             ("-5", 100), ("999999999", 100000)])
+def test_spin_time_comes_from_the_environment(value, expected):
+    code = ("from mooncake_native.binding import lib, spin_readable; import socket; "
+            "a, b = socket.socketpair(); assert spin_readable(a.fileno()) is False; "
+            "print(lib.mc_spin_us())")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         env={**os.environ, "MOONCAKE_SPIN_US": value}, timeout=60, check=True)
+    assert int(out.stdout) == expected
