@@ -27,6 +27,7 @@ from mooncake_proto.rpc import abort_with, bearer_token
 log = logging.getLogger("mooncake.master")
 
 HEARTBEAT_INTERVAL_MS = 1000
+MAX_CACHED_DESCRIPTORS = 4096  # segments' shared descriptor fields kept (_segment_descriptor)
 _INTERNAL_ERROR = int(ErrorCode.INTERNAL_ERROR)  # what a call that raised a bug counts as
 
 
@@ -122,6 +123,8 @@ class MasterServicer(pb_grpc.MasterServiceServicer):
         # and this text (which names the leader when known), so callers move on to the leader
         self.standby_reason = ""
         self.started_at = clock()
+        # (worker id, segment id) -> (registration identity, shared descriptor fields, signer)
+        self._descriptors: dict[tuple[str, int], tuple] = {}
 
     @_serialized(Role.CLIENT)
     async def Hello(self, request, context):
@@ -288,11 +291,28 @@ class MasterServicer(pb_grpc.MasterServiceServicer):
         """Appends a signed descriptor per replica to `out` (a repeated field: built in place,
         not constructed and then copied in, which is most of a batch answer's cost)."""
         for r in replicas:
-            worker = self.state.workers[r.worker_id]
-            segment = worker.segments[r.segment_id]
-            grant = grants.Grant(op, r.worker_id, r.segment_id, r.offset, r.length, expiry_ms)
-            out.add(worker_id=r.worker_id, segment_id=r.segment_id, tier=r.tier,
-                    offset=r.offset, length=r.length, state=r.state,
-                    data_addr=worker.data_addr, node_id=worker.node_id, path=segment.path,
-                    segment_size=segment.size_bytes, grant=grants.sign(worker.grant_key, grant),
-                    grpc_addr=worker.grpc_addr, rdma=worker.rdma)
+            fields, signer = self._segment_descriptor(r.worker_id, r.segment_id)
+            out.add(segment_id=r.segment_id, tier=r.tier, offset=r.offset, length=r.length,
+                    state=r.state,
+                    grant=signer.sign(op, r.segment_id, r.offset, r.length, expiry_ms),
+                    **fields)
+
+    def _segment_descriptor(self, worker_id: str, segment_id: int) -> tuple[dict, grants.Signer]:
+        """The descriptor fields every replica on one segment shares, and its worker's grant
+        signer; rebuilt when the worker registers again (a restart keeps its WorkerInfo and
+        segments but brings a new grant key and addresses)."""
+        worker = self.state.workers[worker_id]
+        identity = (worker.grant_key, worker.data_addr, worker.node_id, worker.grpc_addr,
+                    worker.rdma)
+        cached = self._descriptors.get((worker_id, segment_id))
+        if cached is not None and cached[0] == identity:
+            return cached[1], cached[2]
+        segment = worker.segments[segment_id]
+        fields = dict(worker_id=worker_id, data_addr=worker.data_addr, node_id=worker.node_id,
+                      path=segment.path, segment_size=segment.size_bytes,
+                      grpc_addr=worker.grpc_addr, rdma=worker.rdma)
+        signer = grants.Signer(worker.grant_key, worker_id)
+        if len(self._descriptors) >= MAX_CACHED_DESCRIPTORS:
+            self._descriptors.clear()  # workers come and go; the live ones refill it
+        self._descriptors[(worker_id, segment_id)] = (identity, fields, signer)
+        return fields, signer

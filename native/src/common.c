@@ -28,7 +28,7 @@ int mc_online_cpus(void) {
     return n > 0 ? (int)n : 1;
 }
 
-#define MC_DEFAULT_SPIN_US 100
+#define MC_DEFAULT_SPIN_US 300
 #define MC_MAX_SPIN_US 100000
 
 /* MOONCAKE_SPIN_US, read once per process: 0 never spins (many busy processes per core) */

@@ -228,7 +228,7 @@ def test_spin_readable_sees_input_and_gives_up_when_none_comes():
     try:
         started = time.monotonic()
         assert binding.spin_readable(a.fileno()) is False  # nothing sent: the spin runs out
-        assert time.monotonic() - started < 1.0  # 100 us by default, 100 ms at most
+        assert time.monotonic() - started < 1.0  # 300 us by default, 100 ms at most
         b.send(b"x")
         assert binding.spin_readable(a.fileno()) is True
         b.close()
@@ -238,8 +238,8 @@ def test_spin_readable_sees_input_and_gives_up_when_none_comes():
         a.close()
 
 
-@pytest.mark.parametrize("value, expected", [("0", 0), ("250", 250), ("", 100), ("x", 100),
-                                             ("-5", 100), ("999999999", 100000)])
+@pytest.mark.parametrize("value, expected", [("0", 0), ("250", 250), ("", 300), ("x", 300),
+                                             ("-5", 300), ("999999999", 100000)])
 def test_spin_time_comes_from_the_environment(value, expected):
     code = ("from mooncake_native.binding import lib, spin_readable; import socket; "
             "a, b = socket.socketpair(); assert spin_readable(a.fileno()) is False; "
