@@ -15,7 +15,7 @@ import time
 from mooncake_native import FileSegment, SegmentMapping
 from mooncake_native.buffers import copy_batch, fresh_bytes
 from mooncake_native.segment import SEGMENT_FILE_PREFIX
-from mooncake_native.tcp import OP_READ, OP_WRITE, DataConnection, DataRequest
+from mooncake_native.tcp import OP_READ, OP_WRITE, DataConnection, DataRequest, exchange_many
 from mooncake_proto import mooncake_pb2 as pb
 from mooncake_proto.errors import MooncakeError, TransferError, error_for_code
 
@@ -208,50 +208,87 @@ class TcpTransport:
         by_addr: dict[str, list[Transfer]] = {}
         for t in transfers:
             by_addr.setdefault(t.replica.data_addr, []).append(t)
-        for addr, group in by_addr.items():
+        if len(by_addr) == 1:
+            (addr, group), = by_addr.items()
             self._run_on_address(addr, group, op)
-
-    def _run_on_address(self, addr: str, group: list[Transfer], op: int) -> None:
-        """Runs group on one worker. A connection-level failure fails every unfinished transfer
-        at once (one timeout, not one per key); a refusal fails only its own request."""
-        retried_stale = False
-        while group:
+            return
+        # every worker's first exchange at once; what is left after one (a refusal's
+        # remainder, a retry on a fresh connection) goes on worker by worker
+        started = []
+        for addr, group in by_addr.items():
             try:
                 conn, reused = self._checkout(addr)
             except OSError as exc:
                 self._fail(group, f"cannot connect: {_reason(exc)}")
-                return
-            try:
-                group = self._exchange(conn, group, op)
-            except BaseException as exc:
+                continue
+            started.append((addr, group, conn, reused, self._requests(group, op)))
+        try:
+            results = exchange_many([(conn, requests) for _, _, conn, _, requests in started],
+                                    self.timeout_s)
+        except BaseException:
+            for _, _, conn, _, _ in started:
                 conn.close()
-                if not isinstance(exc, OSError):
-                    raise  # a bug or a bad argument, not the worker's fault: never pooled
+            raise
+        for (addr, group, conn, reused, requests), result in zip(started, results):
+            self._settle(group, requests, op)
+            self._run_on_address(addr, group, op, first=(conn, reused, result))
+
+    def _run_on_address(self, addr: str, group: list[Transfer], op: int,
+                        first: tuple | None = None) -> None:
+        """Runs group on one worker (`first`: the outcome of an exchange already made, as
+        (connection, reused, answered count or exception)). A connection-level failure fails
+        every unfinished transfer at once (one timeout, not one per key); a refusal fails only
+        its own request."""
+        retried_stale = False
+        while group:
+            if first is not None:
+                (conn, reused, answered), first = first, None
+            else:
+                try:
+                    conn, reused = self._checkout(addr)
+                except OSError as exc:
+                    self._fail(group, f"cannot connect: {_reason(exc)}")
+                    return
+                answered = self._exchange(conn, group, op)
+            if isinstance(answered, BaseException):
+                conn.close()
+                if not isinstance(answered, OSError):
+                    raise answered  # a bug or a bad argument, not the worker's fault
                 group = [t for t in group if not t.done and t.error is None]
-                if reused and not retried_stale and not isinstance(exc, TimeoutError):
+                if reused and not retried_stale and not isinstance(answered, TimeoutError):
                     # the worker closed this idle connection (it restarted): retry once, fresh
                     self._drop_idle(addr)
                     retried_stale = True
                     continue
-                self._fail(group, _reason(exc))
+                self._fail(group, _reason(answered))
                 return
+            group = group[answered:]
             if group:
                 conn.close()  # the worker closes after a refusal; the rest go on a new connection
             else:
                 self._checkin(addr, conn)
 
-    def _exchange(self, conn: DataConnection, group: list[Transfer], op: int) -> list[Transfer]:
-        """Runs group as one exchange; returns the transfers left undone after a refusal."""
-        requests = []
-        for t in group:
-            r = t.replica
-            parts = t.parts if op == OP_WRITE else t.target_parts()
-            requests.append(DataRequest(op, r.segment_id, r.offset, r.length, r.grant, parts))
+    def _exchange(self, conn: DataConnection, group: list[Transfer], op: int):
+        """Runs group as one exchange: the count of transfers answered, or the OSError that
+        ended it (their statuses settled either way)."""
+        requests = self._requests(group, op)
         try:
-            answered = conn.exchange(requests, self.timeout_s)
+            return conn.exchange(requests, self.timeout_s)
+        except OSError as exc:
+            # an outcome for the caller, kept without its traceback: the frames hold buffer
+            # exports (cffi), and a cycle through them cannot be collected safely
+            return exc.with_traceback(None)
+        except BaseException:
+            conn.close()  # a bug or a bad argument, not the worker's fault: never pooled
+            raise
         finally:
             self._settle(group, requests, op)
-        return group[answered:]
+
+    @staticmethod
+    def _requests(group: list[Transfer], op: int) -> list[DataRequest]:
+        return [DataRequest(op, t.replica.segment_id, t.replica.offset, t.replica.length,
+                            t.replica.grant, t.parts if op == OP_WRITE else t.target_parts())
+                for t in group]
 
     @staticmethod
     def _settle(group: list[Transfer], requests: list[DataRequest], op: int) -> None:

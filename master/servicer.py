@@ -32,8 +32,12 @@ _INTERNAL_ERROR = int(ErrorCode.INTERNAL_ERROR)  # what a call that raised a bug
 
 
 def _fill_status(status: pb.KeyStatus, key: str, result) -> None:
-    """Sets a KeyStatus in place: an item's status, or `statuses.add()` of a batch answer."""
-    status.key, status.code, status.message = key, result.code, result.message
+    """Sets a KeyStatus in place: an item's status, or `statuses.add()` of a batch answer.
+    An OK result sets only the key (code 0 and no message are the defaults: setting them
+    costs as much as the key on every item of every read)."""
+    status.key = key
+    if result.code:
+        status.code, status.message = result.code, result.message
 
 
 def _fill_entry(out: pb.InventoryEntry, e: InventoryEntry) -> None:

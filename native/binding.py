@@ -18,7 +18,7 @@ except ImportError as exc:  # pragma: no cover - only on a broken install
     raise ImportError("mooncake_native's C library is not built; run `pip install -e .` "
                       f"(or `make venv`) in the repository: {exc}") from exc
 
-EXPECTED_VERSION = "3.1.0"
+EXPECTED_VERSION = "3.2.0"
 VERSION = ffi.string(lib.mc_version()).decode()
 if VERSION != EXPECTED_VERSION:
     raise ImportError(f"mooncake_native's C library is version {VERSION}, the Python side "
@@ -39,14 +39,19 @@ def check(rc: int, context: str = "") -> int:
     """Returns rc when it is not negative; otherwise raises the error it stands for."""
     if rc >= 0:
         return rc
-    message = last_error() or os.strerror(-rc)
+    raise error_for(rc, last_error(), context)
+
+
+def error_for(rc: int, message: str, context: str = "") -> Exception:
+    """The exception a negative return code stands for, with the C side's message."""
+    message = message or os.strerror(-rc)
     if context:
         message = f"{context}: {message}"
     if rc == lib.MC_ERR_PROTOCOL:
-        raise ProtocolError(message)
+        return ProtocolError(message)
     if rc == -errno.EINVAL:
-        raise InvalidArgumentError(message)
-    raise OSError(-rc, message)  # picks the subclass: TimeoutError, ConnectionResetError, ...
+        return InvalidArgumentError(message)
+    return OSError(-rc, message)  # picks the subclass: TimeoutError, ConnectionResetError, ...
 
 
 def spin_readable(fd: int) -> bool:

@@ -5,7 +5,7 @@
 """
 from __future__ import annotations
 
-from mooncake_native.binding import check, ffi, lib
+from mooncake_native.binding import check, error_for, ffi, lib
 
 OP_READ = lib.MC_OP_READ
 OP_WRITE = lib.MC_OP_WRITE
@@ -36,28 +36,57 @@ class DataConnection:
         a refusal, so answers stop there). Raises OSError or ProtocolError when the
         connection failed, TimeoutError when nothing moved for timeout_s; `status` of the
         answered requests is filled in either case."""
-        n = len(requests)
-        structs = ffi.new("mc_tcp_request[]", n)
-        keep = []
-        for s, r in zip(structs, requests):
-            iovs = ffi.new("mc_iov[]", len(r.parts))
-            for iov, part in zip(iovs, r.parts):
-                base = ffi.from_buffer("char[]", part, require_writable=r.op == OP_READ)
-                keep.append(base)
-                iov.base, iov.length = base, part.nbytes
-            grant = ffi.from_buffer("char[]", r.grant)
-            keep.extend((iovs, grant))
-            s.op, s.segment_id, s.offset, s.length = r.op, r.segment_id, r.offset, r.length
-            s.grant, s.grant_len, s.iov, s.iov_count = grant, len(r.grant), iovs, len(r.parts)
-        rc = lib.mc_tcp_exchange(self.fd, structs, n, _ms(timeout_s))
-        for s, r in zip(structs, requests):
-            r.status = s.status
+        structs, keep = _marshal(requests)
+        rc = lib.mc_tcp_exchange(self.fd, structs, len(requests), _ms(timeout_s))
+        _statuses(structs, requests)
         return check(rc, "data exchange")
 
     def close(self) -> None:
         if self.fd >= 0:
             lib.mc_tcp_close(self.fd)
             self.fd = -1
+
+
+def exchange_many(batches: list[tuple[DataConnection, list[DataRequest]]],
+                  timeout_s: float) -> list[int | Exception]:
+    """Runs each connection's batch as `exchange` does, all at once (one C call polling every
+    connection): a batch spread over workers waits for the slowest, not for the sum. Per
+    batch: the answered count, or the exception `exchange` would have raised."""
+    table = ffi.new("mc_tcp_batch[]", len(batches))
+    keep = []
+    for entry, (conn, requests) in zip(table, batches):
+        structs, pinned = _marshal(requests)
+        keep.append((structs, pinned))
+        entry.fd, entry.requests, entry.count = conn.fd, structs, len(requests)
+    check(lib.mc_tcp_exchange_many(table, len(batches), _ms(timeout_s)), "data exchange")
+    results: list[int | Exception] = []
+    for entry, (structs, _), (_, requests) in zip(table, keep, batches):
+        _statuses(structs, requests)
+        results.append(entry.result if entry.result >= 0 else error_for(
+            entry.result, ffi.string(entry.error).decode(errors="replace"), "data exchange"))
+    return results
+
+
+def _marshal(requests: list[DataRequest]):
+    """The C request array for requests, and the cffi objects that must outlive the call."""
+    structs = ffi.new("mc_tcp_request[]", len(requests))
+    keep = []
+    for s, r in zip(structs, requests):
+        iovs = ffi.new("mc_iov[]", len(r.parts))
+        for iov, part in zip(iovs, r.parts):
+            base = ffi.from_buffer("char[]", part, require_writable=r.op == OP_READ)
+            keep.append(base)
+            iov.base, iov.length = base, part.nbytes
+        grant = ffi.from_buffer("char[]", r.grant)
+        keep.extend((iovs, grant))
+        s.op, s.segment_id, s.offset, s.length = r.op, r.segment_id, r.offset, r.length
+        s.grant, s.grant_len, s.iov, s.iov_count = grant, len(r.grant), iovs, len(r.parts)
+    return structs, keep
+
+
+def _statuses(structs, requests: list[DataRequest]) -> None:
+    for s, r in zip(structs, requests):
+        r.status = s.status
 
 
 def _ms(seconds: float) -> int:

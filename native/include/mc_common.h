@@ -11,7 +11,7 @@
 #include <stddef.h>
 #include <stdint.h>
 
-#define MC_NATIVE_VERSION_STRING "3.1.0"
+#define MC_NATIVE_VERSION_STRING "3.2.0"
 
 #ifdef MC_BUILD_RDMA
 #define MC_RDMA_BUILT 1
@@ -34,6 +34,10 @@ int mc_spin_us(void);
  * Returns 1 when fd is ready (or has an error or hang-up), 0 when the spin ran out. */
 int mc_spin_ready(int fd, short events);
 /* CDEF-END */
+
+struct pollfd;
+/* mc_spin_ready over several descriptors: 1 when any has one of its events */
+int mc_spin_poll(struct pollfd *fds, size_t n);
 
 /* records this thread's error message and returns rc (for `return mc_fail(-EINVAL, ...)`) */
 int mc_fail(int rc, const char *fmt, ...) __attribute__((format(printf, 2, 3)));

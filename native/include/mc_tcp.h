@@ -28,8 +28,21 @@ typedef struct {
                                  MC_STATUS_PENDING when no answer came */
 } mc_tcp_request;
 
+/* one connection's part of mc_tcp_exchange_many */
+typedef struct {
+    int fd;
+    mc_tcp_request *requests;
+    size_t count;
+    int result;               /* out: as mc_tcp_exchange returns (answered, or -error) */
+    char error[256];          /* out: the error's message when result < 0 */
+} mc_tcp_batch;
+
 int mc_tcp_connect(const char *host, int port, int timeout_ms);
 int mc_tcp_exchange(int fd, mc_tcp_request *requests, size_t count, int timeout_ms);
+/* runs the batches of several connections at once (one poll over all of them), so a batch
+ * spread over workers takes about as long as its slowest worker, not the sum. Returns 0, or
+ * a negative error before anything was sent; each batch's outcome is in its `result`. */
+int mc_tcp_exchange_many(mc_tcp_batch *batches, size_t n, int timeout_ms);
 int mc_tcp_close(int fd);
 /* CDEF-END */
 

@@ -51,14 +51,18 @@ static int64_t now_us(void) {
     return (int64_t)ts.tv_sec * 1000000 + ts.tv_nsec / 1000;
 }
 
-int mc_spin_ready(int fd, short events) {
+int mc_spin_poll(struct pollfd *fds, size_t n) {
     int spin_us = mc_spin_us();
     if (spin_us == 0) return 0;
-    struct pollfd p = {fd, events, 0};
     int64_t until = now_us() + spin_us;
     do {
-        if (poll(&p, 1, 0) > 0) return 1;
+        if (poll(fds, n, 0) > 0) return 1;
         sched_yield();   /* a runnable thread of another process (a worker) goes first */
     } while (now_us() < until);
     return 0;
+}
+
+int mc_spin_ready(int fd, short events) {
+    struct pollfd p = {fd, events, 0};
+    return mc_spin_poll(&p, 1);
 }

@@ -306,44 +306,155 @@ static void set_low_water(int fd, const send_cursor *c, recv_state *s) {
     }
 }
 
-/* timeout_ms bounds silence, not the whole batch: a large batch that keeps moving bytes
- * may take longer, a stalled or paused worker fails within timeout_ms */
-static int run_exchange(int fd, send_cursor *c, recv_state *s, int timeout_ms) {
-    int64_t deadline = now_ms() + timeout_ms;
-    while (s->req < c->count && !s->refused) {
-        int sent = c->req < c->count ? send_some(fd, c) : 0;
-        if (sent < 0) {
-            /* the worker may have refused and closed: its answer can still be in our buffer */
-            int rc = recv_some(fd, c->requests, c->count, s);
-            return s->refused ? 0 : (rc < 0 ? rc : sent);
-        }
-        int got = recv_some(fd, c->requests, c->count, s);
-        if (got < 0) return got;
-        if (s->req == c->count || s->refused) break;
-        if (sent > 0 || got > 0) deadline = now_ms() + timeout_ms;
-        set_low_water(fd, c, s);
-        int rc = wait_fd(fd, POLLIN | (c->req < c->count ? POLLOUT : 0), deadline);
-        if (rc < 0) return rc;
+/* One exchange on one connection, as a state machine several connections can run at once. */
+typedef struct {
+    int fd;
+    send_cursor c;
+    recv_state s;
+    uint8_t (*headers)[REQUEST_HEADER_BYTES];
+    int64_t deadline;
+    int done;
+    int rc;                          /* once done: 0, or the error that ended it */
+    char error[256];                 /* the error's message: the next failure of another
+                                        exchange would overwrite mc_last_error() */
+} exchange;
+
+static void end_exchange(exchange *x, int rc) {
+    x->done = 1;
+    x->rc = rc;
+    if (rc < 0) snprintf(x->error, sizeof x->error, "%s", mc_last_error());
+}
+
+static int start_exchange(exchange *x, int fd, mc_tcp_request *requests, size_t count,
+                          int timeout_ms) {
+    memset(x, 0, sizeof *x);
+    x->fd = fd;
+    x->s.low_water = 1;
+    int rc = check_requests(requests, count);
+    if (rc < 0 || count == 0) {
+        end_exchange(x, rc);
+        return rc;
     }
+    x->headers = malloc(count * REQUEST_HEADER_BYTES);
+    if (x->headers == NULL) {
+        end_exchange(x, mc_fail(-ENOMEM, "out of memory for %zu requests", count));
+        return x->rc;
+    }
+    encode_headers(requests, count, x->headers);
+    x->c = (send_cursor){requests, count, x->headers, 0, 0, 0};
+    x->deadline = now_ms() + timeout_ms;
     return 0;
 }
 
-int mc_tcp_exchange(int fd, mc_tcp_request *requests, size_t count, int timeout_ms) {
-    int rc = check_requests(requests, count);
-    if (rc < 0 || count == 0) return rc;
-    uint8_t (*headers)[REQUEST_HEADER_BYTES] = malloc(count * REQUEST_HEADER_BYTES);
-    if (headers == NULL) return mc_fail(-ENOMEM, "out of memory for %zu requests", count);
-    encode_headers(requests, count, headers);
-    send_cursor c = {requests, count, headers, 0, 0, 0};
-    recv_state s;
-    memset(&s, 0, sizeof s);
-    s.low_water = 1;
-    rc = run_exchange(fd, &c, &s, timeout_ms);
-    if (s.low_water != 1) {   /* the pooled connection's next exchange starts with headers */
-        int one = 1;
-        setsockopt(fd, SOL_SOCKET, SO_RCVLOWAT, &one, sizeof one);
+/* sends and receives what the socket allows now; ends the exchange when it is over.
+ * timeout_ms bounds silence, not the whole batch: a large batch that keeps moving bytes
+ * may take longer, a stalled or paused worker fails within timeout_ms */
+static void step_exchange(exchange *x, int timeout_ms) {
+    send_cursor *c = &x->c;
+    recv_state *s = &x->s;
+    int sent = c->req < c->count ? send_some(x->fd, c) : 0;
+    if (sent < 0) {
+        /* the worker may have refused and closed: its answer can still be in our buffer */
+        int rc = recv_some(x->fd, c->requests, c->count, s);
+        return end_exchange(x, s->refused ? 0 : (rc < 0 ? rc : sent));
     }
-    free(headers);
-    if (rc == -ETIMEDOUT) mc_fail(rc, "no progress for %d ms", timeout_ms);
-    return rc < 0 ? rc : (int)(s.req + (size_t)s.refused);
+    int got = recv_some(x->fd, c->requests, c->count, s);
+    if (got < 0) return end_exchange(x, got);
+    if (s->req == c->count || s->refused) return end_exchange(x, 0);
+    if (sent > 0 || got > 0) x->deadline = now_ms() + timeout_ms;
+    set_low_water(x->fd, c, s);
+}
+
+static short wanted_events(const exchange *x) {
+    return POLLIN | (x->c.req < x->c.count ? POLLOUT : 0);
+}
+
+/* the exchange's answer: requests answered (a refusal counts), or the error (its message
+ * in x->error and mc_last_error()) */
+static int finish_exchange(exchange *x, int timeout_ms) {
+    if (x->s.low_water != 1) {   /* the pooled connection's next exchange starts with headers */
+        int one = 1;
+        setsockopt(x->fd, SOL_SOCKET, SO_RCVLOWAT, &one, sizeof one);
+    }
+    free(x->headers);
+    x->headers = NULL;
+    if (x->rc == -ETIMEDOUT)
+        snprintf(x->error, sizeof x->error, "no progress for %d ms", timeout_ms);
+    if (x->rc < 0) return mc_fail(x->rc, "%s", x->error);
+    return (int)(x->s.req + (size_t)x->s.refused);
+}
+
+int mc_tcp_exchange(int fd, mc_tcp_request *requests, size_t count, int timeout_ms) {
+    exchange x;
+    if (start_exchange(&x, fd, requests, count, timeout_ms) < 0 || x.done)
+        return x.rc;
+    for (;;) {
+        step_exchange(&x, timeout_ms);
+        if (x.done) break;
+        int rc = wait_fd(fd, wanted_events(&x), x.deadline);
+        if (rc < 0) {
+            end_exchange(&x, rc);
+            break;
+        }
+    }
+    return finish_exchange(&x, timeout_ms);
+}
+
+/* Waits until one of the live exchanges can move (spinning first, as wait_fd does); an
+ * exchange whose silence outlasts its deadline ends with -ETIMEDOUT. */
+static int wait_any(exchange *xs, size_t n, struct pollfd *fds) {
+    size_t live = 0;
+    int64_t deadline = INT64_MAX;
+    for (size_t i = 0; i < n; i++) {
+        if (xs[i].done) continue;
+        fds[live++] = (struct pollfd){xs[i].fd, wanted_events(&xs[i]), 0};
+        if (xs[i].deadline < deadline) deadline = xs[i].deadline;
+    }
+    if (live == 0 || mc_spin_poll(fds, live)) return 0;
+    for (;;) {
+        int64_t left = deadline - now_ms();
+        int rc = left <= 0 ? 0 : poll(fds, live, left > INT_MAX ? INT_MAX : (int)left);
+        if (rc > 0) return 0;
+        if (rc < 0 && errno != EINTR) return mc_fail(-errno, "poll: %s", strerror(errno));
+        if (rc == 0) break;
+    }
+    int64_t now = now_ms();
+    for (size_t i = 0; i < n; i++)
+        if (!xs[i].done && xs[i].deadline <= now) end_exchange(&xs[i], -ETIMEDOUT);
+    return 0;
+}
+
+int mc_tcp_exchange_many(mc_tcp_batch *batches, size_t n, int timeout_ms) {
+    exchange *xs = calloc(n ? n : 1, sizeof *xs);
+    struct pollfd *fds = calloc(n ? n : 1, sizeof *fds);
+    if (xs == NULL || fds == NULL) {
+        free(xs);
+        free(fds);
+        return mc_fail(-ENOMEM, "out of memory for %zu exchanges", n);
+    }
+    for (size_t i = 0; i < n; i++)
+        start_exchange(&xs[i], batches[i].fd, batches[i].requests, batches[i].count, timeout_ms);
+    for (;;) {
+        int live = 0;
+        for (size_t i = 0; i < n; i++) {
+            if (xs[i].done) continue;
+            step_exchange(&xs[i], timeout_ms);
+            live += !xs[i].done;
+        }
+        if (live == 0) break;
+        int rc = wait_any(xs, n, fds);
+        if (rc < 0) {   /* poll itself failed: every exchange still going fails with it */
+            for (size_t i = 0; i < n; i++)
+                if (!xs[i].done) end_exchange(&xs[i], rc);
+            break;
+        }
+    }
+    for (size_t i = 0; i < n; i++) {
+        batches[i].result = finish_exchange(&xs[i], timeout_ms);
+        snprintf(batches[i].error, sizeof batches[i].error, "%s",
+                 batches[i].result < 0 ? xs[i].error : "");
+    }
+    free(xs);
+    free(fds);
+    return 0;
 }

@@ -8,7 +8,8 @@ import threading
 import pytest
 
 from mooncake_native.binding import ProtocolError
-from mooncake_native.tcp import OP_READ, OP_WRITE, STATUS_PENDING, DataConnection, DataRequest
+from mooncake_native.tcp import (OP_READ, OP_WRITE, STATUS_PENDING, DataConnection, DataRequest,
+                                  exchange_many)
 from mooncake_proto import dataplane as wire
 
 GRANT = b"g" * 40
@@ -160,3 +161,71 @@ def test_timeout_bounds_silence_not_a_batch_that_keeps_moving():
     assert conn.exchange(reqs, 0.4) == 6 and all(r.status == 0 for r in reqs)
     conn.close()
     peer.close()
+
+
+def test_exchanges_on_several_connections_run_at_once_and_fail_apart():
+    """exchange_many: every connection's batch is sent before any answer is awaited (the
+    slow peer answers only once the quick one's whole batch has been answered), and one
+    peer's refusal or failure does not touch the others' results."""
+    quick_done = threading.Event()
+
+    def quick(conn):
+        for _ in range(3):
+            _, _, offset, length, _, _ = read_request(conn)
+            conn.sendall(wire.RESPONSE.pack(0, length) + bytes([offset]) * length)
+        quick_done.set()
+
+    def slow(conn):
+        read_request(conn)
+        assert quick_done.wait(10)  # a sequential client would deadlock here
+        conn.sendall(wire.RESPONSE.pack(0, 4) + b"slow")
+        read_request(conn)
+        conn.sendall(wire.RESPONSE.pack(-1301, 0))
+
+    def broken(conn):
+        read_request(conn)
+        conn.sendall(wire.RESPONSE.pack(5, 0))  # not in the protocol
+
+    peers = [Peer(quick), Peer(slow), Peer(broken)]
+    conns = [DataConnection("127.0.0.1", p.port, 10) for p in peers]
+    targets = [memoryview(bytearray(4)) for _ in range(6)]
+    batches = [
+        (conns[0], [DataRequest(OP_READ, 0, i, 4, GRANT, [targets[i]]) for i in range(3)]),
+        (conns[1], [DataRequest(OP_READ, 0, 9, 4, GRANT, [targets[3]]),
+                    DataRequest(OP_READ, 0, 9, 4, GRANT, [targets[4]])]),
+        (conns[2], [DataRequest(OP_READ, 0, 9, 4, GRANT, [targets[5]])]),
+    ]
+    results = exchange_many(batches, 10)
+    assert results[:2] == [3, 2]
+    assert isinstance(results[2], ProtocolError) and "status 5" in str(results[2])
+    assert [bytes(t) for t in targets[:4]] == [b"\0" * 4, b"\1" * 4, b"\2" * 4, b"slow"]
+    assert [r.status for r in batches[1][1]] == [0, -1301]
+    assert batches[2][1][0].status == STATUS_PENDING
+    for conn in conns:
+        conn.close()
+    for peer in peers:
+        peer.close()
+
+
+def test_a_silent_connection_times_out_without_holding_up_the_others():
+    def answers(conn):
+        _, _, _, length, _, _ = read_request(conn)
+        conn.sendall(wire.RESPONSE.pack(0, length) + b"x" * length)
+        conn.recv(1)  # until the client closes
+
+    def silent(conn):
+        read_request(conn)
+        conn.recv(1)
+
+    peers = [Peer(answers), Peer(silent)]
+    conns = [DataConnection("127.0.0.1", p.port, 10) for p in peers]
+    target = memoryview(bytearray(3))
+    results = exchange_many([(conns[0], [DataRequest(OP_READ, 0, 0, 3, GRANT, [target])]),
+                             (conns[1], [DataRequest(OP_READ, 0, 0, 3, GRANT,
+                                                     [memoryview(bytearray(3))])])], 0.3)
+    assert results[0] == 1 and bytes(target) == b"xxx"
+    assert isinstance(results[1], TimeoutError)
+    for conn in conns:
+        conn.close()
+    for peer in peers:
+        peer.close()
