@@ -5,10 +5,13 @@
  * payload for a WRITE; the response is status i32, length u64, then the bytes for a READ.
  * Requests may be pipelined on a persistent connection; responses come back in order.
  *
- * One thread per connection. Bytes go socket <-> segment with no staging copy (recv into the
- * segment, sendmsg of header + segment). A file segment (the SSD tier) is read with sendfile
- * and written through a bounded per-connection buffer and pwrite. A malformed or unauthorised request gets its error
- * response, then a lingering close of that connection alone.
+ * One thread per connection. Requests are parsed from a per-connection input buffer and
+ * answers to a pipelined batch leave together: READ answers are queued as iovecs (header +
+ * segment range, no staging copy) and sent in one sendmsg. A WRITE's payload goes into the
+ * segment straight from the socket, but for what the input buffer already holds. A file
+ * segment (the SSD tier) is read with sendfile and written through a bounded per-connection
+ * buffer and pwrite. A malformed or unauthorised request gets its error response (after the
+ * answers before it), then a lingering close of that connection alone.
  *
  * Refusals and connection faults become events (mc_server_next_event) that the caller logs
  * from a thread of its own: the data path never calls back into Python.

@@ -2,10 +2,16 @@
  *
  * Helpers return 0, a negative errno for a connection fault (reported, closed without a
  * reply), or REFUSED once refuse() recorded the Mooncake code and reason to answer with.
- * Bytes go socket <-> segment directly: recv into the granted range for a WRITE, one sendmsg
- * of response header + granted range for a READ. A file segment's READ is the header then
- * sendfile (page cache to socket, no copy here); its WRITE goes through the connection's
- * bounded buffer, a pwrite per chunk.
+ *
+ * A pipelined batch costs a few syscalls, not three per request: input is recv'd into a
+ * per-connection buffer as it comes and headers and grants are parsed from there; answers are
+ * queued as iovecs (a READ's header and its granted range, straight from the segment) and
+ * leave in one sendmsg once no further request is buffered or readable, or the queue is full.
+ * The queue is flushed before anything that blocks or could change what a queued READ sends:
+ * waiting for input, a WRITE's payload, a sendfile, a refusal, a close. A WRITE's payload
+ * comes out of the buffer first, the rest is recv'd straight into the segment. A file
+ * segment's READ is the header then sendfile (page cache to socket, no copy here); its WRITE
+ * goes through the connection's bounded buffer, a pwrite per chunk.
  */
 #include "mc_file.h"
 #include "server_internal.h"
@@ -27,6 +33,26 @@
 #define MAX_RECV_BYTES (1u << 30)    /* below Linux's per-call cap (INT_MAX rounded to pages) */
 #define MAX_SENDFILE_BYTES (1u << 30)
 #define LINGER_SCRATCH_BYTES 16384
+#define INPUT_BYTES (64u << 10)      /* holds many requests; a header and grant always fit */
+#define QUEUE_ANSWERS 256
+#define QUEUE_IOVECS (2 * QUEUE_ANSWERS)   /* a header and a range per answer */
+#define QUEUE_BYTES (4u << 20)       /* past it, queued reads go out: big reads still stream */
+
+_Static_assert(QUEUE_IOVECS <= IOV_MAX, "one sendmsg takes the whole queue");
+_Static_assert(INPUT_BYTES >= 2 * (MC_DATAPLANE_REQUEST_BYTES + MC_DATAPLANE_MAX_GRANT_LEN),
+               "a request's header and grant fit in the input buffer");
+
+/* the connection's unparsed input and the answers not sent yet */
+struct conn_io {
+    size_t in_start, in_end;         /* unparsed input is in[in_start, in_end) */
+    int iovcnt, heads;
+    uint64_t queued_bytes;
+    uint64_t queued_requests;        /* counted as served once their answers are sent */
+    uint64_t queued_read_bytes;      /* segment bytes referenced by queued READ answers */
+    struct iovec iov[QUEUE_IOVECS];
+    uint8_t head[QUEUE_ANSWERS][MC_DATAPLANE_RESPONSE_BYTES];
+    uint8_t in[INPUT_BYTES];
+};
 
 typedef struct {
     int op;
@@ -61,22 +87,7 @@ static int fault(int err, const char *what) {
     return mc_fail(-err, "%s: %s", what, strerror(err));
 }
 
-/* fills buf; returns the bytes read (fewer than len when the peer closed) or -errno */
-static ssize_t recv_full(mc_conn *c, void *buf, size_t len) {
-    size_t got = 0;
-    while (got < len) {
-        ssize_t n = recv(c->fd, (char *)buf + got, len - got, 0);
-        if (n == 0) break;
-        if (n < 0) {
-            if (errno == EINTR) continue;
-            return fault(errno, "recv");
-        }
-        got += (size_t)n;
-    }
-    return (ssize_t)got;
-}
-
-/* flags: MSG_MORE when more bytes follow at once (a header before sendfile) */
+/* flags: MSG_MORE when more bytes follow at once (answers before a sendfile) */
 static int send_all_flags(mc_conn *c, struct iovec *iov, int iovcnt, int flags) {
     while (iovcnt > 0) {
         struct msghdr msg = {.msg_iov = iov, .msg_iovlen = (size_t)iovcnt};
@@ -94,14 +105,86 @@ static int send_all_flags(mc_conn *c, struct iovec *iov, int iovcnt, int flags) 
     return 0;
 }
 
-static int send_all(mc_conn *c, struct iovec *iov, int iovcnt) {
-    return send_all_flags(c, iov, iovcnt, 0);
-}
-
 static void pack_response(uint8_t *out, int status, uint64_t length) {
     uint32_t s = (uint32_t)status;
     for (int i = 0; i < 4; i++) out[i] = (uint8_t)(s >> (24 - 8 * i));
     for (int i = 0; i < 8; i++) out[4 + i] = (uint8_t)(length >> (56 - 8 * i));
+}
+
+/* ---- queued answers */
+
+/* sends every queued answer in one sendmsg; flags: MSG_MORE when more bytes follow at once */
+static int flush_answers(mc_conn *c, int flags) {
+    struct conn_io *io = c->io;
+    if (io->iovcnt == 0) return 0;
+    int rc = send_all_flags(c, io->iov, io->iovcnt, flags);
+    if (rc == 0) {
+        COUNT(c->server, requests, io->queued_requests);
+        COUNT(c->server, bytes_out, io->queued_read_bytes);
+    }
+    io->iovcnt = io->heads = 0;
+    io->queued_bytes = io->queued_requests = io->queued_read_bytes = 0;
+    return rc;
+}
+
+/* queues an answer: its header, then `length` segment bytes at `bytes` when not NULL (a
+ * READ's). served: it counts as a served request once sent (a refusal does not). */
+static int queue_answer(mc_conn *c, int status, uint64_t length, const uint8_t *bytes,
+                        int served) {
+    struct conn_io *io = c->io;
+    if (io->heads == QUEUE_ANSWERS) {
+        int rc = flush_answers(c, 0);
+        if (rc != 0) return rc;
+    }
+    uint8_t *head = io->head[io->heads++];
+    pack_response(head, status, length);
+    io->iov[io->iovcnt++] = (struct iovec){.iov_base = head, .iov_len = sizeof io->head[0]};
+    io->queued_bytes += sizeof io->head[0];
+    if (bytes != NULL && length > 0) {
+        io->iov[io->iovcnt++] = (struct iovec){.iov_base = (void *)bytes, .iov_len = length};
+        io->queued_bytes += length;
+        io->queued_read_bytes += length;
+    }
+    io->queued_requests += served ? 1 : 0;
+    return io->queued_bytes >= QUEUE_BYTES ? flush_answers(c, 0) : 0;
+}
+
+/* ---- buffered input */
+
+static size_t buffered(const struct conn_io *io) { return io->in_end - io->in_start; }
+
+/* recv what the socket has into the input buffer (its unparsed part moved to the front first);
+ * returns the bytes read, 0 at end of input, -EAGAIN when MSG_DONTWAIT found none, or -errno */
+static ssize_t fill_input(mc_conn *c, int flags) {
+    struct conn_io *io = c->io;
+    if (io->in_start > 0) {
+        memmove(io->in, io->in + io->in_start, buffered(io));
+        io->in_end -= io->in_start;
+        io->in_start = 0;
+    }
+    for (;;) {
+        ssize_t n = recv(c->fd, io->in + io->in_end, INPUT_BYTES - io->in_end, flags);
+        if (n >= 0) {
+            io->in_end += (size_t)n;
+            return n;
+        }
+        if (errno == EINTR) continue;
+        if ((flags & MSG_DONTWAIT) && (errno == EAGAIN || errno == EWOULDBLOCK)) return -EAGAIN;
+        return fault(errno, "recv");
+    }
+}
+
+/* more input for an incomplete request: what is readable now while answers wait in the queue,
+ * else the queue goes out and the thread waits (spins, then sleeps up to the idle timeout) */
+static ssize_t more_input(mc_conn *c) {
+    if (c->io->iovcnt > 0) {
+        ssize_t got = fill_input(c, MSG_DONTWAIT);
+        if (got != -EAGAIN) return got;
+        int rc = flush_answers(c, 0);
+        if (rc != 0) return rc;
+    }
+    mc_spin_ready(c->fd, POLLIN);   /* a client's next request often follows at once */
+    return fill_input(c, 0);
 }
 
 static int parse_header(mc_conn *c, const uint8_t *head, request *r) {
@@ -185,6 +268,22 @@ static int recv_payload(mc_conn *c, uint8_t *dst, uint64_t length, uint64_t expi
     return 0;
 }
 
+/* a WRITE's payload: what the input buffer holds first, then straight from the socket; no
+ * byte lands once the grant has expired, buffered or not */
+static int take_payload(mc_conn *c, uint8_t *dst, uint64_t length, uint64_t expiry_ms) {
+    struct conn_io *io = c->io;
+    size_t from_buffer = buffered(io) < length ? buffered(io) : (size_t)length;
+    if (from_buffer > 0) {
+        if (clock_ms(CLOCK_REALTIME) > expiry_ms)
+            return refuse(c, MC_CODE_LEASE_EXPIRED, "write grant expired mid-payload");
+        memcpy(dst, io->in + io->in_start, from_buffer);
+        io->in_start += from_buffer;
+        dst += from_buffer;
+        length -= from_buffer;
+    }
+    return length > 0 ? recv_payload(c, dst, length, expiry_ms) : 0;
+}
+
 /* a WRITE into a file segment: the payload through the connection's buffer, a pwrite per
  * whole chunk and only while the grant lasts (the rule recv_payload keeps for memory) */
 static int recv_to_file(mc_conn *c, int fd, uint64_t offset, uint64_t length,
@@ -195,7 +294,7 @@ static int recv_to_file(mc_conn *c, int fd, uint64_t offset, uint64_t length,
     while (length > 0) {
         size_t chunk = length > MC_SERVER_FILE_CHUNK_BYTES ? MC_SERVER_FILE_CHUNK_BYTES
                                                            : (size_t)length;
-        int rc = recv_payload(c, c->file_buffer, chunk, expiry_ms);
+        int rc = take_payload(c, c->file_buffer, chunk, expiry_ms);
         if (rc != 0) return rc;
         if (clock_ms(CLOCK_REALTIME) > expiry_ms)
             return refuse(c, MC_CODE_LEASE_EXPIRED, "write grant expired mid-payload");
@@ -207,17 +306,19 @@ static int recv_to_file(mc_conn *c, int fd, uint64_t offset, uint64_t length,
     return 0;
 }
 
+/* queued answers go out first when the payload may block (not all of it is buffered), or when
+ * a queued READ's bytes are still to be sent: the payload might overwrite them */
 static int serve_write(mc_conn *c, const request *r, const server_segment *segment,
                        uint64_t expiry_ms) {
-    int rc = segment->fd >= 0
+    int rc = 0;
+    if (c->io->queued_read_bytes > 0 || r->length > buffered(c->io)) rc = flush_answers(c, 0);
+    if (rc == 0)
+        rc = segment->fd >= 0
                  ? recv_to_file(c, segment->fd, r->offset, r->length, expiry_ms)
-                 : recv_payload(c, segment->addr + r->offset, r->length, expiry_ms);
+                 : take_payload(c, segment->addr + r->offset, r->length, expiry_ms);
     if (rc != 0) return rc;
     COUNT(c->server, bytes_in, r->length);
-    uint8_t response[MC_DATAPLANE_RESPONSE_BYTES];
-    pack_response(response, 0, r->length);
-    struct iovec iov = {.iov_base = response, .iov_len = sizeof response};
-    return send_all(c, &iov, 1);
+    return queue_answer(c, 0, r->length, NULL, 1);
 }
 
 /* waits until the socket takes bytes again or the connection has been idle too long */
@@ -232,7 +333,7 @@ static int wait_writable(mc_conn *c, uint64_t idle_deadline_ms) {
 }
 
 /* the range of a file segment, page cache to socket. The socket blocks for at most the idle
- * timeout (SO_SNDTIMEO); EAGAIN after that is the idle rule, as for send_all. SIGPIPE cannot
+ * timeout (SO_SNDTIMEO); EAGAIN after that is the idle rule, as for sendmsg. SIGPIPE cannot
  * reach Python: our threads block every signal and Python ignores it anyway. */
 static int send_file_range(mc_conn *c, int fd, uint64_t offset, uint64_t length) {
     off_t at = (off_t)offset;
@@ -255,40 +356,53 @@ static int send_file_range(mc_conn *c, int fd, uint64_t offset, uint64_t length)
     return 0;
 }
 
+/* a memory segment's READ is queued; a file segment's goes out now, behind the queue */
 static int serve_read(mc_conn *c, const request *r, const server_segment *segment) {
-    uint8_t response[MC_DATAPLANE_RESPONSE_BYTES];
-    pack_response(response, 0, r->length);
-    struct iovec iov[2] = {{.iov_base = response, .iov_len = sizeof response}};
-    int rc;
-    if (segment->fd >= 0) {   /* MSG_MORE: the header leaves with the file's first bytes */
-        rc = send_all_flags(c, iov, 1, r->length > 0 ? MSG_MORE : 0);
-        if (rc == 0) rc = send_file_range(c, segment->fd, r->offset, r->length);
-    } else {
-        iov[1] = (struct iovec){.iov_base = segment->addr + r->offset,
-                                .iov_len = (size_t)r->length};
-        rc = send_all(c, iov, 2);
-    }
-    if (rc == 0) COUNT(c->server, bytes_out, r->length);
-    return rc;
+    if (segment->fd < 0) return queue_answer(c, 0, r->length, segment->addr + r->offset, 1);
+    int rc = queue_answer(c, 0, r->length, NULL, 0);
+    /* MSG_MORE: the header leaves with the file's first bytes */
+    if (rc == 0) rc = flush_answers(c, r->length > 0 ? MSG_MORE : 0);
+    if (rc == 0) rc = send_file_range(c, segment->fd, r->offset, r->length);
+    if (rc != 0) return rc;
+    COUNT(c->server, bytes_out, r->length);
+    COUNT(c->server, requests, 1);
+    return 0;
 }
 
-/* the rest of a request whose header is read: grant, checks, then the bytes */
-static int serve_request(mc_conn *c, const uint8_t *head) {
-    request r;
-    uint8_t token[MC_DATAPLANE_MAX_GRANT_LEN];
+/* the next request's header and grant from the input, reading more while they are incomplete;
+ * returns 1 with *token pointing at the grant in the buffer (valid until the next read), 0 at a
+ * clean close between requests (answers sent), REFUSED or -errno */
+static int next_request(mc_conn *c, request *r, const uint8_t **token) {
+    struct conn_io *io = c->io;
+    int have_header = 0;
+    for (;;) {
+        size_t have = buffered(io);
+        if (!have_header && have >= MC_DATAPLANE_REQUEST_BYTES) {
+            int rc = parse_header(c, io->in + io->in_start, r);
+            if (rc != 0) return rc;
+            have_header = 1;
+        }
+        if (have_header && have >= MC_DATAPLANE_REQUEST_BYTES + r->grant_len) {
+            *token = io->in + io->in_start + MC_DATAPLANE_REQUEST_BYTES;
+            io->in_start += MC_DATAPLANE_REQUEST_BYTES + r->grant_len;
+            return 1;
+        }
+        ssize_t got = more_input(c);
+        if (got < 0) return (int)got;
+        if (got > 0) continue;
+        if (have > 0)   /* answer_refusal sends the queued answers before this one */
+            return refuse(c, MC_CODE_INVALID_PARAMS, "peer closed mid-%s",
+                          have_header ? "grant" : "header");
+        return flush_answers(c, 0);
+    }
+}
+
+static int serve_request(mc_conn *c, const request *r, const uint8_t *token) {
     const server_segment *target = NULL;
     uint64_t expiry_ms = 0;
-    int rc = parse_header(c, head, &r);
+    int rc = authorize(c, r, token, &target, &expiry_ms);
     if (rc != 0) return rc;
-    ssize_t got = recv_full(c, token, r.grant_len);
-    if (got < 0) return (int)got;
-    if ((size_t)got < r.grant_len)
-        return refuse(c, MC_CODE_INVALID_PARAMS, "peer closed mid-grant");
-    rc = authorize(c, &r, token, &target, &expiry_ms);
-    if (rc != 0) return rc;
-    rc = r.op == MC_OP_WRITE ? serve_write(c, &r, target, expiry_ms) : serve_read(c, &r, target);
-    if (rc == 0) COUNT(c->server, requests, 1);
-    return rc;
+    return r->op == MC_OP_WRITE ? serve_write(c, r, target, expiry_ms) : serve_read(c, r, target);
 }
 
 /* shuts our side, then reads and drops input for up to MC_SERVER_LINGER_MS: closing a socket
@@ -315,31 +429,37 @@ static void answer_refusal(mc_conn *c) {
     COUNT(c->server, refused, 1);
     if (!stopping(c->server))   /* at stop, closed sockets would read as refusals */
         server_push_event(c->server, MC_SERVER_EVENT_REFUSED, c->refusal, c->peer, c->reason);
-    uint8_t response[MC_DATAPLANE_RESPONSE_BYTES];
-    pack_response(response, c->refusal, 0);
-    struct iovec iov = {.iov_base = response, .iov_len = sizeof response};
-    if (send_all(c, &iov, 1) == 0) linger_close(c);
+    /* the answers queued before it go first, in the same sendmsg */
+    if (queue_answer(c, c->refusal, 0, NULL, 0) == 0 && flush_answers(c, 0) == 0)
+        linger_close(c);
 }
 
 void server_serve_connection(mc_conn *c) {
-    uint8_t head[MC_DATAPLANE_REQUEST_BYTES];
-    for (;;) {
-        mc_spin_ready(c->fd, POLLIN);   /* a client's next request often follows at once */
-        ssize_t got = recv_full(c, head, sizeof head);
-        if (got == 0) return;   /* a clean close between requests */
-        int rc = got < 0 ? (int)got
-                 : (size_t)got < sizeof head
-                     ? refuse(c, MC_CODE_INVALID_PARAMS, "peer closed mid-header")
-                     : serve_request(c, head);
-        if (rc == REFUSED) {
-            answer_refusal(c);
-            return;
-        }
-        if (rc < 0) {
-            if (!stopping(c->server))
-                server_push_event(c->server, MC_SERVER_EVENT_CONNECTION_LOST, 0, c->peer,
-                                  mc_last_error());
-            return;
-        }
+    c->io = malloc(sizeof *c->io);
+    if (c->io == NULL) {
+        server_push_event(c->server, MC_SERVER_EVENT_CONNECTION_LOST, 0, c->peer,
+                          "no memory for the connection's buffers");
+        return;
     }
+    struct conn_io *io = c->io;   /* the buffers themselves need no zeroing */
+    io->in_start = io->in_end = 0;
+    io->iovcnt = io->heads = 0;
+    io->queued_bytes = io->queued_requests = io->queued_read_bytes = 0;
+    int rc;
+    for (;;) {
+        request r;
+        const uint8_t *token = NULL;
+        rc = next_request(c, &r, &token);
+        if (rc != 1) break;
+        rc = serve_request(c, &r, token);
+        if (rc != 0) break;
+    }
+    if (rc == REFUSED) {
+        answer_refusal(c);
+    } else if (rc < 0 && !stopping(c->server)) {
+        server_push_event(c->server, MC_SERVER_EVENT_CONNECTION_LOST, 0, c->peer,
+                          mc_last_error());
+    }
+    free(c->io);
+    c->io = NULL;
 }

@@ -16,9 +16,13 @@ typedef struct {
     uint64_t size;
 } server_segment;
 
+struct conn_io;
+
 typedef struct mc_conn {
     mc_server *server;
     int fd;
+    struct conn_io *io;           /* input buffer and queued answers (server_conn.c), while the
+                                     connection's thread serves it */
     int refusal;                  /* the Mooncake code to answer with, once refused */
     uint8_t *file_buffer;         /* WRITE payloads bound for a file segment pass through it
                                      (allocated at the first such write) */
