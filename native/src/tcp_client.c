@@ -29,6 +29,8 @@
 #define RESPONSE_BYTES 12         /* "!iQ" */
 #define SOCKET_BUFFER_BYTES (4 << 20)
 #define MAX_SEND_IOVS 256
+#define MAX_RECV_IOVS 256
+#define MAX_RECV_BYTES (1u << 30)
 #define LOW_WATER_MAX (512 << 10)
 
 static int64_t now_ms(void) {
@@ -169,29 +171,23 @@ static int send_some(int fd, send_cursor *c) {
     }
 }
 
-/* ---- receiving: responses in request order, READ payloads into the user's buffers ---- */
+/* ---- receiving: responses in request order, READ payloads into the user's buffers ----
+ *
+ * One recvmsg scatters as many answers as have arrived: each answer's 12-byte header into
+ * its own slot, and (assuming success) a READ's payload straight into the user's buffers
+ * after it. The assumption costs nothing when wrong: a refusal is the worker's last answer
+ * (it closes the connection), and an answer of the wrong length fails the exchange. */
 
 typedef struct {
     size_t req;                      /* request whose response is being read */
-    uint8_t head[RESPONSE_BYTES];
-    uint32_t head_len;               /* bytes of head read so far */
+    uint8_t (*heads)[RESPONSE_BYTES];   /* a header slot per request */
+    uint32_t head_len;               /* bytes of the current header read so far */
     int in_payload;                  /* the head is done; a READ payload is arriving */
     uint32_t iov;                    /* payload position: current iov and bytes done in it */
     uint64_t done;
     int refused;
     int low_water;                   /* SO_RCVLOWAT now set on the socket */
 } recv_state;
-
-/* > 0 bytes read, 0 would block, < 0 error (a close is an error: responses were owed) */
-static int recv_into(int fd, void *buf, size_t len) {
-    for (;;) {
-        ssize_t n = recv(fd, buf, len, 0);
-        if (n > 0) return (int)n;
-        if (n == 0) return mc_fail(-ECONNRESET, "worker closed the connection");
-        if (errno == EAGAIN || errno == EWOULDBLOCK) return 0;
-        if (errno != EINTR) return mc_fail(-errno, "recv: %s", strerror(errno));
-    }
-}
 
 static void finish(mc_tcp_request *r, recv_state *s) {
     r->status = 0;
@@ -204,10 +200,11 @@ static void finish(mc_tcp_request *r, recv_state *s) {
 
 /* a complete response header: records a refusal, checks the length, starts a payload */
 static int take_head(mc_tcp_request *r, recv_state *s) {
-    uint32_t raw = (uint32_t)s->head[0] << 24 | (uint32_t)s->head[1] << 16 |
-                   (uint32_t)s->head[2] << 8 | s->head[3];
+    const uint8_t *head = s->heads[s->req];
+    uint32_t raw = (uint32_t)head[0] << 24 | (uint32_t)head[1] << 16 |
+                   (uint32_t)head[2] << 8 | head[3];
     int32_t status = (int32_t)raw;
-    uint64_t length = get_be64(s->head + 4);
+    uint64_t length = get_be64(head + 4);
     if (status != 0) {
         if (status > 0)
             return mc_fail(MC_ERR_PROTOCOL, "worker answered status %d", (int)status);
@@ -225,38 +222,82 @@ static int take_head(mc_tcp_request *r, recv_state *s) {
     return 0;
 }
 
-/* reads into the current READ payload; > 0 when bytes came */
-static int recv_payload(int fd, mc_tcp_request *r, recv_state *s) {
+/* skips payload pieces already full; finishes the request when its payload is complete */
+static void settle_payload(mc_tcp_request *r, recv_state *s) {
     while (s->iov < r->iov_count && s->done == r->iov[s->iov].length) { s->iov++; s->done = 0; }
-    if (s->iov == r->iov_count) {
-        finish(r, s);
-        return 1;
+    if (s->iov == r->iov_count) finish(r, s);
+}
+
+/* where the next bytes go, answer after answer from the current position: up to
+ * MAX_RECV_IOVS pieces and MAX_RECV_BYTES bytes */
+static int plan_recv(mc_tcp_request *requests, size_t count, const recv_state *s,
+                     struct iovec *iov) {
+    int n = 0;
+    uint64_t total = 0;
+    for (size_t req = s->req; req < count && n < MAX_RECV_IOVS && total < MAX_RECV_BYTES; req++) {
+        const mc_tcp_request *r = &requests[req];
+        int current = req == s->req;
+        if (!(current && s->in_payload)) {
+            uint32_t from = current ? s->head_len : 0;
+            iov[n++] = (struct iovec){s->heads[req] + from, RESPONSE_BYTES - from};
+            total += RESPONSE_BYTES - from;
+        }
+        if (r->op != MC_OP_READ) continue;
+        for (uint32_t i = current && s->in_payload ? s->iov : 0;
+             i < r->iov_count && n < MAX_RECV_IOVS && total < MAX_RECV_BYTES; i++) {
+            uint64_t skip = current && s->in_payload && i == s->iov ? s->done : 0;
+            uint64_t len = r->iov[i].length - skip;
+            if (len > MAX_RECV_BYTES - total) len = MAX_RECV_BYTES - total;
+            if (len == 0) continue;
+            iov[n++] = (struct iovec){(char *)r->iov[i].base + skip, (size_t)len};
+            total += len;
+        }
     }
-    uint64_t left = r->iov[s->iov].length - s->done;
-    int n = recv_into(fd, (char *)r->iov[s->iov].base + s->done,
-                      left > (1u << 30) ? (1u << 30) : (size_t)left);
-    if (n > 0) s->done += (uint64_t)n;
     return n;
 }
 
+/* moves the state over `got` bytes that landed where plan_recv said */
+static int consume(mc_tcp_request *requests, size_t count, recv_state *s, uint64_t got) {
+    while (got > 0 && s->req < count && !s->refused) {
+        mc_tcp_request *r = &requests[s->req];
+        if (!s->in_payload) {
+            uint32_t take = RESPONSE_BYTES - s->head_len;
+            if (take > got) take = (uint32_t)got;
+            s->head_len += take;
+            got -= take;
+            if (s->head_len == RESPONSE_BYTES) {
+                int rc = take_head(r, s);
+                if (rc < 0) return rc;
+                if (s->in_payload) settle_payload(r, s);
+            }
+            continue;
+        }
+        uint64_t left = r->iov[s->iov].length - s->done, take = left < got ? left : got;
+        s->done += take;
+        got -= take;
+        settle_payload(r, s);
+    }
+    return 0;
+}
+
 /* reads every response that has arrived; stops at a refusal. 1 when bytes came, 0 when
- * none had, or an error */
+ * none had, or an error (a close is an error: responses were owed) */
 static int recv_some(int fd, mc_tcp_request *requests, size_t count, recv_state *s) {
     int progress = 0;
     while (s->req < count && !s->refused) {
-        mc_tcp_request *r = &requests[s->req];
-        int n;
-        if (s->in_payload) {
-            n = recv_payload(fd, r, s);
-        } else {
-            n = recv_into(fd, s->head + s->head_len, RESPONSE_BYTES - s->head_len);
-            if (n > 0 && (s->head_len += (uint32_t)n) == RESPONSE_BYTES) {
-                int rc = take_head(r, s);
-                if (rc < 0) return rc;
-            }
+        struct iovec iov[MAX_RECV_IOVS];
+        struct msghdr msg = {0};
+        msg.msg_iov = iov;
+        msg.msg_iovlen = (size_t)plan_recv(requests, count, s, iov);
+        ssize_t n = recvmsg(fd, &msg, 0);
+        if (n == 0) return mc_fail(-ECONNRESET, "worker closed the connection");
+        if (n < 0) {
+            if (errno == EAGAIN || errno == EWOULDBLOCK) return progress;
+            if (errno == EINTR) continue;
+            return mc_fail(-errno, "recv: %s", strerror(errno));
         }
-        if (n < 0) return n;
-        if (n == 0) return progress;
+        int rc = consume(requests, count, s, (uint64_t)n);
+        if (rc < 0) return rc;
         progress = 1;
     }
     return progress;
@@ -336,7 +377,8 @@ static int start_exchange(exchange *x, int fd, mc_tcp_request *requests, size_t 
         return rc;
     }
     x->headers = malloc(count * REQUEST_HEADER_BYTES);
-    if (x->headers == NULL) {
+    x->s.heads = malloc(count * RESPONSE_BYTES);
+    if (x->headers == NULL || x->s.heads == NULL) {
         end_exchange(x, mc_fail(-ENOMEM, "out of memory for %zu requests", count));
         return x->rc;
     }
@@ -377,7 +419,9 @@ static int finish_exchange(exchange *x, int timeout_ms) {
         setsockopt(x->fd, SOL_SOCKET, SO_RCVLOWAT, &one, sizeof one);
     }
     free(x->headers);
+    free(x->s.heads);
     x->headers = NULL;
+    x->s.heads = NULL;
     if (x->rc == -ETIMEDOUT)
         snprintf(x->error, sizeof x->error, "no progress for %d ms", timeout_ms);
     if (x->rc < 0) return mc_fail(x->rc, "%s", x->error);
