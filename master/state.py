@@ -7,6 +7,8 @@ cross-index invariant; tests call it after every step.
 """
 from __future__ import annotations
 
+import bisect
+
 import dataclasses
 import random
 from collections.abc import Callable, Sequence
@@ -39,6 +41,10 @@ def _segment_signature(segments) -> dict:
     return {s.segment_id: (s.tier, s.size_bytes, s.path) for s in segments}
 
 
+def _free_at(pending: PendingFree) -> float:
+    return pending.free_at
+
+
 def _copy_replicas(replicas: list[Replica]) -> list[Replica]:
     # Callers get copies so that nothing outside can mutate the state behind validate().
     # (the constructor, not dataclasses.replace: this runs per replica of every get)
@@ -58,6 +64,9 @@ class MasterState(Placement, Tiering, Recovery):
         self.rng = rng if rng is not None else random.Random()
         self.workers: dict[str, WorkerInfo] = {}
         self.objects: dict[str, ObjectMeta] = {}
+        # the PENDING objects of `objects`, oldest put first: the tick looks for stalled puts
+        # here, not in every object
+        self._pending_puts: dict[str, ObjectMeta] = {}
         self.pending_frees: list[PendingFree] = []
         # ranges of dropped workers that grants may still cover: if the worker registers
         # again (same segment file), they stay reserved until then
@@ -151,7 +160,7 @@ class MasterState(Placement, Tiering, Recovery):
                 segment.allocator.reserve(held.offset, held.length)
             except ValueError:
                 continue  # outside a smaller new segment: nothing there to protect
-            self.pending_frees.append(held)
+            self._add_pending_free(held)
 
     @staticmethod
     def _check_segments(worker_id: str, segments: list[SegmentSpec]) -> None:
@@ -200,6 +209,7 @@ class MasterState(Placement, Tiering, Recovery):
             obj.replicas = kept
             if not kept:
                 del self.objects[key]
+                self._forget_pending_put(obj)
                 lost.append(key)
                 if obj.state == COMPLETE:
                     self._remember(self._lost, key, obj.put_id)
@@ -289,7 +299,7 @@ class MasterState(Placement, Tiering, Recovery):
             return _fail(ErrorCode.NO_AVAILABLE_HANDLE,
                          f"no segment has room for {size} bytes and nothing is evictable "
                          f"(largest DRAM segment: {largest} bytes)")
-        self.objects[key] = ObjectMeta(
+        self.objects[key] = self._pending_puts[key] = ObjectMeta(
             key=key, size=size, state=PENDING, replicas=replicas, replica_num=replica_num,
             lease_until=0.0, soft_pin=config.soft_pin, hard_pin=config.hard_pin,
             last_access=now, put_started_at=now, put_id=self._next_put_id)
@@ -306,6 +316,7 @@ class MasterState(Placement, Tiering, Recovery):
         def end(obj: ObjectMeta) -> KeyResult:
             if obj.state == PENDING:
                 obj.state = COMPLETE
+                self._forget_pending_put(obj)
                 self._touch(obj, now)
                 for replica in obj.replicas:
                     replica.state = COMPLETE
@@ -424,6 +435,7 @@ class MasterState(Placement, Tiering, Recovery):
         """Forgets obj; its ranges come free once no grant on them can be used (a move of
         it finishes on its own: finish_move finds the object gone)."""
         del self.objects[obj.key]
+        self._forget_pending_put(obj)
         self._note_deleted(obj)
         free_at = self._grants_expire_at(obj)
         for replica in obj.replicas:
@@ -437,7 +449,7 @@ class MasterState(Placement, Tiering, Recovery):
         unacked = worker is not None and after_seq > worker.acked_seq \
             and self.config.reuse_after_inventory_ack
         if free_at > now or unacked:
-            self.pending_frees.append(PendingFree(
+            self._add_pending_free(PendingFree(
                 worker_id=replica.worker_id, segment_id=replica.segment_id,
                 offset=replica.offset, length=replica.length, free_at=free_at,
                 after_seq=after_seq if unacked else 0))
@@ -455,18 +467,28 @@ class MasterState(Placement, Tiering, Recovery):
             return obj.put_started_at + self.config.put_timeout_s + margin
         return obj.lease_until + margin if obj.lease_until > 0 else 0.0
 
+    def _forget_pending_put(self, obj: ObjectMeta) -> None:
+        if self._pending_puts.get(obj.key) is obj:
+            del self._pending_puts[obj.key]
+
+    def _add_pending_free(self, pending: PendingFree) -> None:
+        """pending_frees is kept in free_at order, so the tick and each heartbeat look only at
+        the ranges whose grants have expired (tens of thousands can wait after a remove_all)."""
+        bisect.insort(self.pending_frees, pending, key=_free_at)
+
     def _free_due_ranges(self, now: float, worker_id: str | None = None) -> int:
         """Frees the pending ranges whose grants have expired and whose removal their worker
         has acknowledged; how many. With worker_id: only that worker's that waited for an
         acknowledgement (the rest are the tick's)."""
+        expired = bisect.bisect_right(self.pending_frees, now, key=_free_at)
         due, waiting = [], []
-        for pending in self.pending_frees:
+        for pending in self.pending_frees[:expired]:
             worker = self.workers[pending.worker_id]
-            ready = pending.free_at <= now and pending.after_seq <= worker.acked_seq and (
+            ready = pending.after_seq <= worker.acked_seq and (
                 worker_id is None or (pending.worker_id == worker_id and pending.after_seq > 0))
             (due if ready else waiting).append(pending)
         if due:
-            self.pending_frees = waiting
+            self.pending_frees[:expired] = waiting
             for pending in due:
                 self._free_range(pending.worker_id, pending.segment_id, pending.offset)
         return len(due)
@@ -481,8 +503,8 @@ class MasterState(Placement, Tiering, Recovery):
         up on moves nobody answered, and evict from segments past the high watermark."""
         report = TickReport()
         self._abandon_stalled_moves(now, report)
-        stalled = [obj for obj in self.objects.values()
-                   if obj.state == PENDING and now - obj.put_started_at > self.config.put_timeout_s]
+        stalled = [obj for obj in self._pending_puts.values()
+                   if now - obj.put_started_at > self.config.put_timeout_s]
         for obj in stalled:
             self._delete(obj, now)
             report.revoked_keys.append(obj.key)
@@ -518,9 +540,16 @@ class MasterState(Placement, Tiering, Recovery):
                 expected[(worker_id, segment_id)] = {}
         for key, obj in self.objects.items():
             self._validate_object(key, obj, expected)
+        pending_puts = {key: obj for key, obj in self.objects.items() if obj.state == PENDING}
+        assert pending_puts.keys() == self._pending_puts.keys() and all(
+            self._pending_puts[key] is obj for key, obj in pending_puts.items()), \
+            "the index of PENDING objects differs from the objects"
         for pending in self.pending_frees:
             self._expect_range(expected, pending.worker_id, pending.segment_id, pending.offset,
                                pending.length, f"pending free at {pending.free_at}")
+        assert all(a.free_at <= b.free_at for a, b in zip(self.pending_frees,
+                                                          self.pending_frees[1:])), \
+            "pending frees out of free_at order"
         for move in self.moves.values():
             self._validate_move(move)
             self._expect_range(expected, move.dst.worker_id, move.dst.segment_id,

@@ -112,11 +112,16 @@ class Tiering:
     def _evict_over_watermark(self, now: float, report: TickReport) -> None:
         """Every segment whose use, less what is already leaving it, is past the high
         watermark frees eviction_ratio of its size."""
-        leaving = self._leaving_bytes(now, float("inf"))
+        leaving = None  # computed once a segment is over: it scans every pending free
         for worker in self.workers.values():
             for seg in worker.segments.values():
+                limit = self.config.high_watermark * seg.size_bytes
+                if seg.allocator.used_bytes <= limit:
+                    continue  # the usual tick
+                if leaving is None:
+                    leaving = self._leaving_bytes(now, float("inf"))
                 used = seg.allocator.used_bytes - leaving.get((seg.worker_id, seg.segment_id), 0)
-                if used > self.config.high_watermark * seg.size_bytes:
+                if used > limit:
                     self._evict_from(seg, self.config.eviction_ratio * seg.size_bytes, now,
                                      report)
 
