@@ -366,21 +366,23 @@ class Client:
         """(index, replica candidates, Transfer) for each key of `indices` that is present."""
         pending: list[tuple[int, list[pb.ReplicaDescriptor], Transfer]] = []
         for i, item in zip(indices, items):
-            key = keys[i]
-            if item.status.code in MISS_CODES:
-                continue
-            if item.status.code != ErrorCode.OK:
-                raise error_for_code(item.status.code, f"get {key!r}: {item.status.message}")
+            code = item.status.code
+            if code:
+                if code in MISS_CODES:
+                    continue
+                raise error_for_code(code, f"get {keys[i]!r}: {item.status.message}")
             target = None
             if parts is not None:
-                capacity = parts_size(parts[i])
-                if capacity < item.size:
-                    raise InvalidArgumentError(f"get {key!r}: object has {item.size} bytes, "
-                                               f"buffer only {capacity}")
-                target = _trim(parts[i], item.size)
+                target, size = parts[i], item.size
+                if len(target) != 1 or target[0].nbytes != size:  # else: exactly the object
+                    capacity = parts_size(target)
+                    if capacity < size:
+                        raise InvalidArgumentError(f"get {keys[i]!r}: object has {size} bytes, "
+                                                   f"buffer only {capacity}")
+                    target = _trim(target, size)
             candidates = self._ordered(item.replicas)
             if not candidates:
-                raise TransferError(f"get {key!r}: no allowed transport "
+                raise TransferError(f"get {keys[i]!r}: no allowed transport "
                                     f"({', '.join(self.transport_names)}) reaches any replica")
             pending.append((i, candidates, Transfer(candidates[0][1], target)))
         return pending

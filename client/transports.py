@@ -120,7 +120,11 @@ class ShmTransport:
                 continue
             source = self._range(t, checked)
             if source is not None:
-                pairs.extend(split(source, t.target_parts()))
+                parts = t.target_parts()
+                if len(parts) == 1:
+                    pairs.append((parts[0], source))
+                else:
+                    pairs.extend(split(source, parts))
                 started.append(t)
         self._copy(pairs, started)
 

@@ -137,13 +137,13 @@ def fresh_bytes(size: int) -> tuple[bytes, memoryview]:
 def copy_batch(pairs: list[tuple[memoryview, memoryview]], streaming: bool = False) -> None:
     """Copies each (dst, src) pair; one C call for the whole batch, split across threads.
     streaming: non-temporal stores, for targets this process will not read soon (segments)."""
-    items = ffi.new("mc_copy_item[]", len(pairs))
-    keep = []
-    for item, (dst, src) in zip(items, pairs):
-        if dst.nbytes != src.nbytes:
-            raise InvalidArgumentError(f"copy of {src.nbytes} bytes into {dst.nbytes}")
-        d, s = ffi.from_buffer("char[]", dst, require_writable=True), ffi.from_buffer("char[]", src)
-        keep.append((d, s))
-        item.dst, item.src, item.length = d, s, dst.nbytes
-    check(lib.mc_copy_batch(items, len(pairs), lib.MC_COPY_STREAM if streaming else 0), "copy")
+    from_buffer, rows = ffi.from_buffer, []
+    for dst, src in pairs:
+        length = dst.nbytes
+        if length != src.nbytes:
+            raise InvalidArgumentError(f"copy of {src.nbytes} bytes into {length}")
+        rows.append((from_buffer("char[]", dst, require_writable=True),
+                     from_buffer("char[]", src), length))
+    items = ffi.new("mc_copy_item[]", rows)  # rows keeps the buffers' cdata alive meanwhile
+    check(lib.mc_copy_batch(items, len(rows), lib.MC_COPY_STREAM if streaming else 0), "copy")
 
