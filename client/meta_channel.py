@@ -35,7 +35,7 @@ class MetaChannel:
         self.addr, self._host, self._port = addr, host.strip("[]"), int(port)
         self.connect_timeout_s = connect_timeout_s
         self._auth_frame = metaframe.auth_frame(token) if token else b""
-        self._idle: list[socket.socket] = []
+        self._idle: list[tuple[socket.socket, float]] = []  # with the timeout each has
         self._lock = threading.Lock()
         self._closed = False
 
@@ -45,16 +45,18 @@ class MetaChannel:
         response_type = metaframe.METHODS[method_id][2]
         payload = request.SerializeToString()
         frame = metaframe.REQUEST.pack(metaframe.MAGIC, method_id, len(payload)) + payload
-        conn = self._checkout(timeout_s)
+        conn, applied = self._checkout(timeout_s)
         try:
-            status, body = self._exchange(conn, frame, timeout_s)
+            if applied != timeout_s:
+                metaframe.use_kernel_timeouts(conn, timeout_s)
+            status, body = self._exchange(conn, frame)
         except OSError as exc:
             conn.close()
             raise MaybeSent(str(exc) or type(exc).__name__) from exc
         if status == metaframe.STATUS_BUSY:
             conn.close()
             raise NotSent(f"framed metadata port {self.addr}: {body.decode(errors='replace')}")
-        self._checkin(conn)
+        self._checkin(conn, timeout_s)
         if status == ErrorCode.RPC_FAIL:  # UnavailableError: a standby refused it, unread
             raise NotSent(f"master {self.addr} {method}: {body.decode(errors='replace')}")
         if status != 0:
@@ -64,14 +66,12 @@ class MetaChannel:
     def close(self) -> None:
         with self._lock:
             self._closed = True
-            for conn in self._idle:
+            for conn, _ in self._idle:
                 conn.close()
             self._idle.clear()
 
     @staticmethod
-    def _exchange(conn: socket.socket, frame: bytes, timeout_s: float) -> tuple[int, bytes]:
-        if conn.gettimeout() != timeout_s:
-            conn.settimeout(timeout_s)
+    def _exchange(conn: socket.socket, frame: bytes) -> tuple[int, bytes]:
         conn.sendall(frame)
         spin_readable(conn.fileno())  # the answer of a small call comes within microseconds
         status, length = metaframe.RESPONSE.unpack(
@@ -80,31 +80,33 @@ class MetaChannel:
             raise ConnectionError(f"answer of {length} bytes: not a mooncake master?")
         return status, metaframe.recv_exact(conn, length)
 
-    def _checkout(self, timeout_s: float) -> socket.socket:
+    def _checkout(self, timeout_s: float) -> tuple[socket.socket, float | None]:
+        """A pooled connection and the timeout it was given, or a new one (None: not yet)."""
         while True:
             with self._lock:
                 if self._closed:
                     raise NotSent("the client is closed")
-                conn = self._idle.pop() if self._idle else None
+                conn, applied = self._idle.pop() if self._idle else (None, None)
             if conn is None:
                 break
             if _idle_and_open(conn):
-                return conn
+                return conn, applied
             conn.close()  # the master closed it (restarted, idle timeout): never send into it
         try:
             conn = socket.create_connection((self._host, self._port), self.connect_timeout_s)
         except OSError as exc:
             raise NotSent(f"framed metadata port {self.addr}: {exc}") from exc
         conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        metaframe.use_kernel_timeouts(conn, timeout_s)
         if self._auth_frame:
-            self._authenticate(conn, timeout_s)
-        return conn
+            self._authenticate(conn)
+        return conn, timeout_s
 
-    def _authenticate(self, conn: socket.socket, timeout_s: float) -> None:
+    def _authenticate(self, conn: socket.socket) -> None:
         """Presents the token on a new connection: UnauthenticatedError when the master does
         not know it (gRPC would say the same), NotSent when the port cannot take it."""
         try:
-            status, body = self._exchange(conn, self._auth_frame, timeout_s)
+            status, body = self._exchange(conn, self._auth_frame)
         except OSError as exc:
             conn.close()
             raise NotSent(f"framed metadata port {self.addr}: auth: {exc}") from exc
@@ -116,10 +118,10 @@ class MetaChannel:
             raise error_for_code(status, message)
         raise NotSent(message)  # busy, or a master without auth frames: gRPC instead
 
-    def _checkin(self, conn: socket.socket) -> None:
+    def _checkin(self, conn: socket.socket, timeout_s: float) -> None:
         with self._lock:
             if not self._closed and len(self._idle) < MAX_IDLE:
-                self._idle.append(conn)
+                self._idle.append((conn, timeout_s))
                 return
         conn.close()
 

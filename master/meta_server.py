@@ -111,7 +111,7 @@ class MetaServer:
                 continue
             conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
             conn.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
-            conn.settimeout(IDLE_TIMEOUT_S)
+            metaframe.use_kernel_timeouts(conn, IDLE_TIMEOUT_S)
             threading.Thread(target=self._serve, args=(conn, _peer(peer)), name="meta-conn",
                              daemon=True).start()
 

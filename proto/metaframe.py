@@ -63,6 +63,20 @@ METHOD_IDS = {name: method_id for method_id, (name, _, _) in METHODS.items()}
 IDEMPOTENT = frozenset({"GetReplicas", "Exists"})
 
 RECV_CHUNK_BYTES = 1 << 20
+_TIMEVAL = struct.Struct("@ll")
+
+
+def use_kernel_timeouts(sock: socket.socket, timeout_s: float) -> None:
+    """Makes sock blocking, bounded by the kernel's SO_RCVTIMEO/SO_SNDTIMEO instead of a Python
+    socket timeout, which polls before every recv and send: two system calls where one does,
+    on every frame. A call that times out raises BlockingIOError (EAGAIN), an OSError as
+    socket.timeout is."""
+    sock.settimeout(None)
+    timeout_s = max(timeout_s, 0.001)  # a zero timeval would mean "wait forever"
+    seconds = int(timeout_s)
+    timeval = _TIMEVAL.pack(seconds, int((timeout_s - seconds) * 1_000_000))
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVTIMEO, timeval)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDTIMEO, timeval)
 
 
 def recv_exact(sock: socket.socket, length: int, at_boundary: bool = False) -> bytes | None:
