@@ -12,17 +12,13 @@ from mooncake_native.segment import SegmentMapping
 from mooncake_proto import dataplane as wire
 from mooncake_proto import grants
 from mooncake_proto.errors import ErrorCode, InvalidArgumentError
+from raw_dataplane import refusal_of, response
 
 pytestmark = pytest.mark.timeout(30)
 
 WORKER = "worker-under-test"
 SEGMENT_BYTES = 4 << 20
 U64_MAX = (1 << 64) - 1
-
-
-@pytest.fixture
-def key():
-    return os.urandom(grants.KEY_BYTES)
 
 
 @pytest.fixture
@@ -55,18 +51,6 @@ def connect(addr: str) -> socket.socket:
     return socket.create_connection((host, int(port)), timeout=5)
 
 
-def recv_exact(sock: socket.socket, n: int) -> bytes:
-    view = memoryview(bytearray(n))
-    wire.recv_exact_into(sock, view)
-    return view.obj
-
-
-def response(sock: socket.socket, read: bool = False) -> tuple[int, int, bytes]:
-    """One response: (status, length, the bytes of a READ)."""
-    status, length = wire.RESPONSE.unpack(recv_exact(sock, wire.RESPONSE.size))
-    return status, length, recv_exact(sock, length) if read and status == 0 else b""
-
-
 def write_request(key, offset, payload, **grant) -> bytes:
     token = sign(key, wire.OP_WRITE, offset, len(payload), **grant)
     return wire.encode_request(wire.OP_WRITE, 0, offset, len(payload), token) + payload
@@ -75,14 +59,6 @@ def write_request(key, offset, payload, **grant) -> bytes:
 def read_request(key, offset, length, **grant) -> bytes:
     token = sign(key, wire.OP_READ, offset, length, **grant)
     return wire.encode_request(wire.OP_READ, 0, offset, length, token)
-
-
-def refusal_of(sock: socket.socket) -> int:
-    """The error status of a refused request; asserts the server then closes the connection."""
-    status, length = wire.RESPONSE.unpack(recv_exact(sock, wire.RESPONSE.size))
-    assert length == 0
-    assert sock.recv(1) == b""
-    return status
 
 
 def round_trip(sock, key, offset, payload) -> None:

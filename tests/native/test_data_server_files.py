@@ -10,11 +10,11 @@ import pytest
 from mooncake_native.binding import lib
 from mooncake_native.data_server import DataServer
 from mooncake_native.file_segment import FileSegment
-from mooncake_native.segment import SegmentMapping
 from mooncake_native.tcp import OP_READ, OP_WRITE, DataConnection, DataRequest
 from mooncake_proto import dataplane as wire
 from mooncake_proto import grants
 from mooncake_proto.errors import ErrorCode, InvalidArgumentError
+from raw_dataplane import recv_exact, refusal_of, response
 
 pytestmark = pytest.mark.timeout(30)
 
@@ -23,24 +23,6 @@ DRAM, SSD = 0, 1
 DRAM_BYTES = 1 << 20
 SSD_BYTES = (16 << 20) + 8192
 CHUNK = lib.MC_SERVER_FILE_CHUNK_BYTES
-
-
-@pytest.fixture
-def key():
-    return os.urandom(grants.KEY_BYTES)
-
-
-@pytest.fixture
-def dram(tmp_path):
-    mapping = SegmentMapping(str(tmp_path / "dram"), DRAM_BYTES, create=True)
-    yield mapping
-    mapping.close()
-
-
-@pytest.fixture
-def ssd(tmp_path):
-    with FileSegment(str(tmp_path / "ssd"), SSD_BYTES, create=True) as segment:
-        yield segment
 
 
 def start(dram, ssd, key, **limits) -> DataServer:
@@ -79,24 +61,6 @@ def connect(addr: str, rcvbuf: int = 0) -> socket.socket:
     s.settimeout(10)
     s.connect((host, int(port)))
     return s
-
-
-def recv_exact(sock, n: int) -> bytes:
-    view = memoryview(bytearray(n))
-    wire.recv_exact_into(sock, view)
-    return bytes(view)
-
-
-def response(sock, read=False) -> tuple[int, int, bytes]:
-    status, length = wire.RESPONSE.unpack(recv_exact(sock, wire.RESPONSE.size))
-    return status, length, recv_exact(sock, length) if read and status == 0 else b""
-
-
-def refusal_of(sock) -> int:
-    status, length = wire.RESPONSE.unpack(recv_exact(sock, wire.RESPONSE.size))
-    assert length == 0
-    assert sock.recv(1) == b""
-    return status
 
 
 def file_bytes(ssd: FileSegment, offset: int, length: int) -> bytes:

@@ -7,11 +7,10 @@ import time
 import pytest
 
 from mooncake_native.data_server import DataServer
-from mooncake_native.file_segment import FileSegment
-from mooncake_native.segment import SegmentMapping
 from mooncake_proto import dataplane as wire
 from mooncake_proto import grants
 from mooncake_proto.errors import ErrorCode
+from raw_dataplane import refusal_of, response
 
 pytestmark = pytest.mark.timeout(30)
 
@@ -20,24 +19,6 @@ DRAM, SSD = 0, 1
 DRAM_BYTES = 16 << 20
 SSD_BYTES = 1 << 20
 QUEUE_ANSWERS = 256  # server_conn.c: answers one sendmsg may carry
-
-
-@pytest.fixture
-def key():
-    return os.urandom(grants.KEY_BYTES)
-
-
-@pytest.fixture
-def dram(tmp_path):
-    mapping = SegmentMapping(str(tmp_path / "dram"), DRAM_BYTES, create=True)
-    yield mapping
-    mapping.close()
-
-
-@pytest.fixture
-def ssd(tmp_path):
-    with FileSegment(str(tmp_path / "ssd"), SSD_BYTES, create=True) as segment:
-        yield segment
 
 
 @pytest.fixture
@@ -71,24 +52,6 @@ def connect(addr: str) -> socket.socket:
     s = socket.create_connection((host, int(port)), timeout=10)
     s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)  # small sends leave one by one
     return s
-
-
-def recv_exact(sock, n: int) -> bytes:
-    view = memoryview(bytearray(n))
-    wire.recv_exact_into(sock, view)
-    return bytes(view)
-
-
-def response(sock, read=False) -> tuple[int, int, bytes]:
-    status, length = wire.RESPONSE.unpack(recv_exact(sock, wire.RESPONSE.size))
-    return status, length, recv_exact(sock, length) if read and status == 0 else b""
-
-
-def refusal_then_eof(sock) -> int:
-    status, length = wire.RESPONSE.unpack(recv_exact(sock, wire.RESPONSE.size))
-    assert length == 0
-    assert sock.recv(1) == b""
-    return status
 
 
 def fill(dram, offset, length) -> bytes:
@@ -141,7 +104,7 @@ def test_memory_and_file_reads_interleave_in_order(server, dram, ssd, key):
 
 # ---- refusals and ends of input: earlier answers first ----
 
-def test_a_bad_grant_mid_batch_gets_the_earlier_answers_then_its_refusal_then_eof(
+def test_a_bad_grant_mid_batch_gets_the_earlier_answers_then_its_refusal_of(
         server, dram, key):
     expected = [fill(dram, i * 100, 100) for i in range(8)]
     batch = b"".join(read(key, i * 100, 100) for i in range(5))
@@ -151,7 +114,7 @@ def test_a_bad_grant_mid_batch_gets_the_earlier_answers_then_its_refusal_then_eo
         s.sendall(batch)
         for data in expected[:5]:
             assert response(s, read=True) == (0, 100, data)
-        assert refusal_then_eof(s) == ErrorCode.PERMISSION_DENIED
+        assert refusal_of(s) == ErrorCode.PERMISSION_DENIED
     server.stop()
     assert (server.stats()["requests"], server.refused) == (5, 1)
 
@@ -165,7 +128,7 @@ def test_input_ending_after_a_batch_answers_the_batch_first(server, dram, key, t
         for data in expected:
             assert response(s, read=True) == (0, 64, data)
         if tail:  # mid-header: refused after the answers
-            assert refusal_then_eof(s) == ErrorCode.INVALID_PARAMS
+            assert refusal_of(s) == ErrorCode.INVALID_PARAMS
         else:
             assert s.recv(1) == b""
 
