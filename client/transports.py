@@ -233,14 +233,21 @@ class TcpTransport:
             for _, _, conn, _, _ in started:
                 conn.close()
             raise
+        bug = None
         for (addr, group, conn, reused, requests), result in zip(started, results):
             self._settle(group, requests, op)
-            self._run_on_address(addr, group, op, first=(conn, reused, result))
+            if isinstance(result, (int, OSError)):
+                self._run_on_address(addr, group, op, first=(conn, reused, result))
+            else:  # a bad argument: no worker's fault; every other connection is settled first
+                conn.close()
+                bug = bug or result
+        if bug is not None:
+            raise bug
 
     def _run_on_address(self, addr: str, group: list[Transfer], op: int,
                         first: tuple | None = None) -> None:
         """Runs group on one worker (`first`: the outcome of an exchange already made, as
-        (connection, reused, answered count or exception)). A connection-level failure fails
+        (connection, reused, answered count or OSError)). A connection-level failure fails
         every unfinished transfer at once (one timeout, not one per key); a refusal fails only
         its own request."""
         retried_stale = False
@@ -254,10 +261,8 @@ class TcpTransport:
                     self._fail(group, f"cannot connect: {_reason(exc)}")
                     return
                 answered = self._exchange(conn, group, op)
-            if isinstance(answered, BaseException):
+            if isinstance(answered, OSError):
                 conn.close()
-                if not isinstance(answered, OSError):
-                    raise answered  # a bug or a bad argument, not the worker's fault
                 group = [t for t in group if not t.done and t.error is None]
                 if reused and not retried_stale and not isinstance(answered, TimeoutError):
                     # the worker closed this idle connection (it restarted): retry once, fresh
