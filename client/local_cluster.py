@@ -138,8 +138,7 @@ class LocalCluster:
         self.dir = workdir or tempfile.mkdtemp(prefix="mooncake-cluster-")
         os.makedirs(self.dir, exist_ok=True)
         self._own_dir = workdir is None
-        # a directory of its own for segment files: stop() deletes exactly this one
-        self.shm_dir = tempfile.mkdtemp(prefix="mooncake-cluster-", dir=SHM_ROOT)
+        self._shm_dir: str | None = None  # made when a worker first needs it (shm_dir)
         self.n_workers, self.dram, self.ssd = workers, dram, ssd
         # SSD segment files (on the work directory's disk): stop() deletes exactly this one
         self.ssd_dir = tempfile.mkdtemp(prefix="ssd-", dir=self.dir) if ssd else None
@@ -151,6 +150,14 @@ class LocalCluster:
         self._external_master = master is not None
         self.workers: dict[str, Daemon] = {}
         self._worker_specs: dict[str, tuple[str | None, tuple]] = {}  # id -> (dram, extra)
+
+    @property
+    def shm_dir(self) -> str:
+        """A directory of its own for segment files, made when first asked for (a cluster used
+        only to run masters makes none): stop() deletes exactly this one."""
+        if self._shm_dir is None:
+            self._shm_dir = tempfile.mkdtemp(prefix="mooncake-cluster-", dir=SHM_ROOT)
+        return self._shm_dir
 
     @property
     def master_addr(self) -> str:
@@ -231,7 +238,8 @@ class LocalCluster:
             daemon.stop()
         if self.master is not None:
             self.master.stop()
-        shutil.rmtree(self.shm_dir, ignore_errors=True)  # segment files: this cluster's only
+        if self._shm_dir is not None:  # segment files: this cluster's only
+            shutil.rmtree(self._shm_dir, ignore_errors=True)
         if self.ssd_dir:
             shutil.rmtree(self.ssd_dir, ignore_errors=True)
         if self._own_dir:
