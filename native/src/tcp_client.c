@@ -46,7 +46,6 @@ static uint64_t get_be64(const uint8_t *p) { uint64_t v = 0; for (int i = 0; i <
 
 static int wait_fd(int fd, short events, int64_t deadline) {
     struct pollfd p = {fd, events, 0};
-    if ((events & POLLIN) && mc_spin_ready(fd, events)) return 0;   /* a quick answer */
     for (;;) {
         int64_t left = deadline - now_ms();
         if (left <= 0) return mc_fail(-ETIMEDOUT, "timed out");
@@ -428,23 +427,7 @@ static int finish_exchange(exchange *x, int timeout_ms) {
     return (int)(x->s.req + (size_t)x->s.refused);
 }
 
-int mc_tcp_exchange(int fd, mc_tcp_request *requests, size_t count, int timeout_ms) {
-    exchange x;
-    if (start_exchange(&x, fd, requests, count, timeout_ms) < 0 || x.done)
-        return x.rc;
-    for (;;) {
-        step_exchange(&x, timeout_ms);
-        if (x.done) break;
-        int rc = wait_fd(fd, wanted_events(&x), x.deadline);
-        if (rc < 0) {
-            end_exchange(&x, rc);
-            break;
-        }
-    }
-    return finish_exchange(&x, timeout_ms);
-}
-
-/* Waits until one of the live exchanges can move (spinning first, as wait_fd does); an
+/* Waits until one of the live exchanges can move (polling without sleeping first); an
  * exchange whose silence outlasts its deadline ends with -ETIMEDOUT. */
 static int wait_any(exchange *xs, size_t n, struct pollfd *fds) {
     size_t live = 0;
@@ -468,6 +451,33 @@ static int wait_any(exchange *xs, size_t n, struct pollfd *fds) {
     return 0;
 }
 
+/* drives exchanges until each has ended: every live one moves, then the thread waits for any */
+static void run_exchanges(exchange *xs, size_t n, struct pollfd *fds, int timeout_ms) {
+    for (;;) {
+        int live = 0;
+        for (size_t i = 0; i < n; i++) {
+            if (xs[i].done) continue;
+            step_exchange(&xs[i], timeout_ms);
+            live += !xs[i].done;
+        }
+        if (live == 0) return;
+        int rc = wait_any(xs, n, fds);
+        if (rc < 0) {   /* poll itself failed: every exchange still going fails with it */
+            for (size_t i = 0; i < n; i++)
+                if (!xs[i].done) end_exchange(&xs[i], rc);
+            return;
+        }
+    }
+}
+
+int mc_tcp_exchange(int fd, mc_tcp_request *requests, size_t count, int timeout_ms) {
+    exchange x;
+    struct pollfd pfd;
+    start_exchange(&x, fd, requests, count, timeout_ms);
+    run_exchanges(&x, 1, &pfd, timeout_ms);
+    return finish_exchange(&x, timeout_ms);
+}
+
 int mc_tcp_exchange_many(mc_tcp_batch *batches, size_t n, int timeout_ms) {
     exchange *xs = calloc(n ? n : 1, sizeof *xs);
     struct pollfd *fds = calloc(n ? n : 1, sizeof *fds);
@@ -478,21 +488,7 @@ int mc_tcp_exchange_many(mc_tcp_batch *batches, size_t n, int timeout_ms) {
     }
     for (size_t i = 0; i < n; i++)
         start_exchange(&xs[i], batches[i].fd, batches[i].requests, batches[i].count, timeout_ms);
-    for (;;) {
-        int live = 0;
-        for (size_t i = 0; i < n; i++) {
-            if (xs[i].done) continue;
-            step_exchange(&xs[i], timeout_ms);
-            live += !xs[i].done;
-        }
-        if (live == 0) break;
-        int rc = wait_any(xs, n, fds);
-        if (rc < 0) {   /* poll itself failed: every exchange still going fails with it */
-            for (size_t i = 0; i < n; i++)
-                if (!xs[i].done) end_exchange(&xs[i], rc);
-            break;
-        }
-    }
+    run_exchanges(xs, n, fds, timeout_ms);
     for (size_t i = 0; i < n; i++) {
         batches[i].result = finish_exchange(&xs[i], timeout_ms);
         snprintf(batches[i].error, sizeof batches[i].error, "%s",
