@@ -8,7 +8,6 @@ cross-index invariant; tests call it after every step.
 from __future__ import annotations
 
 import bisect
-
 import dataclasses
 import random
 from collections.abc import Callable, Sequence
@@ -339,11 +338,10 @@ class MasterState(Placement, Tiering, Recovery):
     def get_replicas(self, keys: Sequence[str], now: float) -> list[KeyResult]:
         """COMPLETE replicas of each key, granting or extending its read lease.
 
-        The hot path of every read: _for_each_object, _grant_lease and _touch written out in
-        one loop (a batch of 8 keys costs about a fifth less than through the helpers)."""
+        The hot path of every read: _for_each_object's loop written out here (without its
+        put_id checks and per-key closure)."""
         self._check_batch(keys)
-        objects, results = self.objects, []
-        lease_until = now + self.config.lease_ttl_s
+        results = []
         for key in keys:
             obj, error = self._lookup(key)
             if error is None and obj.state != COMPLETE:
@@ -351,14 +349,10 @@ class MasterState(Placement, Tiering, Recovery):
             if error is not None:
                 results.append(error)
                 continue
-            if obj.lease_until < lease_until:
-                obj.lease_until = lease_until
-            obj.last_access = now
-            objects[key] = objects.pop(key)  # least recently accessed first (tiering.py)
+            self._grant_lease(obj, now)
             self._note_read(obj, now)
-            results.append(KeyResult(int(ErrorCode.OK), "", obj.size, [
-                Replica(r.worker_id, r.segment_id, r.tier, r.offset, r.length, r.state)
-                for r in obj.replicas if r.state == COMPLETE]))
+            results.append(KeyResult(int(ErrorCode.OK), "", obj.size, _copy_replicas(
+                [r for r in obj.replicas if r.state == COMPLETE])))
         return results
 
     def exists(self, keys: Sequence[str], now: float) -> list[KeyResult]:
