@@ -313,18 +313,20 @@ class MasterServicer(pb_grpc.MasterServiceServicer):
 
     def _add_descriptors(self, out, replicas, op: grants.Op, expiry_ms: int) -> None:
         """Appends a signed descriptor per replica to `out` (a repeated field: built in place,
-        not constructed and then copied in, which is most of a batch answer's cost)."""
+        not constructed and then copied in, which is most of a batch answer's cost). The
+        fields a segment's replicas share arrive as one serialized template: a C-level merge
+        costs less than setting seven fields from Python."""
         for r in replicas:
-            fields, signer = self._segment_descriptor(r.worker_id, r.segment_id)
-            out.add(segment_id=r.segment_id, tier=r.tier, offset=r.offset, length=r.length,
-                    state=r.state,
-                    grant=signer.sign(op, r.segment_id, r.offset, r.length, expiry_ms),
-                    **fields)
+            shared, signer = self._segment_descriptor(r.worker_id, r.segment_id)
+            d = out.add()
+            d.MergeFromString(shared)
+            d.tier, d.offset, d.length, d.state = r.tier, r.offset, r.length, r.state
+            d.grant = signer.sign(op, r.segment_id, r.offset, r.length, expiry_ms)
 
-    def _segment_descriptor(self, worker_id: str, segment_id: int) -> tuple[dict, grants.Signer]:
-        """The descriptor fields every replica on one segment shares, and its worker's grant
-        signer; rebuilt when the worker registers again (a restart keeps its WorkerInfo and
-        segments but brings a new grant key and addresses)."""
+    def _segment_descriptor(self, worker_id: str, segment_id: int) -> tuple[bytes, grants.Signer]:
+        """The descriptor fields every replica on one segment shares (serialized), and its
+        worker's grant signer; rebuilt when the worker registers again (a restart keeps its
+        WorkerInfo and segments but brings a new grant key and addresses)."""
         worker = self.state.workers[worker_id]
         identity = (worker.grant_key, worker.data_addr, worker.node_id, worker.grpc_addr,
                     worker.rdma)
@@ -332,11 +334,12 @@ class MasterServicer(pb_grpc.MasterServiceServicer):
         if cached is not None and cached[0] == identity:
             return cached[1], cached[2]
         segment = worker.segments[segment_id]
-        fields = dict(worker_id=worker_id, data_addr=worker.data_addr, node_id=worker.node_id,
-                      path=segment.path, segment_size=segment.size_bytes,
-                      grpc_addr=worker.grpc_addr, rdma=worker.rdma)
+        shared = pb.ReplicaDescriptor(
+            worker_id=worker_id, segment_id=segment_id, data_addr=worker.data_addr,
+            node_id=worker.node_id, path=segment.path, segment_size=segment.size_bytes,
+            grpc_addr=worker.grpc_addr, rdma=worker.rdma).SerializeToString()
         signer = grants.Signer(worker.grant_key, worker_id)
         if len(self._descriptors) >= MAX_CACHED_DESCRIPTORS:
             self._descriptors.clear()  # workers come and go; the live ones refill it
-        self._descriptors[(worker_id, segment_id)] = (identity, fields, signer)
-        return fields, signer
+        self._descriptors[(worker_id, segment_id)] = (identity, shared, signer)
+        return shared, signer

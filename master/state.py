@@ -342,12 +342,14 @@ class MasterState(Placement, Tiering, Recovery):
         put_id checks and per-key closure)."""
         self._check_batch(keys)
         results = []
+        objects = self.objects
         for key in keys:
-            obj, error = self._lookup(key)
-            if error is None and obj.state != COMPLETE:
-                error = _fail(ErrorCode.REPLICA_IS_NOT_READY, f"key {key!r} is being written")
-            if error is not None:
-                results.append(error)
+            # a stored key passed _key_error when it was put (or adopted): only a miss checks
+            obj = objects.get(key) if type(key) is str else None
+            if obj is None or obj.state != COMPLETE:
+                obj, error = self._lookup(key)
+                results.append(error or _fail(ErrorCode.REPLICA_IS_NOT_READY,
+                                              f"key {key!r} is being written"))
                 continue
             self._grant_lease(obj, now)
             self._note_read(obj, now)

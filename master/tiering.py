@@ -203,8 +203,11 @@ class Tiering:
 
     def _note_read(self, obj: ObjectMeta, now: float) -> None:
         """Counts a read of an object held on SSD only; promotes it once read often enough."""
-        if obj.moving or any(r.tier == TIER_DRAM for r in obj.replicas):
+        if obj.moving:
             return
+        for r in obj.replicas:  # a plain loop: this runs for every key of every read
+            if r.tier == TIER_DRAM:
+                return
         window = self.config.promotion_window_s
         obj.ssd_hits = [t for t in obj.ssd_hits if now - t <= window] + [now]
         if len(obj.ssd_hits) >= self.config.promotion_hits:
