@@ -394,7 +394,8 @@ class Client:
             by_transport: dict[object, list] = {}
             for entry in pending:
                 transport, replica = entry[1][attempt]
-                entry[2].reset(replica)
+                if attempt:  # a Transfer starts out on its first candidate
+                    entry[2].reset(replica)
                 by_transport.setdefault(transport, []).append(entry)
             retry = []
             for transport, entries in by_transport.items():

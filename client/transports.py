@@ -13,7 +13,8 @@ import threading
 import time
 
 from mooncake_native import FileSegment, SegmentMapping
-from mooncake_native.buffers import copy_batch, fresh_bytes
+from mooncake_native.binding import ffi
+from mooncake_native.buffers import copy_batch, copy_rows, fresh_bytes, fresh_bytes_at, rows_for
 from mooncake_native.segment import SEGMENT_FILE_PREFIX
 from mooncake_native.tcp import OP_READ, OP_WRITE, DataConnection, DataRequest, exchange_many
 from mooncake_proto import mooncake_pb2 as pb
@@ -113,20 +114,32 @@ class ShmTransport:
         self._copy(pairs, started, streaming=True)  # nobody here reads the segment next
 
     def read(self, transfers: list[Transfer]) -> None:
-        pairs, started, checked = [], [], {}
+        """One C copy for the batch. Into a fresh bytes object (`get`) or a one-part buffer
+        of the object's size (the common cases), from the segment's base pointer: no views."""
+        rows, started, checked = [], [], {}
+        from_buffer = ffi.from_buffer
         for t in transfers:
-            if t.replica.tier == pb.TIER_SSD:
+            r = t.replica
+            if r.tier == pb.TIER_SSD:
                 self._read_file(t, checked)
                 continue
-            source = self._range(t, checked)
-            if source is not None:
-                parts = t.target_parts()
-                if len(parts) == 1:
-                    pairs.append((parts[0], source))
-                else:
-                    pairs.extend(split(source, parts))
-                started.append(t)
-        self._copy(pairs, started)
+            segment = self._checked_or_error(t, checked)
+            if segment is None:
+                continue
+            offset, length = r.offset, r.length
+            if t.parts is None:
+                t.result, dst = fresh_bytes_at(length)
+                rows.append((dst, segment.base + offset, length))
+            elif len(t.parts) == 1 and t.parts[0].nbytes == length:
+                rows.append((from_buffer("char[]", t.parts[0], require_writable=True),
+                             segment.base + offset, length))
+            else:  # scatter over several buffers
+                rows.extend(rows_for(split(segment.view[offset:offset + length], t.parts)))
+            started.append(t)
+        if rows:
+            copy_rows(rows)
+        for t in started:
+            t.done = True
 
     def _checked(self, t: Transfer, checked: dict) -> SegmentMapping | FileSegment:
         """The replica's segment with its range checked; each segment file is checked once
@@ -141,11 +154,16 @@ class ShmTransport:
 
     def _range(self, t: Transfer, checked: dict) -> memoryview | None:
         """The replica's bytes in its mapped segment."""
+        segment = self._checked_or_error(t, checked)
         r = t.replica
+        return None if segment is None else segment.view[r.offset:r.offset + r.length]
+
+    def _checked_or_error(self, t: Transfer, checked: dict) -> SegmentMapping | None:
+        """_checked, or None with the transfer's error set."""
         try:
-            return self._checked(t, checked).view[r.offset:r.offset + r.length]
+            return self._checked(t, checked)
         except (OSError, ValueError, MooncakeError) as exc:
-            t.error = TransferError(f"{_describe(r)}: shm segment {r.path}: {exc}")
+            t.error = TransferError(f"{_describe(t.replica)}: shm segment {t.replica.path}: {exc}")
             return None
 
     def _read_file(self, t: Transfer, checked: dict) -> None:

@@ -21,6 +21,7 @@ class SegmentMapping:
         check(lib.mc_segment_map(path.encode(), size_bytes, int(create), self._segment),
               f"segment {path}")
         self.address = int(ffi.cast("uintptr_t", self._segment.addr))
+        self.base = ffi.cast("char *", self._segment.addr)  # base + offset: a C copy's end
         self.identity = (self._segment.dev, self._segment.ino, size_bytes)
         self.huge_pages = bool(self._segment.huge_pages)
         self.view = memoryview(ffi.buffer(self._segment.addr, size_bytes))
