@@ -68,20 +68,27 @@ def exchange_many(batches: list[tuple[DataConnection, list[DataRequest]]],
 
 
 def _marshal(requests: list[DataRequest]):
-    """The C request array for requests, and the cffi objects that must outlive the call."""
-    structs = ffi.new("mc_tcp_request[]", len(requests))
-    keep = []
-    for s, r in zip(structs, requests):
-        iovs = ffi.new("mc_iov[]", len(r.parts))
-        for iov, part in zip(iovs, r.parts):
-            base = ffi.from_buffer("char[]", part, require_writable=r.op == OP_READ)
+    """The C request array for requests, and the cffi objects that must outlive the call.
+    Built with two bulk initializers (every iovec of the batch in one array, each request
+    pointing into it): setting cdata fields one by one cost 3-4 us per request."""
+    from_buffer, iov_rows, keep = ffi.from_buffer, [], []
+    for r in requests:
+        writable = r.op == OP_READ
+        for part in r.parts:
+            base = from_buffer("char[]", part, require_writable=writable)
             keep.append(base)
-            iov.base, iov.length = base, part.nbytes
-        grant = ffi.from_buffer("char[]", r.grant)
-        keep.extend((iovs, grant))
-        s.op, s.segment_id, s.offset, s.length = r.op, r.segment_id, r.offset, r.length
-        s.grant, s.grant_len, s.iov, s.iov_count = grant, len(r.grant), iovs, len(r.parts)
-    return structs, keep
+            iov_rows.append((base, part.nbytes))
+    iovs = ffi.new("mc_iov[]", iov_rows)
+    rows, at = [], 0
+    for r in requests:
+        grant = from_buffer("char[]", r.grant)
+        keep.append(grant)
+        n = len(r.parts)
+        rows.append((r.op, r.segment_id, r.offset, r.length, grant, len(r.grant), iovs + at, n,
+                     STATUS_PENDING))
+        at += n
+    keep.append(iovs)
+    return ffi.new("mc_tcp_request[]", rows), keep
 
 
 def _statuses(structs, requests: list[DataRequest]) -> None:
