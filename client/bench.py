@@ -350,18 +350,24 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--ssd-sizes", default="64KiB,4MiB", help="object sizes of the SSD rows")
     parser.add_argument("--ssd-dram", default="64MiB",
                         help="DRAM per worker of the SSD-tier cluster (4x its DRAM is written)")
+    parser.add_argument("--shm-root", help="with --local: the tmpfs for the workers' DRAM "
+                        "segments (default /dev/shm); one mounted with huge=within_size gives "
+                        "them huge pages")
     parser.add_argument("--json", help="also write the rows as JSON to this file")
     args = parser.parse_args(argv)
     started = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
     if args.repeat < 1:
         parser.error("--repeat must be at least 1")
+    if args.shm_root and not args.local:
+        parser.error("--shm-root is for --local (an existing cluster's workers chose theirs)")
     if args.local:
         # a short lease: removed ranges come back sooner between repeats (reads take ms)
-        with LocalCluster(workers=2, dram=args.dram, master_args=("--lease-ttl", "3s")) as cluster:
+        with LocalCluster(workers=2, dram=args.dram, master_args=("--lease-ttl", "3s"),
+                          shm_root=args.shm_root) as cluster:
             rows, baselines = run(args, cluster.master_addr)
         if parse_size(args.ssd):
             with LocalCluster(workers=2, dram=args.ssd_dram, ssd=args.ssd,
-                              master_args=("--lease-ttl", "3s")) as cluster:
+                              master_args=("--lease-ttl", "3s"), shm_root=args.shm_root) as cluster:
                 ssd_rows = run_ssd(args, cluster.master_addr)
             add_ratios(ssd_rows, baselines)
             rows.extend(ssd_rows)
@@ -374,7 +380,7 @@ def main(argv: list[str] | None = None) -> int:
         with open(args.json, "w", encoding="utf-8") as f:
             json.dump({"command": " ".join(["mooncake-bench", *(argv or sys.argv[1:])]),
                        "started": started, "host": platform.node(), "cpus": os.cpu_count(),
-                       "repeat": args.repeat,
+                       "repeat": args.repeat, "shm_root": args.shm_root or "/dev/shm",
                        "baselines": baselines, "rows": rows, "targets": targets}, f, indent=1)
     return 0
 

@@ -132,13 +132,16 @@ class LocalCluster:
 
     def __init__(self, workers: int = 2, dram: str = "256MiB", master_args: tuple = (),
                  worker_args: tuple = (), workdir: str | None = None, ssd: str | None = None,
-                 drain_timeout: str = "0s", master: str | None = None):
+                 drain_timeout: str = "0s", master: str | None = None,
+                 shm_root: str | None = None):
         """master: a master spec to point the workers at (masters the caller runs, e.g. an
-        etcd HA pair) instead of starting one."""
+        etcd HA pair) instead of starting one. shm_root: the tmpfs the workers' DRAM segments
+        go in (default /dev/shm), e.g. one mounted with huge=within_size."""
         self.dir = workdir or tempfile.mkdtemp(prefix="mooncake-cluster-")
         os.makedirs(self.dir, exist_ok=True)
         self._own_dir = workdir is None
         self._shm_dir: str | None = None  # made when a worker first needs it (shm_dir)
+        self._shm_root = shm_root or SHM_ROOT
         self.n_workers, self.dram, self.ssd = workers, dram, ssd
         # SSD segment files (on the work directory's disk): stop() deletes exactly this one
         self.ssd_dir = tempfile.mkdtemp(prefix="ssd-", dir=self.dir) if ssd else None
@@ -156,7 +159,7 @@ class LocalCluster:
         """A directory of its own for segment files, made when first asked for (a cluster used
         only to run masters makes none): stop() deletes exactly this one."""
         if self._shm_dir is None:
-            self._shm_dir = tempfile.mkdtemp(prefix="mooncake-cluster-", dir=SHM_ROOT)
+            self._shm_dir = tempfile.mkdtemp(prefix="mooncake-cluster-", dir=self._shm_root)
         return self._shm_dir
 
     @property

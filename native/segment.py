@@ -23,8 +23,14 @@ class SegmentMapping:
         self.address = int(ffi.cast("uintptr_t", self._segment.addr))
         self.base = ffi.cast("char *", self._segment.addr)  # base + offset: a C copy's end
         self.identity = (self._segment.dev, self._segment.ino, size_bytes)
-        self.huge_pages = bool(self._segment.huge_pages)
         self.view = memoryview(ffi.buffer(self._segment.addr, size_bytes))
+
+    def huge_page_bytes(self) -> int:
+        """How much of the mapping huge pages back now, from /proc/self/smaps (0 where it
+        cannot be read). The madvise the mapping makes is only a request: a tmpfs mounted
+        without huge= (the default, /dev/shm's too) gives 4 KiB pages, and a large copy
+        from those runs about 15% slower than from huge pages (page-table walks)."""
+        return smaps_pmd_bytes(self.address)
 
     def close(self) -> None:
         """Unmaps. The caller guarantees nothing uses `view` (or pointers into it) any more:
@@ -32,3 +38,22 @@ class SegmentMapping:
         if self._segment.addr != ffi.NULL:
             self.view.release()
             check(lib.mc_segment_unmap(self._segment), f"segment {self.path}")
+
+
+def smaps_pmd_bytes(address: int, smaps: str = "/proc/self/smaps") -> int:
+    """The bytes mapped by huge (PMD) pages in the mapping that starts at `address`."""
+    start = f"{address:x}-"
+    total, inside = 0, False
+    try:
+        with open(smaps, encoding="ascii", errors="replace") as lines:
+            for line in lines:
+                if "-" in line.split(" ", 1)[0] and not line.endswith("kB\n"):
+                    if inside:
+                        break  # the next mapping's header
+                    inside = line.startswith(start)
+                elif inside and line.startswith(("ShmemPmdMapped:", "FilePmdMapped:",
+                                                 "AnonHugePages:")):
+                    total += int(line.split()[1]) * 1024
+    except (OSError, ValueError):
+        return 0
+    return total
