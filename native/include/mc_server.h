@@ -3,7 +3,10 @@
  * Wire format (proto/dataplane.py, big-endian): a request is a 28-byte header (magic "MCD1",
  * op u8, flags u8, grant_len u16, segment_id u32, offset u64, length u64), the grant, then the
  * payload for a WRITE; the response is status i32, length u64, then the bytes for a READ.
- * Requests may be pipelined on a persistent connection; responses come back in order.
+ * Magic "MCD2" asks for the aligned form: zeros pad the header with its grant, the answer
+ * header (to 64 bytes) and every payload to a multiple of MC_DATAPLANE_ALIGN. Each request is
+ * answered in its own form. Requests may be pipelined on a persistent connection; responses
+ * come back in order.
  *
  * One thread per connection. Requests are parsed from a per-connection input buffer and
  * answers to a pipelined batch leave together: READ answers are queued as iovecs (header +
@@ -31,6 +34,11 @@
 
 #define MC_DATAPLANE_REQUEST_BYTES 28
 #define MC_DATAPLANE_RESPONSE_BYTES 12
+/* the aligned form ("MCD2", what our client sends): every request header (with its grant),
+ * answer header and payload is padded with zeros to a multiple of MC_DATAPLANE_ALIGN, so that
+ * payloads start 64-byte aligned in the stream (see proto/dataplane.py for why) */
+#define MC_DATAPLANE_ALIGN 64
+#define MC_DATAPLANE_ALIGNED_RESPONSE_BYTES 64
 #define MC_DATAPLANE_MAX_GRANT_LEN 2048
 #define MC_SERVER_MAX_CONNECTIONS 1024
 #define MC_SERVER_IDLE_TIMEOUT_MS 300000
@@ -88,5 +96,10 @@ int mc_server_stop(mc_server *server);
 /* stops, then frees; no call may be in progress on this server (join the event thread first) */
 void mc_server_destroy(mc_server *server);
 /* CDEF-END */
+
+/* the zeros that pad n bytes to a multiple of MC_DATAPLANE_ALIGN in the aligned form */
+static inline uint32_t mc_dataplane_pad(uint64_t n) {
+    return (uint32_t)((MC_DATAPLANE_ALIGN - n % MC_DATAPLANE_ALIGN) % MC_DATAPLANE_ALIGN);
+}
 
 #endif

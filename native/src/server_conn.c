@@ -30,17 +30,19 @@
 
 #define REFUSED (-100000)            /* far from any -errno */
 #define DATAPLANE_MAGIC "MCD1"
+#define DATAPLANE_MAGIC_ALIGNED "MCD2"
 #define MAX_RECV_BYTES (1u << 30)    /* below Linux's per-call cap (INT_MAX rounded to pages) */
 #define MAX_SENDFILE_BYTES (1u << 30)
 #define LINGER_SCRATCH_BYTES 16384
 #define INPUT_BYTES (64u << 10)      /* holds many requests; a header and grant always fit */
 #define QUEUE_ANSWERS 256
-#define QUEUE_IOVECS (2 * QUEUE_ANSWERS)   /* a header and a range per answer */
+#define QUEUE_IOVECS (3 * QUEUE_ANSWERS)   /* a header, a range and its padding per answer */
 #define QUEUE_BYTES (4u << 20)       /* past it, queued reads go out: big reads still stream */
 
 _Static_assert(QUEUE_IOVECS <= IOV_MAX, "one sendmsg takes the whole queue");
-_Static_assert(INPUT_BYTES >= 2 * (MC_DATAPLANE_REQUEST_BYTES + MC_DATAPLANE_MAX_GRANT_LEN),
-               "a request's header and grant fit in the input buffer");
+_Static_assert(INPUT_BYTES >= 2 * (MC_DATAPLANE_REQUEST_BYTES + MC_DATAPLANE_MAX_GRANT_LEN +
+                                   MC_DATAPLANE_ALIGN),
+               "a request's header and grant (and padding) fit in the input buffer");
 
 /* the connection's unparsed input and the answers not sent yet */
 struct conn_io {
@@ -49,8 +51,10 @@ struct conn_io {
     uint64_t queued_bytes;
     uint64_t queued_requests;        /* counted as served once their answers are sent */
     uint64_t queued_read_bytes;      /* segment bytes referenced by queued READ answers */
+    int aligned;                     /* the form of the last well-formed request: a refusal
+                                        is answered in it (MCD2 when 1) */
     struct iovec iov[QUEUE_IOVECS];
-    uint8_t head[QUEUE_ANSWERS][MC_DATAPLANE_RESPONSE_BYTES];
+    uint8_t head[QUEUE_ANSWERS][MC_DATAPLANE_ALIGNED_RESPONSE_BYTES];
     uint8_t in[INPUT_BYTES];
 };
 
@@ -60,7 +64,10 @@ typedef struct {
     uint32_t segment_id;
     uint64_t offset;
     uint64_t length;
+    int aligned;                     /* magic MCD2: the aligned form */
 } request;
+
+static const uint8_t zeros[MC_DATAPLANE_ALIGN];   /* the aligned form's padding */
 
 static int refuse(mc_conn *c, int code, const char *fmt, ...)
     __attribute__((format(printf, 3, 4)));
@@ -137,13 +144,23 @@ static int queue_answer(mc_conn *c, int status, uint64_t length, const uint8_t *
         if (rc != 0) return rc;
     }
     uint8_t *head = io->head[io->heads++];
+    size_t head_bytes = MC_DATAPLANE_RESPONSE_BYTES;
     pack_response(head, status, length);
-    io->iov[io->iovcnt++] = (struct iovec){.iov_base = head, .iov_len = sizeof io->head[0]};
-    io->queued_bytes += sizeof io->head[0];
+    if (io->aligned) {
+        head_bytes = MC_DATAPLANE_ALIGNED_RESPONSE_BYTES;
+        memset(head + MC_DATAPLANE_RESPONSE_BYTES, 0, head_bytes - MC_DATAPLANE_RESPONSE_BYTES);
+    }
+    io->iov[io->iovcnt++] = (struct iovec){.iov_base = head, .iov_len = head_bytes};
+    io->queued_bytes += head_bytes;
     if (bytes != NULL && length > 0) {
         io->iov[io->iovcnt++] = (struct iovec){.iov_base = (void *)bytes, .iov_len = length};
         io->queued_bytes += length;
         io->queued_read_bytes += length;
+        uint32_t pad = io->aligned ? mc_dataplane_pad(length) : 0;
+        if (pad > 0) {
+            io->iov[io->iovcnt++] = (struct iovec){.iov_base = (void *)zeros, .iov_len = pad};
+            io->queued_bytes += pad;
+        }
     }
     io->queued_requests += served ? 1 : 0;
     return io->queued_bytes >= QUEUE_BYTES ? flush_answers(c, 0) : 0;
@@ -193,8 +210,11 @@ static int parse_header(mc_conn *c, const uint8_t *head, request *r) {
     r->segment_id = (uint32_t)mc_load_be(head + 8, 4);
     r->offset = mc_load_be(head + 12, 8);
     r->length = mc_load_be(head + 20, 8);
-    if (memcmp(head, DATAPLANE_MAGIC, 4) != 0 || (r->op != MC_OP_READ && r->op != MC_OP_WRITE))
+    r->aligned = memcmp(head, DATAPLANE_MAGIC_ALIGNED, 4) == 0;
+    if ((!r->aligned && memcmp(head, DATAPLANE_MAGIC, 4) != 0) ||
+        (r->op != MC_OP_READ && r->op != MC_OP_WRITE))
         return refuse(c, MC_CODE_INVALID_PARAMS, "malformed request header");
+    c->io->aligned = r->aligned;
     if (r->grant_len > MC_DATAPLANE_MAX_GRANT_LEN)
         return refuse(c, MC_CODE_INVALID_PARAMS, "grant of %u bytes", r->grant_len);
     return 0;
@@ -316,6 +336,10 @@ static int serve_write(mc_conn *c, const request *r, const server_segment *segme
         rc = segment->fd >= 0
                  ? recv_to_file(c, segment->fd, r->offset, r->length, expiry_ms)
                  : take_payload(c, segment->addr + r->offset, r->length, expiry_ms);
+    if (rc == 0 && r->aligned) {   /* the payload's padding: read and dropped */
+        uint8_t pad[MC_DATAPLANE_ALIGN];
+        rc = take_payload(c, pad, mc_dataplane_pad(r->length), UINT64_MAX);
+    }
     if (rc != 0) return rc;
     COUNT(c->server, bytes_in, r->length);
     return queue_answer(c, 0, r->length, NULL, 1);
@@ -363,6 +387,11 @@ static int serve_read(mc_conn *c, const request *r, const server_segment *segmen
     /* MSG_MORE: the header leaves with the file's first bytes */
     if (rc == 0) rc = flush_answers(c, r->length > 0 ? MSG_MORE : 0);
     if (rc == 0) rc = send_file_range(c, segment->fd, r->offset, r->length);
+    uint32_t pad = r->aligned && r->length > 0 ? mc_dataplane_pad(r->length) : 0;
+    if (rc == 0 && pad > 0) {
+        struct iovec zero_pad = {.iov_base = (void *)zeros, .iov_len = pad};
+        rc = send_all_flags(c, &zero_pad, 1, 0);
+    }
     if (rc != 0) return rc;
     COUNT(c->server, bytes_out, r->length);
     COUNT(c->server, requests, 1);
@@ -382,9 +411,11 @@ static int next_request(mc_conn *c, request *r, const uint8_t **token) {
             if (rc != 0) return rc;
             have_header = 1;
         }
-        if (have_header && have >= MC_DATAPLANE_REQUEST_BYTES + r->grant_len) {
+        size_t head_bytes = MC_DATAPLANE_REQUEST_BYTES + (have_header ? r->grant_len : 0);
+        if (have_header && r->aligned) head_bytes += mc_dataplane_pad(head_bytes);
+        if (have_header && have >= head_bytes) {
             *token = io->in + io->in_start + MC_DATAPLANE_REQUEST_BYTES;
-            io->in_start += MC_DATAPLANE_REQUEST_BYTES + r->grant_len;
+            io->in_start += head_bytes;
             return 1;
         }
         ssize_t got = more_input(c);
@@ -445,6 +476,7 @@ void server_serve_connection(mc_conn *c) {
     io->in_start = io->in_end = 0;
     io->iovcnt = io->heads = 0;
     io->queued_bytes = io->queued_requests = io->queued_read_bytes = 0;
+    io->aligned = 0;
     int rc;
     for (;;) {
         request r;

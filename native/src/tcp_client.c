@@ -8,6 +8,7 @@
  * closes the connection and retries the rest on a new one.
  */
 #include "mc_tcp.h"
+#include "mc_server.h"   /* the wire format's sizes */
 
 #include <arpa/inet.h>
 #include <errno.h>
@@ -25,8 +26,11 @@
 #include <time.h>
 #include <unistd.h>
 
-#define REQUEST_HEADER_BYTES 28   /* "!4sBBHIQQ" */
-#define RESPONSE_BYTES 12         /* "!iQ" */
+#define REQUEST_HEADER_BYTES MC_DATAPLANE_REQUEST_BYTES   /* "!4sBBHIQQ" */
+/* we send the aligned form (magic MCD2): "!iQ" then zeros to 64 bytes, payloads padded */
+#define RESPONSE_BYTES MC_DATAPLANE_ALIGNED_RESPONSE_BYTES
+
+static const uint8_t zeros[MC_DATAPLANE_ALIGN];   /* our requests' padding */
 #define SOCKET_BUFFER_BYTES (4 << 20)
 #define MAX_SEND_IOVS 256
 #define MAX_RECV_IOVS 256
@@ -106,7 +110,7 @@ typedef struct {
     size_t count;
     uint8_t (*headers)[REQUEST_HEADER_BYTES];
     size_t req;        /* request being sent */
-    uint32_t piece;    /* 0 header, 1 grant, 2.. payload iovs */
+    uint32_t piece;    /* 0 header, 1 grant, 2 its padding, 3.. payload iovs, then theirs */
     uint64_t done;     /* bytes of that piece already sent */
 } send_cursor;
 
@@ -114,9 +118,19 @@ static int piece_at(const send_cursor *c, size_t req, uint32_t piece, struct iov
     const mc_tcp_request *r = &c->requests[req];
     if (piece == 0) { out->iov_base = c->headers[req]; out->iov_len = REQUEST_HEADER_BYTES; return 1; }
     if (piece == 1) { out->iov_base = (void *)r->grant; out->iov_len = r->grant_len; return 1; }
-    if (r->op != MC_OP_WRITE || piece - 2 >= r->iov_count) return 0;
-    out->iov_base = r->iov[piece - 2].base;
-    out->iov_len = r->iov[piece - 2].length;
+    if (piece == 2) {
+        out->iov_base = (void *)zeros;
+        out->iov_len = mc_dataplane_pad(REQUEST_HEADER_BYTES + r->grant_len);
+        return 1;
+    }
+    if (r->op != MC_OP_WRITE || piece - 3 > r->iov_count) return 0;
+    if (piece - 3 == r->iov_count) {
+        out->iov_base = (void *)zeros;
+        out->iov_len = mc_dataplane_pad(r->length);
+        return 1;
+    }
+    out->iov_base = r->iov[piece - 3].base;
+    out->iov_len = r->iov[piece - 3].length;
     return 1;
 }
 
@@ -172,9 +186,9 @@ static int send_some(int fd, send_cursor *c) {
 
 /* ---- receiving: responses in request order, READ payloads into the user's buffers ----
  *
- * One recvmsg scatters as many answers as have arrived: each answer's 12-byte header into
+ * One recvmsg scatters as many answers as have arrived: each answer's 64-byte header into
  * its own slot, and (assuming success) a READ's payload straight into the user's buffers
- * after it. The assumption costs nothing when wrong: a refusal is the worker's last answer
+ * after it, then the payload's padding into a scratch slot. The assumption costs nothing when wrong: a refusal is the worker's last answer
  * (it closes the connection), and an answer of the wrong length fails the exchange. */
 
 typedef struct {
@@ -184,8 +198,10 @@ typedef struct {
     int in_payload;                  /* the head is done; a READ payload is arriving */
     uint32_t iov;                    /* payload position: current iov and bytes done in it */
     uint64_t done;
+    uint32_t pad_done;               /* bytes of the payload's padding read (after the iovs) */
     int refused;
     int low_water;                   /* SO_RCVLOWAT now set on the socket */
+    uint8_t pad[MC_DATAPLANE_ALIGN];  /* where padding lands (every answer's, overwritten) */
 } recv_state;
 
 static void finish(mc_tcp_request *r, recv_state *s) {
@@ -195,6 +211,7 @@ static void finish(mc_tcp_request *r, recv_state *s) {
     s->in_payload = 0;
     s->iov = 0;
     s->done = 0;
+    s->pad_done = 0;
 }
 
 /* a complete response header: records a refusal, checks the length, starts a payload */
@@ -221,10 +238,11 @@ static int take_head(mc_tcp_request *r, recv_state *s) {
     return 0;
 }
 
-/* skips payload pieces already full; finishes the request when its payload is complete */
+/* skips payload pieces already full; finishes the request when its payload and the
+ * padding after it are complete */
 static void settle_payload(mc_tcp_request *r, recv_state *s) {
     while (s->iov < r->iov_count && s->done == r->iov[s->iov].length) { s->iov++; s->done = 0; }
-    if (s->iov == r->iov_count) finish(r, s);
+    if (s->iov == r->iov_count && s->pad_done == mc_dataplane_pad(r->length)) finish(r, s);
 }
 
 /* where the next bytes go, answer after answer from the current position: up to
@@ -241,15 +259,23 @@ static int plan_recv(mc_tcp_request *requests, size_t count, const recv_state *s
             iov[n++] = (struct iovec){s->heads[req] + from, RESPONSE_BYTES - from};
             total += RESPONSE_BYTES - from;
         }
-        if (r->op != MC_OP_READ) continue;
-        for (uint32_t i = current && s->in_payload ? s->iov : 0;
-             i < r->iov_count && n < MAX_RECV_IOVS && total < MAX_RECV_BYTES; i++) {
+        if (r->op != MC_OP_READ || r->length == 0) continue;
+        uint32_t i = current && s->in_payload ? s->iov : 0;
+        for (; i < r->iov_count && n < MAX_RECV_IOVS && total < MAX_RECV_BYTES; i++) {
             uint64_t skip = current && s->in_payload && i == s->iov ? s->done : 0;
             uint64_t len = r->iov[i].length - skip;
             if (len > MAX_RECV_BYTES - total) len = MAX_RECV_BYTES - total;
             if (len == 0) continue;
             iov[n++] = (struct iovec){(char *)r->iov[i].base + skip, (size_t)len};
             total += len;
+            if (len < r->iov[i].length - skip) return n;   /* the payload goes on next time */
+        }
+        if (i < r->iov_count || n == MAX_RECV_IOVS) return n;
+        uint32_t from = current && s->in_payload ? s->pad_done : 0;
+        uint32_t pad = mc_dataplane_pad(r->length) - from;
+        if (pad > 0) {
+            iov[n++] = (struct iovec){(uint8_t *)s->pad + from, pad};
+            total += pad;
         }
     }
     return n;
@@ -269,6 +295,14 @@ static int consume(mc_tcp_request *requests, size_t count, recv_state *s, uint64
                 if (rc < 0) return rc;
                 if (s->in_payload) settle_payload(r, s);
             }
+            continue;
+        }
+        if (s->iov == r->iov_count) {   /* the payload is in: its padding */
+            uint32_t left = mc_dataplane_pad(r->length) - s->pad_done;
+            uint32_t take = left < got ? left : (uint32_t)got;
+            s->pad_done += take;
+            got -= take;
+            settle_payload(r, s);
             continue;
         }
         uint64_t left = r->iov[s->iov].length - s->done, take = left < got ? left : got;
@@ -321,7 +355,7 @@ static void encode_headers(const mc_tcp_request *requests, size_t count,
                            uint8_t (*headers)[REQUEST_HEADER_BYTES]) {
     for (size_t i = 0; i < count; i++) {
         uint8_t *h = headers[i];
-        memcpy(h, "MCD1", 4);
+        memcpy(h, "MCD2", 4);
         h[4] = requests[i].op;
         h[5] = 0;
         put_be16(h + 6, requests[i].grant_len);

@@ -153,7 +153,7 @@ BAD_REQUESTS = {
                          ErrorCode.INVALID_PARAMS),
     "unknown segment": (lambda k: _request(k, wire.OP_READ, 0, 64, 0, 64, segment_id=7),
                         ErrorCode.INVALID_PARAMS),
-    "bad magic": (lambda k: _header(magic=b"MCD2"), ErrorCode.INVALID_PARAMS),
+    "bad magic": (lambda k: _header(magic=b"MCD9"), ErrorCode.INVALID_PARAMS),
     "bad op": (lambda k: _header(op=3), ErrorCode.INVALID_PARAMS),
     "grant_len > 2048": (lambda k: _header(grant_len=2049) + bytes(2049),
                          ErrorCode.INVALID_PARAMS),

@@ -41,15 +41,29 @@ class Peer:
         self.thread.join(10)
 
 
+def recv_bytes(conn, n: int) -> bytes:
+    data = bytearray(n)
+    wire.recv_exact_into(conn, memoryview(data))
+    return bytes(data)
+
+
 def read_request(conn):
-    head = bytearray(wire.REQUEST.size)
-    wire.recv_exact_into(conn, memoryview(head))
-    magic, op, _, grant_len, seg, offset, length = wire.REQUEST.unpack(head)
-    grant = bytearray(grant_len)
-    wire.recv_exact_into(conn, memoryview(grant))
-    payload = bytearray(length if op == wire.OP_WRITE else 0)
-    wire.recv_exact_into(conn, memoryview(payload))
-    return op, seg, offset, length, bytes(grant), bytes(payload)
+    """One request in the aligned form the client sends: its padding must be zeros."""
+    magic, op, _, grant_len, seg, offset, length = wire.REQUEST.unpack(
+        recv_bytes(conn, wire.REQUEST.size))
+    assert magic == wire.MAGIC_ALIGNED
+    grant = recv_bytes(conn, grant_len)
+    assert recv_bytes(conn, wire.pad(wire.REQUEST.size + grant_len)) == \
+        bytes(wire.pad(wire.REQUEST.size + grant_len))
+    payload = b""
+    if op == wire.OP_WRITE:
+        payload = recv_bytes(conn, length)
+        assert recv_bytes(conn, wire.pad(length)) == bytes(wire.pad(length))
+    return op, seg, offset, length, grant, payload
+
+
+def answer(status: int, payload: bytes = b"", length: int | None = None) -> bytes:
+    return wire.encode_response(status, payload, length, aligned=True)
 
 
 def test_pipelined_batch_of_writes_and_reads_with_scatter_gather():
@@ -61,9 +75,9 @@ def test_pipelined_batch_of_writes_and_reads_with_scatter_gather():
             assert grant == GRANT
             if op == wire.OP_WRITE:
                 store[offset] = payload
-                conn.sendall(wire.RESPONSE.pack(0, length))
+                conn.sendall(answer(0, length=length))
             else:
-                conn.sendall(wire.RESPONSE.pack(0, length) + store[offset])
+                conn.sendall(answer(0, store[offset]))
 
     peer = Peer(serve)
     conn = DataConnection("127.0.0.1", peer.port, 10)
@@ -83,9 +97,9 @@ def test_pipelined_batch_of_writes_and_reads_with_scatter_gather():
 def test_exchange_stops_at_a_refusal_and_reports_it():
     def serve(conn):
         read_request(conn)
-        conn.sendall(wire.RESPONSE.pack(0, 4))
+        conn.sendall(answer(0, length=4))
         read_request(conn)
-        conn.sendall(wire.RESPONSE.pack(-1301, 0))
+        conn.sendall(answer(-1301))
 
     peer = Peer(serve)
     conn = DataConnection("127.0.0.1", peer.port, 10)
@@ -96,15 +110,17 @@ def test_exchange_stops_at_a_refusal_and_reports_it():
     peer.close()
 
 
-@pytest.mark.parametrize("answer, error", [
-    (wire.RESPONSE.pack(0, 3), ProtocolError),       # wrong length for a 4-byte read
-    (wire.RESPONSE.pack(5, 0), ProtocolError),       # a positive status is not in the protocol
-    (wire.RESPONSE.pack(0, 4) + b"ab", ConnectionResetError),  # closed mid-payload
+@pytest.mark.parametrize("bad, error", [
+    (answer(0, length=3), ProtocolError),       # wrong length for a 4-byte read
+    (answer(5), ProtocolError),                 # a positive status is not in the protocol
+    (answer(0, length=4)[:wire.ALIGNED_RESPONSE_BYTES] + b"ab",
+     ConnectionResetError),                     # closed mid-payload
+    (answer(0, b"abcd")[:-1], ConnectionResetError),  # closed mid-padding
 ])
-def test_bad_answers_fail_the_connection(answer, error):
+def test_bad_answers_fail_the_connection(bad, error):
     def serve(conn):
         read_request(conn)
-        conn.sendall(answer)
+        conn.sendall(bad)
 
     peer = Peer(serve)
     conn = DataConnection("127.0.0.1", peer.port, 10)
@@ -153,7 +169,7 @@ def test_timeout_bounds_silence_not_a_batch_that_keeps_moving():
         for _ in range(6):
             read_request(conn)
             time.sleep(0.15)  # the peer's pace, below the 0.4 s silence bound
-            conn.sendall(wire.RESPONSE.pack(0, 4))
+            conn.sendall(answer(0, length=4))
 
     peer = Peer(serve)
     conn = DataConnection("127.0.0.1", peer.port, 10)
@@ -172,19 +188,19 @@ def test_exchanges_on_several_connections_run_at_once_and_fail_apart():
     def quick(conn):
         for _ in range(3):
             _, _, offset, length, _, _ = read_request(conn)
-            conn.sendall(wire.RESPONSE.pack(0, length) + bytes([offset]) * length)
+            conn.sendall(answer(0, bytes([offset]) * length))
         quick_done.set()
 
     def slow(conn):
         read_request(conn)
         assert quick_done.wait(10)  # a sequential client would deadlock here
-        conn.sendall(wire.RESPONSE.pack(0, 4) + b"slow")
+        conn.sendall(answer(0, b"slow"))
         read_request(conn)
-        conn.sendall(wire.RESPONSE.pack(-1301, 0))
+        conn.sendall(answer(-1301))
 
     def broken(conn):
         read_request(conn)
-        conn.sendall(wire.RESPONSE.pack(5, 0))  # not in the protocol
+        conn.sendall(answer(5))  # not in the protocol
 
     peers = [Peer(quick), Peer(slow), Peer(broken)]
     conns = [DataConnection("127.0.0.1", p.port, 10) for p in peers]
@@ -210,7 +226,7 @@ def test_exchanges_on_several_connections_run_at_once_and_fail_apart():
 def test_a_silent_connection_times_out_without_holding_up_the_others():
     def answers(conn):
         _, _, _, length, _, _ = read_request(conn)
-        conn.sendall(wire.RESPONSE.pack(0, length) + b"x" * length)
+        conn.sendall(answer(0, b"x" * length))
         conn.recv(1)  # until the client closes
 
     def silent(conn):
