@@ -188,8 +188,9 @@ static int send_some(int fd, send_cursor *c) {
  *
  * One recvmsg scatters as many answers as have arrived: each answer's 64-byte header into
  * its own slot, and (assuming success) a READ's payload straight into the user's buffers
- * after it, then the payload's padding into a scratch slot. The assumption costs nothing when wrong: a refusal is the worker's last answer
- * (it closes the connection), and an answer of the wrong length fails the exchange. */
+ * after it, then the payload's padding into a scratch slot. The assumption costs nothing
+ * when wrong: a refusal is the worker's last answer (it closes the connection), and an
+ * answer of the wrong length fails the exchange. */
 
 typedef struct {
     size_t req;                      /* request whose response is being read */
