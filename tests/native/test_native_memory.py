@@ -166,6 +166,21 @@ def test_parts_views_and_fresh_bytes():
     assert buffers.parts_size(parts) == 19
 
 
+@pytest.mark.parametrize("size", [1, buffers.UNZEROED_MIN_BYTES - 1, buffers.UNZEROED_MIN_BYTES,
+                                  4 << 20])
+def test_fresh_bytes_are_new_objects_that_the_copy_fills_whole(size):
+    """Large ones come unzeroed (a get overwrites every byte): each call is a distinct object
+    of the right size, and what the copy wrote is what it holds."""
+    src = np.random.default_rng(size).integers(0, 256, size, dtype=np.uint8)
+    first, view = buffers.fresh_bytes(size)
+    second, pointer = buffers.fresh_bytes_at(size)
+    assert first is not second and len(first) == len(second) == size
+    assert isinstance(second, bytes)
+    copy_batch([(view, memoryview(src))])
+    buffers.copy_rows([(pointer, buffers.ffi.from_buffer(src), size)])
+    assert first == second == src.tobytes()
+
+
 def test_large_copies_work_in_a_forked_child():
     """The child inherits the pool's state but not its threads; it must grow a new pool, not
     wait forever for helpers that do not exist."""
