@@ -10,7 +10,6 @@ typedef struct {
     uint64_t size;
     uint64_t dev;        /* st_dev and st_ino of the file: a replaced file is a new segment */
     uint64_t ino;
-    int huge_pages;      /* 1 when the kernel accepted MADV_HUGEPAGE for the mapping */
 } mc_segment;
 
 int mc_segment_map(const char *path, uint64_t size, int create, mc_segment *out);

@@ -30,11 +30,11 @@ static int size_file(int fd, const char *path, uint64_t size, uint64_t current) 
 
 /* maps and pre-faults; huge pages first, then populate (MAP_POPULATE would fault 4 KiB pages
  * before the madvise could ask for huge ones) */
-static void *map_populated(int fd, uint64_t size, int *huge_pages) {
+static void *map_populated(int fd, uint64_t size) {
     void *addr = mmap(NULL, size, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
     if (addr == MAP_FAILED) return NULL;
 #ifdef MADV_HUGEPAGE
-    *huge_pages = madvise(addr, size, MADV_HUGEPAGE) == 0;
+    madvise(addr, size, MADV_HUGEPAGE);   /* a request: what was granted, smaps tells */
 #endif
 #ifdef MADV_POPULATE_WRITE
     if (madvise(addr, size, MADV_POPULATE_WRITE) == 0) return addr;
@@ -49,8 +49,7 @@ static void *map_populated(int fd, uint64_t size, int *huge_pages) {
     addr = mmap(NULL, size, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_POPULATE, fd, 0);
     if (addr == MAP_FAILED) return NULL;
 #ifdef MADV_HUGEPAGE
-    *huge_pages = madvise(addr, size, MADV_HUGEPAGE) == 0;   /* too late for populated pages,
-                                                              but right for the flag */
+    madvise(addr, size, MADV_HUGEPAGE);   /* too late for the populated pages: for khugepaged */
 #endif
     return addr;
 }
@@ -99,7 +98,7 @@ int mc_segment_map(const char *path, uint64_t size, int create, mc_segment *out)
     int fd = mc_segment_open_file(path, size, create, 1, &out->dev, &out->ino);
     if (fd < 0) return fd;
     int rc = 0;
-    out->addr = map_populated(fd, size, &out->huge_pages);
+    out->addr = map_populated(fd, size);
     if (out->addr == NULL) rc = mc_fail(-errno, "mmap %s: %s", path, strerror(errno));
     close(fd);
     if (rc != 0) {
