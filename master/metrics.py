@@ -19,6 +19,7 @@ from prometheus_client.core import (CounterMetricFamily, GaugeMetricFamily,
                                     HistogramMetricFamily)
 
 from mooncake_master.model import TIER_NAMES
+from mooncake_proto.rpc import Encoded
 
 # upper bounds (seconds): a framed-port call takes tens of microseconds, a batch of
 # thousands of keys tens of milliseconds, a call stuck behind the lock longer
@@ -121,16 +122,23 @@ def _tally_item_statuses(response, tally: dict[int, int]) -> None:
         tally[code] = tally.get(code, 0) + 1
 
 
+def _tally_encoded(response: Encoded, tally: dict[int, int]) -> None:
+    for code in response.key_codes:
+        tally[code] = tally.get(code, 0) + 1
+
+
 def _tally_nothing(_response, _tally) -> None:
     pass
 
 
-_TALLY: dict[type, object] = {}  # answer type -> how to tally its per-key codes
+# answer type -> how to tally its per-key codes
+_TALLY: dict[type, object] = {Encoded: _tally_encoded}
 
 
 def _tally_key_codes(response, tally: dict[int, int]) -> None:
     """Counts the per-key codes of a batch answer: KeysResponse and ExistsResponse carry
-    `statuses`, PutStartResponse and GetReplicasResponse `items[].status`; other answers none.
+    `statuses`, PutStartResponse and GetReplicasResponse `items[].status`, an Encoded answer
+    `key_codes`; other answers none.
     Which, is decided once per answer type (a failed getattr on a message costs a microsecond,
     and a plain loop is half the cost of a comprehension over a one-key answer)."""
     tally_of = _TALLY.get(type(response))

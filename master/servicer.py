@@ -17,12 +17,13 @@ from mooncake_master.metrics import RpcStats
 from mooncake_master.listing import list_keys
 from mooncake_master.state import (DrainStatus, InventoryEntry, MasterState, PlacementConfig,
                                    SegmentSpec)
+from mooncake_native.answer import DescriptorSegment, ReadAnswer
 from mooncake_proto import grants
 from mooncake_proto import mooncake_pb2 as pb
 from mooncake_proto import mooncake_pb2_grpc as pb_grpc
 from mooncake_proto.daemon import kv
 from mooncake_proto.errors import ErrorCode, MooncakeError, NotFoundError, UnavailableError
-from mooncake_proto.rpc import abort_with, bearer_token
+from mooncake_proto.rpc import Encoded, abort_with, bearer_token
 
 log = logging.getLogger("mooncake.master")
 
@@ -237,17 +238,19 @@ class MasterServicer(pb_grpc.MasterServiceServicer):
 
     @_serialized(Role.CLIENT)
     async def GetReplicas(self, request, context):
+        """The hot path of every read: its answer is encoded in C (native/answer.py)."""
         results = await self._run(context, self.state.get_replicas, list(request.keys),
                                   self.clock())
         ttl_s = self.state.config.lease_ttl_s
-        expiry = self._expiry_ms(ttl_s)
-        response = pb.GetReplicasResponse(lease_ttl_ms=int(ttl_s * 1000))
+        answer, codes = ReadAnswer(), []
         for key, r in zip(request.keys, results):
-            item = response.items.add(size=r.size)
-            _fill_status(item.status, key, r)
-            self._add_descriptors(item.replicas, r.replicas, grants.Op.READ, expiry)
+            answer.add(key, r.code, r.message, r.size, [
+                (self._segment_descriptor(d.worker_id, d.segment_id)[2], d.tier, d.state,
+                 d.offset, d.length) for d in r.replicas])
+            codes.append(r.code)
         self._wake_mover()  # reads may have made an SSD object hot enough to promote
-        return response
+        return Encoded(answer.encode(grants.Op.READ, self._expiry_ms(ttl_s), int(ttl_s * 1000)),
+                       codes)
 
     @_serialized(Role.CLIENT)
     async def Exists(self, request, context):
@@ -317,29 +320,32 @@ class MasterServicer(pb_grpc.MasterServiceServicer):
         fields a segment's replicas share arrive as one serialized template: a C-level merge
         costs less than setting seven fields from Python."""
         for r in replicas:
-            shared, signer = self._segment_descriptor(r.worker_id, r.segment_id)
+            shared, signer, _ = self._segment_descriptor(r.worker_id, r.segment_id)
             d = out.add()
             d.MergeFromString(shared)
             d.tier, d.offset, d.length, d.state = r.tier, r.offset, r.length, r.state
             d.grant = signer.sign(op, r.segment_id, r.offset, r.length, expiry_ms)
 
-    def _segment_descriptor(self, worker_id: str, segment_id: int) -> tuple[bytes, grants.Signer]:
-        """The descriptor fields every replica on one segment shares (serialized), and its
-        worker's grant signer; rebuilt when the worker registers again (a restart keeps its
-        WorkerInfo and segments but brings a new grant key and addresses)."""
+    def _segment_descriptor(self, worker_id: str, segment_id: int
+                            ) -> tuple[bytes, grants.Signer, DescriptorSegment]:
+        """The descriptor fields every replica on one segment shares (serialized, and as the C
+        answer encoder holds them with the signing key), and its worker's grant signer;
+        rebuilt when the worker registers again (a restart keeps its WorkerInfo and segments
+        but brings a new grant key and addresses)."""
         worker = self.state.workers[worker_id]
         identity = (worker.grant_key, worker.data_addr, worker.node_id, worker.grpc_addr,
                     worker.rdma)
         cached = self._descriptors.get((worker_id, segment_id))
         if cached is not None and cached[0] == identity:
-            return cached[1], cached[2]
+            return cached[1]
         segment = worker.segments[segment_id]
         shared = pb.ReplicaDescriptor(
             worker_id=worker_id, segment_id=segment_id, data_addr=worker.data_addr,
             node_id=worker.node_id, path=segment.path, segment_size=segment.size_bytes,
-            grpc_addr=worker.grpc_addr, rdma=worker.rdma).SerializeToString()
-        signer = grants.Signer(worker.grant_key, worker_id)
+            grpc_addr=worker.grpc_addr, rdma=worker.rdma)
+        entry = (shared.SerializeToString(), grants.Signer(worker.grant_key, worker_id),
+                 DescriptorSegment(worker.grant_key, worker_id, segment_id, shared))
         if len(self._descriptors) >= MAX_CACHED_DESCRIPTORS:
             self._descriptors.clear()  # workers come and go; the live ones refill it
-        self._descriptors[(worker_id, segment_id)] = (identity, shared, signer)
-        return shared, signer
+        self._descriptors[(worker_id, segment_id)] = (identity, entry)
+        return entry

@@ -132,11 +132,26 @@ def aio_server() -> grpc.aio.Server:
     return grpc.aio.server(options=_SERVER_OPTIONS)
 
 
+class Encoded:
+    """An answer a servicer serialized itself (the master's GetReplicas, master/servicer.py):
+    gRPC and the framed port send `payload` as it is. `key_codes` are its items' per-key
+    codes, for the call statistics (master/metrics.py)."""
+
+    __slots__ = ("payload", "key_codes")
+
+    def __init__(self, payload: bytes, key_codes: list[int]):
+        self.payload, self.key_codes = payload, key_codes
+
+    def SerializeToString(self) -> bytes:  # what the framed port calls on any answer
+        return self.payload
+
+
 def add_servicer(server: grpc.aio.Server, add_to_server, servicer) -> None:
     """Registers `servicer` through its generated `add_..._to_server`, except that a request
     that does not decode (a string that is not UTF-8, a truncated field) is answered
     INVALID_ARGUMENT with the Mooncake code INVALID_PARAMS, as the framed port answers it,
-    instead of gRPC's UNKNOWN and a traceback in the log per garbage request."""
+    instead of gRPC's UNKNOWN and a traceback in the log per garbage request; and that an
+    `Encoded` answer is sent as the bytes it holds."""
     add_to_server(servicer, _DecodingServer(server))
 
 
@@ -168,11 +183,15 @@ class _DecodingHandler(grpc.GenericRpcHandler):
 
 
 def _refusing_undecodable(handler):
-    """A unary handler whose decoding failure reaches the call as a refusal (the others:
-    none of ours, left as they are)."""
+    """A unary handler whose decoding failure reaches the call as a refusal, and which sends
+    an Encoded answer's bytes (the others: none of ours, left as they are)."""
     if handler is None or handler.unary_unary is None:
         return handler
     decode, behaviour = handler.request_deserializer, handler.unary_unary
+    encode = handler.response_serializer
+
+    def serialize(response) -> bytes:
+        return response.payload if type(response) is Encoded else encode(response)
 
     def deserialize(raw: bytes):
         try:
@@ -188,7 +207,7 @@ def _refusing_undecodable(handler):
         return await behaviour(request, context)
 
     return grpc.unary_unary_rpc_method_handler(
-        call, request_deserializer=deserialize, response_serializer=handler.response_serializer)
+        call, request_deserializer=deserialize, response_serializer=serialize)
 
 
 def bind(server: grpc.aio.Server, host: str, port: int, tls: Tls = NO_TLS) -> str:

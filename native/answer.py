@@ -1,0 +1,89 @@
+"""The master's GetReplicas answer encoded in C (native/include/mc_answer.h): the serialized
+GetReplicasResponse, with a signed grant per replica, in one call per answer.
+
+The caller flattens the answer into integers and text (`ReadAnswer`); C writes the protobuf
+bytes, which equal what protobuf would encode for the same message.
+"""
+from __future__ import annotations
+
+import errno
+import threading
+
+from mooncake_native.binding import check, ffi, lib
+from mooncake_proto import mooncake_pb2 as pb
+
+ITEM_FIELDS = lib.MC_ANSWER_ITEM_FIELDS
+REPLICA_FIELDS = lib.MC_ANSWER_REPLICA_FIELDS
+_SCRATCH_BYTES = 64 << 10  # an answer of this size or less needs no allocation of its own
+
+_scratch = threading.local()
+
+
+class DescriptorSegment:
+    """The descriptor fields every replica on one segment shares, serialized once, and the
+    HMAC key schedule of its worker's grant key."""
+
+    __slots__ = ("_segment",)
+
+    def __init__(self, grant_key: bytes, worker_id: str, segment_id: int,
+                 shared: pb.ReplicaDescriptor):
+        """`shared` holds the fields of the segment (all but tier, offset, length, state and
+        grant)."""
+        head = pb.ReplicaDescriptor(worker_id=shared.worker_id,
+                                    segment_id=shared.segment_id).SerializeToString()
+        middle = pb.ReplicaDescriptor(data_addr=shared.data_addr, node_id=shared.node_id,
+                                      path=shared.path,
+                                      segment_size=shared.segment_size).SerializeToString()
+        tail = pb.ReplicaDescriptor(grpc_addr=shared.grpc_addr,
+                                    rdma=shared.rdma).SerializeToString()
+        wid = worker_id.encode()
+        segment = lib.mc_desc_segment_new(grant_key, len(grant_key), wid, len(wid), segment_id,
+                                          head, len(head), middle, len(middle), tail, len(tail))
+        if segment == ffi.NULL:
+            check(-errno.EINVAL, "descriptor segment")  # raises, with the C side's message
+        self._segment = ffi.gc(segment, lib.mc_desc_segment_free)
+
+
+class ReadAnswer:
+    """One GetReplicasResponse being flattened: add() each item in order, then encode()."""
+
+    __slots__ = ("_fields", "_text", "_segments", "_index", "items")
+
+    def __init__(self):
+        self._fields: list[int] = []
+        self._text: list[bytes] = []
+        self._segments: list = []
+        self._index: dict[DescriptorSegment, int] = {}
+        self.items = 0
+
+    def add(self, key: str, code: int, message: str, size: int, replicas) -> None:
+        """An item; `replicas` are (DescriptorSegment, tier, state, offset, length)."""
+        key_bytes = key.encode()
+        message_bytes = message.encode() if message else b""
+        self._fields += (size, code, len(key_bytes), len(message_bytes), len(replicas))
+        self._text += (key_bytes, message_bytes)
+        index = self._index
+        for segment, tier, state, offset, length in replicas:
+            i = index.get(segment)
+            if i is None:
+                i = index[segment] = len(self._segments)
+                self._segments.append(segment._segment)
+            self._fields += (i, tier, state, offset, length)
+        self.items += 1
+
+    def encode(self, op: int, expiry_ms: int, lease_ttl_ms: int) -> bytes:
+        """The answer's bytes, each replica's grant signed for `op` until expiry_ms."""
+        fields, segments = self._fields, self._segments
+        text = b"".join(self._text)
+        scratch = getattr(_scratch, "state", None)
+        if scratch is None:  # per thread: the master answers on several
+            scratch = _scratch.state = (ffi.new("uint8_t[]", _SCRATCH_BYTES),
+                                        ffi.new("size_t *"))
+        out, needed = scratch
+        args = (needed, segments, len(segments), fields, len(fields), text, len(text),
+                self.items, op, expiry_ms, lease_ttl_ms)
+        n = lib.mc_encode_get_replicas(out, len(out), *args)
+        if n == -errno.ENOSPC:
+            out = ffi.new("uint8_t[]", needed[0])  # a huge batch: its own buffer
+            n = lib.mc_encode_get_replicas(out, len(out), *args)
+        return ffi.buffer(out, check(n, "GetReplicas answer"))[:]

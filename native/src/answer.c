@@ -1,0 +1,296 @@
+/* Encodes GetReplicasResponse bytes with signed grants (see mc_answer.h).
+ *
+ * Protobuf's wire format, as far as this message needs it: a field is a tag byte (number << 3
+ * | wire type: 0 varint, 2 length-delimited) then a varint or a varint length and bytes;
+ * proto3 leaves out a scalar that is zero and a string that is empty. Lengths of nested
+ * messages come first, so each one's size is computed before it is written.
+ *
+ * The grant MAC is HMAC-SHA256 (RFC 2104) computed from SHA-256 states that already hold the
+ * key's inner and outer pads: per grant, two SHA-256 finishes instead of an HMAC set-up.
+ */
+#define OPENSSL_SUPPRESS_DEPRECATED  /* SHA256_CTX: the one OpenSSL API with a copyable state */
+#include "mc_answer.h"
+#include "mc_grant.h"
+
+#include <errno.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include <openssl/sha.h>
+
+struct mc_desc_segment {
+    SHA256_CTX inner, outer;  /* after key ^ ipad and key ^ opad */
+    uint32_t segment_id;
+    size_t worker_id_len, head_len, middle_len, tail_len;
+    uint8_t *worker_id, *head, *middle, *tail;  /* one allocation, worker_id first */
+};
+
+/* GetReplicasResponse { repeated GetReplicasItem items = 1; uint32 lease_ttl_ms = 2; }
+ * GetReplicasItem { KeyStatus status = 1; uint64 size = 2; repeated ReplicaDescriptor
+ * replicas = 3; }  KeyStatus { string key = 1; sint32 code = 2; string message = 3; }
+ * ReplicaDescriptor: tier = 3, offset = 4, length = 5, state = 6, grant = 11 (the rest is
+ * the segment's head, middle and tail) */
+enum {
+    TAG_ITEMS = 1 << 3 | 2, TAG_LEASE_TTL = 2 << 3,
+    TAG_STATUS = 1 << 3 | 2, TAG_SIZE = 2 << 3, TAG_REPLICAS = 3 << 3 | 2,
+    TAG_KEY = 1 << 3 | 2, TAG_CODE = 2 << 3, TAG_MESSAGE = 3 << 3 | 2,
+    TAG_TIER = 3 << 3, TAG_OFFSET = 4 << 3, TAG_LENGTH = 5 << 3, TAG_STATE = 6 << 3,
+    TAG_GRANT = 11 << 3 | 2,
+};
+
+mc_desc_segment *mc_desc_segment_new(const uint8_t *grant_key, size_t key_len,
+                                     const char *worker_id, size_t worker_id_len,
+                                     uint32_t segment_id,
+                                     const uint8_t *head, size_t head_len,
+                                     const uint8_t *middle, size_t middle_len,
+                                     const uint8_t *tail, size_t tail_len) {
+    if (key_len == 0) {
+        mc_fail(-EINVAL, "no grant key");
+        return NULL;
+    }
+    if (worker_id_len > MC_GRANT_MAX_WORKER_ID) {
+        mc_fail(-EINVAL, "worker id of %zu bytes (at most %d)", worker_id_len,
+                MC_GRANT_MAX_WORKER_ID);
+        return NULL;
+    }
+    mc_desc_segment *s = calloc(1, sizeof *s);
+    uint8_t *bytes = malloc(worker_id_len + head_len + middle_len + tail_len + 1);
+    if (s == NULL || bytes == NULL) {
+        free(s);
+        free(bytes);
+        mc_fail(-ENOMEM, "out of memory for a segment's descriptor");
+        return NULL;
+    }
+    uint8_t block[SHA256_CBLOCK] = {0}, pad[SHA256_CBLOCK];
+    if (key_len > SHA256_CBLOCK)
+        SHA256(grant_key, key_len, block);  /* RFC 2104: a long key is hashed first */
+    else
+        memcpy(block, grant_key, key_len);
+    for (int i = 0; i < SHA256_CBLOCK; i++) pad[i] = block[i] ^ 0x36;
+    SHA256_Init(&s->inner);
+    SHA256_Update(&s->inner, pad, sizeof pad);
+    for (int i = 0; i < SHA256_CBLOCK; i++) pad[i] = block[i] ^ 0x5c;
+    SHA256_Init(&s->outer);
+    SHA256_Update(&s->outer, pad, sizeof pad);
+    s->segment_id = segment_id;
+    s->worker_id = bytes;
+    s->head = s->worker_id + worker_id_len;
+    s->middle = s->head + head_len;
+    s->tail = s->middle + middle_len;
+    memcpy(s->worker_id, worker_id, worker_id_len);
+    memcpy(s->head, head, head_len);
+    memcpy(s->middle, middle, middle_len);
+    memcpy(s->tail, tail, tail_len);
+    s->worker_id_len = worker_id_len;
+    s->head_len = head_len;
+    s->middle_len = middle_len;
+    s->tail_len = tail_len;
+    return s;
+}
+
+void mc_desc_segment_free(mc_desc_segment *segment) {
+    if (segment == NULL) return;
+    free(segment->worker_id);
+    free(segment);
+}
+
+static size_t varint_len(uint64_t v) {
+    size_t n = 1;
+    while (v >= 0x80) {
+        v >>= 7;
+        n++;
+    }
+    return n;
+}
+
+static uint8_t *put_varint(uint8_t *p, uint64_t v) {
+    while (v >= 0x80) {
+        *p++ = (uint8_t)(v | 0x80);
+        v >>= 7;
+    }
+    *p++ = (uint8_t)v;
+    return p;
+}
+
+/* a varint field's bytes, 0 when proto3 leaves it out (zero) */
+static size_t scalar_len(uint64_t v) { return v ? 1 + varint_len(v) : 0; }
+
+static uint8_t *put_scalar(uint8_t *p, int tag, uint64_t v) {
+    if (v == 0) return p;
+    *p++ = (uint8_t)tag;
+    return put_varint(p, v);
+}
+
+static size_t nested_len(size_t body) { return 1 + varint_len(body) + body; }
+
+static uint8_t *put_nested(uint8_t *p, int tag, size_t body) {
+    *p++ = (uint8_t)tag;
+    return put_varint(p, body);
+}
+
+static uint8_t *put_string(uint8_t *p, int tag, const uint8_t *s, size_t n) {
+    if (n == 0) return p;
+    p = put_nested(p, tag, n);
+    memcpy(p, s, n);
+    return p + n;
+}
+
+static uint64_t zigzag32(int64_t code) {
+    int32_t v = (int32_t)code;
+    return (uint32_t)(((uint32_t)v << 1) ^ (uint32_t)(v >> 31));
+}
+
+static size_t grant_len(const mc_desc_segment *s) {
+    return MC_GRANT_HEAD_BYTES + s->worker_id_len + MC_GRANT_MAC_BYTES;
+}
+
+/* r: segment index, tier, state, offset, length */
+static size_t descriptor_len(const mc_desc_segment *s, const int64_t *r) {
+    return s->head_len + scalar_len((uint64_t)r[1]) + scalar_len((uint64_t)r[3])
+           + scalar_len((uint64_t)r[4]) + scalar_len((uint64_t)r[2]) + s->middle_len
+           + nested_len(grant_len(s)) + s->tail_len;
+}
+
+static void put_be(uint8_t *p, uint64_t v, int bytes) {
+    for (int i = bytes - 1; i >= 0; i--) {
+        p[i] = (uint8_t)v;
+        v >>= 8;
+    }
+}
+
+/* proto/grants.py's grant: the big-endian head, the worker id, HMAC-SHA256 of both */
+static uint8_t *put_grant(uint8_t *p, const mc_desc_segment *s, int op, uint64_t offset,
+                          uint64_t length, uint64_t expiry_ms) {
+    uint8_t *body = p;
+    body[0] = MC_GRANT_VERSION;
+    body[1] = (uint8_t)op;
+    put_be(body + 2, s->segment_id, 4);
+    put_be(body + 6, offset, 8);
+    put_be(body + 14, length, 8);
+    put_be(body + 22, expiry_ms, 8);
+    put_be(body + 30, s->worker_id_len, 2);
+    memcpy(body + MC_GRANT_HEAD_BYTES, s->worker_id, s->worker_id_len);
+    size_t body_len = MC_GRANT_HEAD_BYTES + s->worker_id_len;
+    uint8_t inner_digest[SHA256_DIGEST_LENGTH];
+    SHA256_CTX ctx = s->inner;
+    SHA256_Update(&ctx, body, body_len);
+    SHA256_Final(inner_digest, &ctx);
+    ctx = s->outer;
+    SHA256_Update(&ctx, inner_digest, sizeof inner_digest);
+    SHA256_Final(body + body_len, &ctx);
+    return body + body_len + MC_GRANT_MAC_BYTES;
+}
+
+static uint8_t *put_descriptor(uint8_t *p, const mc_desc_segment *s, const int64_t *r, int op,
+                               uint64_t expiry_ms) {
+    memcpy(p, s->head, s->head_len);
+    p += s->head_len;
+    p = put_scalar(p, TAG_TIER, (uint64_t)r[1]);
+    p = put_scalar(p, TAG_OFFSET, (uint64_t)r[3]);
+    p = put_scalar(p, TAG_LENGTH, (uint64_t)r[4]);
+    p = put_scalar(p, TAG_STATE, (uint64_t)r[2]);
+    memcpy(p, s->middle, s->middle_len);
+    p += s->middle_len;
+    p = put_nested(p, TAG_GRANT, grant_len(s));
+    p = put_grant(p, s, op, (uint64_t)r[3], (uint64_t)r[4], expiry_ms);
+    memcpy(p, s->tail, s->tail_len);
+    return p + s->tail_len;
+}
+
+typedef struct {
+    const int64_t *item, *replicas;  /* into fields */
+    size_t n_replicas, key_at, status_len, body_len;
+} item_plan;
+
+/* Checks item i (its fields at fields[*at], its text at text[*text_at]) and sizes it. */
+static int plan_item(item_plan *plan, mc_desc_segment **segments, size_t n_segments,
+                     const int64_t *fields, size_t n_fields, size_t *at, size_t text_len,
+                     size_t *text_at) {
+    if (n_fields - *at < MC_ANSWER_ITEM_FIELDS)
+        return mc_fail(-EINVAL, "answer fields end inside an item");
+    const int64_t *item = fields + *at;
+    *at += MC_ANSWER_ITEM_FIELDS;
+    if (item[0] < 0 || item[2] < 0 || item[3] < 0 || item[4] < 0
+        || item[1] < INT32_MIN || item[1] > INT32_MAX)
+        return mc_fail(-EINVAL, "an answer item has a negative size or count");
+    size_t key_len = (size_t)item[2], message_len = (size_t)item[3];
+    size_t n_replicas = (size_t)item[4];
+    if (text_len - *text_at < key_len || text_len - *text_at - key_len < message_len)
+        return mc_fail(-EINVAL, "answer text ends inside an item");
+    if (n_replicas > (n_fields - *at) / MC_ANSWER_REPLICA_FIELDS)
+        return mc_fail(-EINVAL, "answer fields end inside an item's replicas");
+    plan->item = item;
+    plan->replicas = fields + *at;
+    plan->n_replicas = n_replicas;
+    plan->key_at = *text_at;
+    *at += n_replicas * MC_ANSWER_REPLICA_FIELDS;
+    *text_at += key_len + message_len;
+    plan->status_len = (key_len ? nested_len(key_len) : 0) + scalar_len(zigzag32(item[1]))
+                       + (message_len ? nested_len(message_len) : 0);
+    size_t body = nested_len(plan->status_len) + scalar_len((uint64_t)item[0]);
+    for (size_t j = 0; j < n_replicas; j++) {
+        const int64_t *r = plan->replicas + j * MC_ANSWER_REPLICA_FIELDS;
+        if (r[0] < 0 || (uint64_t)r[0] >= n_segments || segments[r[0]] == NULL)
+            return mc_fail(-EINVAL, "a replica names segment %lld of %zu", (long long)r[0],
+                           n_segments);
+        if (r[1] < 0 || r[2] < 0 || r[3] < 0 || r[4] < 0)
+            return mc_fail(-EINVAL, "a replica has a negative field");
+        body += nested_len(descriptor_len(segments[r[0]], r));
+    }
+    plan->body_len = body;
+    return 0;
+}
+
+static uint8_t *put_item(uint8_t *p, const item_plan *plan, mc_desc_segment **segments,
+                         const uint8_t *text, int op, uint64_t expiry_ms) {
+    const int64_t *item = plan->item;
+    size_t key_len = (size_t)item[2], message_len = (size_t)item[3];
+    p = put_nested(p, TAG_ITEMS, plan->body_len);
+    p = put_nested(p, TAG_STATUS, plan->status_len);
+    p = put_string(p, TAG_KEY, text + plan->key_at, key_len);
+    p = put_scalar(p, TAG_CODE, zigzag32(item[1]));
+    p = put_string(p, TAG_MESSAGE, text + plan->key_at + key_len, message_len);
+    p = put_scalar(p, TAG_SIZE, (uint64_t)item[0]);
+    for (size_t j = 0; j < plan->n_replicas; j++) {
+        const int64_t *r = plan->replicas + j * MC_ANSWER_REPLICA_FIELDS;
+        const mc_desc_segment *s = segments[r[0]];
+        p = put_nested(p, TAG_REPLICAS, descriptor_len(s, r));
+        p = put_descriptor(p, s, r, op, expiry_ms);
+    }
+    return p;
+}
+
+int64_t mc_encode_get_replicas(uint8_t *out, size_t cap, size_t *needed,
+                               mc_desc_segment **segments, size_t n_segments,
+                               const int64_t *fields, size_t n_fields,
+                               const uint8_t *text, size_t text_len, size_t n_items,
+                               int op, uint64_t expiry_ms, uint32_t lease_ttl_ms) {
+    if (op != MC_OP_READ && op != MC_OP_WRITE)
+        return mc_fail(-EINVAL, "grant op %d is neither READ nor WRITE", op);
+    enum { STACK_ITEMS = 64 };
+    item_plan stack[STACK_ITEMS];
+    item_plan *plans = n_items <= STACK_ITEMS ? stack : malloc(n_items * sizeof *plans);
+    if (plans == NULL) return mc_fail(-ENOMEM, "out of memory for %zu answer items", n_items);
+    int64_t rc = 0;
+    size_t at = 0, text_at = 0, total = scalar_len(lease_ttl_ms);
+    for (size_t i = 0; i < n_items && rc == 0; i++) {
+        rc = plan_item(&plans[i], segments, n_segments, fields, n_fields, &at, text_len,
+                       &text_at);
+        if (rc == 0) total += nested_len(plans[i].body_len);
+    }
+    if (rc == 0 && (at != n_fields || text_at != text_len))
+        rc = mc_fail(-EINVAL, "answer fields or text left over after %zu items", n_items);
+    if (rc == 0 && total > cap) {
+        *needed = total;
+        rc = mc_fail(-ENOSPC, "an answer of %zu bytes does not fit in %zu", total, cap);
+    }
+    if (rc == 0) {
+        uint8_t *p = out;
+        for (size_t i = 0; i < n_items; i++)
+            p = put_item(p, &plans[i], segments, text, op, expiry_ms);
+        p = put_scalar(p, TAG_LEASE_TTL, lease_ttl_ms);
+        rc = (int64_t)(p - out);
+    }
+    if (plans != stack) free(plans);
+    return rc;
+}

@@ -1,0 +1,128 @@
+"""The C encoder of GetReplicas answers (native/answer.py): its bytes equal protobuf's own
+encoding of the same message, grants signed in C verify, and inconsistent input is refused."""
+import hashlib
+import hmac
+
+import pytest
+
+from mooncake_native.answer import DescriptorSegment, ReadAnswer
+from mooncake_proto import grants
+from mooncake_proto import mooncake_pb2 as pb
+from mooncake_proto.errors import ErrorCode, InvalidArgumentError
+
+pytestmark = pytest.mark.timeout(30)
+
+EXPIRY_MS = 1_790_000_000_123
+KEY_A, KEY_B = b"a" * 32, bytes(range(32))
+
+
+def _shared(worker_id: str, segment_id: int, **fields) -> pb.ReplicaDescriptor:
+    defaults = dict(data_addr="10.0.0.1:7000", node_id="node-1", path="/dev/shm/mooncake-w",
+                    segment_size=1 << 30, grpc_addr="10.0.0.1:7001", rdma=False)
+    defaults.update(fields)
+    return pb.ReplicaDescriptor(worker_id=worker_id, segment_id=segment_id, **defaults)
+
+
+class _Segment:
+    """A segment as the test knows it: the C encoder's handle and what protobuf would need."""
+
+    def __init__(self, key: bytes, worker_id: str, segment_id: int, **fields):
+        self.shared = _shared(worker_id, segment_id, **fields)
+        self.signer = grants.Signer(key, worker_id)
+        self.native = DescriptorSegment(key, worker_id, segment_id, self.shared)
+
+
+def _expected(items, lease_ttl_ms: int, op=grants.Op.READ) -> bytes:
+    """Protobuf's encoding of the answer `items` describes, grants signed in Python."""
+    response = pb.GetReplicasResponse(lease_ttl_ms=lease_ttl_ms)
+    for key, code, message, size, replicas in items:
+        item = response.items.add(size=size)
+        item.status.key = key
+        item.status.code, item.status.message = code, message
+        for segment, tier, state, offset, length in replicas:
+            d = item.replicas.add()
+            d.CopyFrom(segment.shared)
+            d.tier, d.state, d.offset, d.length = tier, state, offset, length
+            d.grant = segment.signer.sign(op, segment.shared.segment_id, offset, length,
+                                          EXPIRY_MS)
+    return response.SerializeToString()
+
+
+def _encoded(items, lease_ttl_ms: int, op=grants.Op.READ) -> bytes:
+    answer = ReadAnswer()
+    for key, code, message, size, replicas in items:
+        answer.add(key, code, message, size,
+                   [(s.native, tier, state, offset, length)
+                    for s, tier, state, offset, length in replicas])
+    return answer.encode(op, EXPIRY_MS, lease_ttl_ms)
+
+
+def test_answers_equal_protobufs_encoding_field_for_field():
+    dram = _Segment(KEY_A, "worker-a", 0)
+    ssd = _Segment(KEY_A, "worker-a", 7, path="/ssd/mooncake-w", segment_size=1 << 40)
+    other = _Segment(KEY_B, "wörker-b", 1, rdma=True, grpc_addr="")
+    items = [
+        ("k", 0, "", 4096, [(dram, 0, 2, 0, 4096)]),  # offset 0 and tier 0: left out
+        ("kv/layer-3/blöck", 0, "", 1 << 33, [(ssd, 1, 2, (1 << 39) + 64, 1 << 33),
+                                              (other, 0, 2, 12345, 1 << 33)]),
+        ("missing", int(ErrorCode.OBJECT_NOT_FOUND), "key 'missing' not found", 0, []),
+        ("pending", int(ErrorCode.REPLICA_IS_NOT_READY), "is being written — wait", 0, []),
+        ("", 0, "", 0, []),  # an empty status and nothing else
+        ("many", 0, "", 1, [(dram, 0, 2, 128 * i, 1) for i in range(40)]),
+    ]
+    for ttl in (10_000, 0):
+        assert _encoded(items, ttl) == _expected(items, ttl)
+    assert _encoded(items[:1], 1, grants.Op.WRITE) == _expected(items[:1], 1, grants.Op.WRITE)
+    assert _encoded([], 10_000) == _expected([], 10_000)
+
+
+def test_grants_signed_in_c_verify_with_the_workers_key():
+    long_key = b"k" * 100  # longer than a SHA-256 block: HMAC hashes it first
+    segment = _Segment(long_key, "w", 3)
+    (item,) = pb.GetReplicasResponse.FromString(
+        _encoded([("k", 0, "", 10, [(segment, 0, 2, 640, 10)])], 10_000)).items
+    token = item.replicas[0].grant
+    grant = grants.verify(long_key, token, "w", now_ms=EXPIRY_MS)
+    assert (grant.op, grant.segment_id, grant.offset, grant.length, grant.expiry_ms) == \
+        (grants.Op.READ, 3, 640, 10, EXPIRY_MS)
+    body, mac = token[:-32], token[-32:]
+    assert hmac.new(long_key, body, hashlib.sha256).digest() == mac
+    with pytest.raises(grants.GrantError):
+        grants.verify(KEY_A, token, "w", now_ms=EXPIRY_MS)
+
+
+def test_an_answer_larger_than_the_scratch_buffer():
+    segment = _Segment(KEY_A, "w", 0)
+    items = [(f"{i:04d}/" + "x" * 4000, 0, "", i, [(segment, 0, 2, i * 64, i + 1)])
+             for i in range(40)]  # about 170 KiB
+    assert len(_encoded(items, 10_000)) > 64 << 10
+    assert _encoded(items, 10_000) == _expected(items, 10_000)
+    assert _encoded(items[:2], 10_000) == _expected(items[:2], 10_000)  # and back to small
+
+
+def test_inconsistent_input_is_refused():
+    segment = _Segment(KEY_A, "w", 0)
+    answer = ReadAnswer()
+    answer.add("k", 0, "", 1, [(segment.native, 0, 2, 0, 1)])
+    answer._fields[-1] = -1  # a negative length
+    with pytest.raises(InvalidArgumentError, match="negative"):
+        answer.encode(grants.Op.READ, EXPIRY_MS, 1)
+    answer = ReadAnswer()
+    answer.add("k", 0, "", 1, [(segment.native, 0, 2, 0, 1)])
+    answer._fields[5] = 1  # a segment index past the table
+    with pytest.raises(InvalidArgumentError, match="segment 1 of 1"):
+        answer.encode(grants.Op.READ, EXPIRY_MS, 1)
+    answer = ReadAnswer()
+    answer.add("k", 0, "", 1, [])
+    answer._text.append(b"extra")
+    with pytest.raises(InvalidArgumentError, match="left over"):
+        answer.encode(grants.Op.READ, EXPIRY_MS, 1)
+    with pytest.raises(InvalidArgumentError, match="op 9"):
+        ReadAnswer().encode(9, EXPIRY_MS, 1)
+
+
+def test_a_segment_needs_a_key_and_a_grantable_worker_id():
+    with pytest.raises(InvalidArgumentError, match="no grant key"):
+        DescriptorSegment(b"", "w", 0, _shared("w", 0))
+    with pytest.raises(InvalidArgumentError, match="worker id"):
+        DescriptorSegment(KEY_A, "w" * 1025, 0, _shared("w" * 1025, 0))
