@@ -4,22 +4,19 @@
  * | wire type: 0 varint, 2 length-delimited) then a varint or a varint length and bytes;
  * proto3 leaves out a scalar that is zero and a string that is empty. Lengths of nested
  * messages come first, so each one's size is computed before it is written.
- *
- * The grant MAC is HMAC-SHA256 (RFC 2104) computed from SHA-256 states that already hold the
- * key's inner and outer pads: per grant, two SHA-256 finishes instead of an HMAC set-up.
+ * Grants are MACed under the segment's prepared key (grant_internal.h).
  */
-#define OPENSSL_SUPPRESS_DEPRECATED  /* SHA256_CTX: the one OpenSSL API with a copyable state */
+#include "grant_internal.h"
 #include "mc_answer.h"
-#include "mc_grant.h"
 
 #include <errno.h>
 #include <stdlib.h>
 #include <string.h>
 
-#include <openssl/sha.h>
+#include <openssl/crypto.h>
 
 struct mc_desc_segment {
-    SHA256_CTX inner, outer;  /* after key ^ ipad and key ^ opad */
+    mc_grant_key key;
     uint32_t segment_id;
     size_t worker_id_len, head_len, middle_len, tail_len;
     uint8_t *worker_id, *head, *middle, *tail;  /* one allocation, worker_id first */
@@ -61,17 +58,7 @@ mc_desc_segment *mc_desc_segment_new(const uint8_t *grant_key, size_t key_len,
         mc_fail(-ENOMEM, "out of memory for a segment's descriptor");
         return NULL;
     }
-    uint8_t block[SHA256_CBLOCK] = {0}, pad[SHA256_CBLOCK];
-    if (key_len > SHA256_CBLOCK)
-        SHA256(grant_key, key_len, block);  /* RFC 2104: a long key is hashed first */
-    else
-        memcpy(block, grant_key, key_len);
-    for (int i = 0; i < SHA256_CBLOCK; i++) pad[i] = block[i] ^ 0x36;
-    SHA256_Init(&s->inner);
-    SHA256_Update(&s->inner, pad, sizeof pad);
-    for (int i = 0; i < SHA256_CBLOCK; i++) pad[i] = block[i] ^ 0x5c;
-    SHA256_Init(&s->outer);
-    SHA256_Update(&s->outer, pad, sizeof pad);
+    mc_grant_key_init(&s->key, grant_key, key_len);
     s->segment_id = segment_id;
     s->worker_id = bytes;
     s->head = s->worker_id + worker_id_len;
@@ -91,6 +78,7 @@ mc_desc_segment *mc_desc_segment_new(const uint8_t *grant_key, size_t key_len,
 void mc_desc_segment_free(mc_desc_segment *segment) {
     if (segment == NULL) return;
     free(segment->worker_id);
+    OPENSSL_cleanse(segment, sizeof *segment);
     free(segment);
 }
 
@@ -171,13 +159,7 @@ static uint8_t *put_grant(uint8_t *p, const mc_desc_segment *s, int op, uint64_t
     put_be(body + 30, s->worker_id_len, 2);
     memcpy(body + MC_GRANT_HEAD_BYTES, s->worker_id, s->worker_id_len);
     size_t body_len = MC_GRANT_HEAD_BYTES + s->worker_id_len;
-    uint8_t inner_digest[SHA256_DIGEST_LENGTH];
-    SHA256_CTX ctx = s->inner;
-    SHA256_Update(&ctx, body, body_len);
-    SHA256_Final(inner_digest, &ctx);
-    ctx = s->outer;
-    SHA256_Update(&ctx, inner_digest, sizeof inner_digest);
-    SHA256_Final(body + body_len, &ctx);
+    mc_grant_mac(&s->key, body, body_len, body + body_len);
     return body + body_len + MC_GRANT_MAC_BYTES;
 }
 

@@ -118,8 +118,10 @@ int mc_server_set_grant_key(mc_server *s, const uint8_t *key, size_t key_len) {
     if (key_len > MC_SERVER_MAX_KEY_BYTES)
         return mc_fail(-EINVAL, "grant key of %zu bytes (at most %d)", key_len,
                        MC_SERVER_MAX_KEY_BYTES);
+    mc_grant_key prepared;
+    if (key_len > 0) mc_grant_key_init(&prepared, key, key_len);
     pthread_rwlock_wrlock(&s->auth_lock);
-    memcpy(s->key, key, key_len);
+    if (key_len > 0) s->key = prepared;
     s->key_len = key_len;
     pthread_rwlock_unlock(&s->auth_lock);
     return 0;

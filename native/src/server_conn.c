@@ -234,8 +234,9 @@ static int authorize(mc_conn *c, const request *r, const uint8_t *token,
     mc_grant grant;
     pthread_rwlock_rdlock(&s->auth_lock);
     int registered = s->key_len > 0;
-    int rc = registered ? mc_grant_verify(s->key, s->key_len, token, r->grant_len, s->worker_id,
-                                          s->worker_id_len, clock_ms(CLOCK_REALTIME), &grant)
+    int rc = registered ? mc_grant_verify_keyed(&s->key, token, r->grant_len, s->worker_id,
+                                                s->worker_id_len, clock_ms(CLOCK_REALTIME),
+                                                &grant)
                         : 0;
     pthread_rwlock_unlock(&s->auth_lock);
     if (!registered)

@@ -2,7 +2,7 @@
 #ifndef MC_SERVER_INTERNAL_H
 #define MC_SERVER_INTERNAL_H
 
-#include "mc_grant.h"
+#include "grant_internal.h"
 #include "mc_server.h"
 
 #include <pthread.h>
@@ -42,7 +42,7 @@ struct mc_server {
 
     /* the grant key and worker id: swapped (re-registration) while requests verify */
     pthread_rwlock_t auth_lock;
-    uint8_t key[MC_SERVER_MAX_KEY_BYTES];
+    mc_grant_key key;             /* valid when key_len > 0 */
     size_t key_len;
     char worker_id[MC_GRANT_MAX_WORKER_ID + 1];
     size_t worker_id_len;
