@@ -123,6 +123,8 @@ def take(conn, buf: bytearray, n: int) -> bytes | None:
 
 def refuse_and_linger(conn, status: int) -> None:
     """The old server's answer_refusal and linger_close."""
+    if status == INVALID_PARAMS:
+        assert wire.encode_response(status) == wire.MCD1_ONLY_REFUSAL
     conn.sendall(wire.encode_response(status))
     conn.shutdown(socket.SHUT_WR)
     deadline = time.monotonic() + 1.0
