@@ -17,8 +17,9 @@ import time
 import pytest
 
 from mooncake_native.tcp import (FORM_ALIGNED, FORM_MCD1, OP_READ, OP_WRITE, STATUS_PENDING,
-                                 DataRequest, PeerForms, exchange_many)
+                                 DataConnection, DataRequest, PeerForms, exchange_many)
 from mooncake_proto import dataplane as wire
+from mooncake_proto.errors import InvalidArgumentError
 
 pytestmark = pytest.mark.timeout(30)
 
@@ -371,3 +372,15 @@ def test_other_closes_are_errors_not_a_fallback(script, caplog):
     assert peer.connections == 1 and legacy_lines(caplog) == []
     if script is _mcd1_shaped_refusal_after_a_good_answer:
         assert reqs[0].status == 0 and bytes(targets[0]) == b"abcd"
+
+
+def test_an_unknown_form_is_refused_before_anything_is_sent():
+    peer = Listener(lambda conn: conn.recv(1))
+    host, port = peer.addr.rsplit(":", 1)
+    conn = DataConnection(host, int(port), 10, form=7)
+    try:
+        with pytest.raises(InvalidArgumentError, match="unknown wire form 7"):
+            conn.exchange([DataRequest(OP_READ, 0, 0, 1, GRANT, [memoryview(bytearray(1))])], 1)
+    finally:
+        conn.close()
+        peer.close()
