@@ -35,12 +35,12 @@
 /* an answer header's slot, sized for the larger form: "!iQ" then, aligned, zeros to 64 */
 #define HEAD_SLOT_BYTES MC_DATAPLANE_ALIGNED_RESPONSE_BYTES
 
-/* what differs between the wire forms; an exchange holds its connection's, so the same code
- * sends and receives both */
+/* what differs between the wire forms; an exchange copies its connection's into its cursor
+ * and state, so the same code sends and receives both at no cost beyond a load */
 typedef struct {
     char magic[4];
     uint32_t head_bytes;   /* an answer header */
-    uint64_t pad_mask;     /* the zeros after n bytes are -n & pad_mask: none in MCD1 */
+    uint32_t pad_mask;     /* the zeros after n bytes are -n & pad_mask: none in MCD1 */
 } wire_form;
 
 _Static_assert((MC_DATAPLANE_ALIGN & (MC_DATAPLANE_ALIGN - 1)) == 0, "a power of two");
@@ -50,8 +50,8 @@ static const wire_form forms[] = {
     [MC_TCP_FORM_MCD1] = {{'M', 'C', 'D', '1'}, MC_DATAPLANE_RESPONSE_BYTES, 0},
 };
 
-static inline uint32_t pad_of(const wire_form *form, uint64_t n) {
-    return (uint32_t)(-n & form->pad_mask);
+static inline uint32_t pad_of(uint32_t pad_mask, uint64_t n) {
+    return (uint32_t)-n & pad_mask;
 }
 
 static const uint8_t zeros[MC_DATAPLANE_ALIGN];   /* our requests' padding */
@@ -135,7 +135,7 @@ int mc_tcp_close(int fd) { return close(fd) == 0 ? 0 : mc_fail(-errno, "close: %
 typedef struct {
     mc_tcp_request *requests;
     size_t count;
-    const wire_form *form;
+    uint32_t pad_mask; /* the form's */
     uint8_t (*headers)[REQUEST_HEADER_BYTES];
     size_t req;        /* request being sent */
     uint32_t piece;    /* 0 header, 1 grant, 2 its padding, 3.. payload iovs, then theirs */
@@ -148,13 +148,13 @@ static int piece_at(const send_cursor *c, size_t req, uint32_t piece, struct iov
     if (piece == 1) { out->iov_base = (void *)r->grant; out->iov_len = r->grant_len; return 1; }
     if (piece == 2) {
         out->iov_base = (void *)zeros;
-        out->iov_len = pad_of(c->form, REQUEST_HEADER_BYTES + r->grant_len);
+        out->iov_len = pad_of(c->pad_mask, REQUEST_HEADER_BYTES + r->grant_len);
         return 1;
     }
     if (r->op != MC_OP_WRITE || piece - 3 > r->iov_count) return 0;
     if (piece - 3 == r->iov_count) {
         out->iov_base = (void *)zeros;
-        out->iov_len = pad_of(c->form, r->length);
+        out->iov_len = pad_of(c->pad_mask, r->length);
         return 1;
     }
     out->iov_base = r->iov[piece - 3].base;
@@ -223,6 +223,7 @@ static int send_some(int fd, send_cursor *c) {
 typedef struct {
     size_t req;                      /* request whose response is being read */
     const wire_form *form;
+    uint32_t head_bytes, pad_mask;   /* the form's */
     uint8_t (*heads)[HEAD_SLOT_BYTES];   /* a header slot per request */
     uint32_t head_len;               /* bytes of the current header read so far */
     int in_payload;                  /* the head is done; a READ payload is arriving */
@@ -270,7 +271,7 @@ static int take_head(mc_tcp_request *r, recv_state *s) {
  * padding after it are complete */
 static void settle_payload(mc_tcp_request *r, recv_state *s) {
     while (s->iov < r->iov_count && s->done == r->iov[s->iov].length) { s->iov++; s->done = 0; }
-    if (s->iov == r->iov_count && s->pad_done == pad_of(s->form, r->length)) finish(r, s);
+    if (s->iov == r->iov_count && s->pad_done == pad_of(s->pad_mask, r->length)) finish(r, s);
 }
 
 /* where the next bytes go, answer after answer from the current position: up to
@@ -279,7 +280,7 @@ static int plan_recv(mc_tcp_request *requests, size_t count, const recv_state *s
                      struct iovec *iov) {
     int n = 0;
     uint64_t total = 0;
-    const uint32_t head_bytes = s->form->head_bytes;
+    const uint32_t head_bytes = s->head_bytes;
     for (size_t req = s->req; req < count && n < MAX_RECV_IOVS && total < MAX_RECV_BYTES; req++) {
         const mc_tcp_request *r = &requests[req];
         int current = req == s->req;
@@ -301,7 +302,7 @@ static int plan_recv(mc_tcp_request *requests, size_t count, const recv_state *s
         }
         if (i < r->iov_count || n == MAX_RECV_IOVS) return n;
         uint32_t from = current && s->in_payload ? s->pad_done : 0;
-        uint32_t pad = pad_of(s->form, r->length) - from;
+        uint32_t pad = pad_of(s->pad_mask, r->length) - from;
         if (pad > 0) {
             iov[n++] = (struct iovec){(uint8_t *)s->pad + from, pad};
             total += pad;
@@ -315,11 +316,11 @@ static int consume(mc_tcp_request *requests, size_t count, recv_state *s, uint64
     while (got > 0 && s->req < count && !s->refused) {
         mc_tcp_request *r = &requests[s->req];
         if (!s->in_payload) {
-            uint32_t take = s->form->head_bytes - s->head_len;
+            uint32_t take = s->head_bytes - s->head_len;
             if (take > got) take = (uint32_t)got;
             s->head_len += take;
             got -= take;
-            if (s->head_len == s->form->head_bytes) {
+            if (s->head_len == s->head_bytes) {
                 int rc = take_head(r, s);
                 if (rc < 0) return rc;
                 if (s->in_payload) settle_payload(r, s);
@@ -327,7 +328,7 @@ static int consume(mc_tcp_request *requests, size_t count, recv_state *s, uint64
             continue;
         }
         if (s->iov == r->iov_count) {   /* the payload is in: its padding */
-            uint32_t left = pad_of(s->form, r->length) - s->pad_done;
+            uint32_t left = pad_of(s->pad_mask, r->length) - s->pad_done;
             uint32_t take = left < got ? left : (uint32_t)got;
             s->pad_done += take;
             got -= take;
@@ -465,9 +466,12 @@ static int start_exchange(exchange *x, int fd, int form, mc_tcp_request *request
         end_exchange(x, mc_fail(-ENOMEM, "out of memory for %zu requests", count));
         return x->rc;
     }
-    x->s.form = &forms[form];
-    encode_headers(x->s.form, requests, count, x->headers);
-    x->c = (send_cursor){.requests = requests, .count = count, .form = x->s.form,
+    const wire_form *f = &forms[form];
+    x->s.form = f;
+    x->s.head_bytes = f->head_bytes;
+    x->s.pad_mask = f->pad_mask;
+    encode_headers(f, requests, count, x->headers);
+    x->c = (send_cursor){.requests = requests, .count = count, .pad_mask = f->pad_mask,
                          .headers = x->headers};
     x->deadline = now_ms() + timeout_ms;
     return 0;
