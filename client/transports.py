@@ -16,7 +16,8 @@ from mooncake_native import FileSegment, SegmentMapping
 from mooncake_native.binding import ffi
 from mooncake_native.buffers import copy_batch, copy_rows, fresh_bytes, fresh_bytes_at, rows_for
 from mooncake_native.segment import SEGMENT_FILE_PREFIX
-from mooncake_native.tcp import OP_READ, OP_WRITE, DataConnection, DataRequest, exchange_many
+from mooncake_native.tcp import (OP_READ, OP_WRITE, DataConnection, DataRequest, PeerForms,
+                                  exchange_many)
 from mooncake_proto import mooncake_pb2 as pb
 from mooncake_proto.errors import MooncakeError, TransferError, error_for_code
 
@@ -208,6 +209,7 @@ class TcpTransport:
     def __init__(self, timeout_s: float):
         self.timeout_s = timeout_s
         self._idle: dict[str, list[DataConnection]] = {}
+        self._forms = PeerForms()  # workers older than the aligned wire form get MCD1
         self._lock = threading.Lock()
 
     def usable(self, replica: pb.ReplicaDescriptor) -> bool:
@@ -339,8 +341,7 @@ class TcpTransport:
             idle = self._idle.get(addr)
             if idle:
                 return idle.pop(), True
-        host, _, port = addr.rpartition(":")
-        return DataConnection(host, int(port), self.timeout_s), False
+        return self._forms.connect(addr, self.timeout_s), False
 
     def _checkin(self, addr: str, conn: DataConnection) -> None:
         with self._lock:

@@ -16,11 +16,21 @@ MCD1's 12-byte response header they start misaligned, and on the AMD EPYC VMs we
 the kernel's socket copies (rep movsb) of a misaligned 4 MiB payload run 2-3 times slower:
 1.7-2 ms per 4 MiB read against 0.8-1.1 ms aligned. The worker answers each request in the
 form it came in, so MCD1 clients keep working.
+
+Workers before the aligned form (native library < 3.3.0) speak only MCD1. An MCD2 header is
+malformed to them: they answer MCD1_ONLY_REFUSAL (INVALID_PARAMS, length 0, 12 bytes) as soon
+as its 28 bytes are in, without reading the grant or a payload, and close. Our client takes
+exactly that, as the first answer of an exchange followed by the close, to mean such a worker:
+it connects again, runs the exchange once more in MCD1 (nothing of it had been applied) and
+keeps MCD1 for that address (native/tcp.py, PeerForms). A worker that speaks MCD2 answers
+every MCD2 request, a refusal included, with a 64-byte header.
 """
 from __future__ import annotations
 
 import socket
 import struct
+
+from mooncake_proto.errors import ErrorCode
 
 MAGIC = b"MCD1"
 MAGIC_ALIGNED = b"MCD2"
@@ -31,6 +41,7 @@ ALIGNED_RESPONSE_BYTES = 64
 OP_READ = 1
 OP_WRITE = 2
 MAX_GRANT_LEN = 2048
+MCD1_ONLY_REFUSAL = RESPONSE.pack(ErrorCode.INVALID_PARAMS, 0)  # an old worker's answer to MCD2
 
 
 def pad(n: int) -> int:

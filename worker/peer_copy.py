@@ -18,7 +18,7 @@ from typing import Iterator, Sequence
 
 from mooncake_native.file_segment import FileSegment
 from mooncake_native.segment import SegmentMapping
-from mooncake_native.tcp import OP_WRITE, STATUS_PENDING, DataConnection, DataRequest
+from mooncake_native.tcp import OP_WRITE, STATUS_PENDING, DataConnection, DataRequest, PeerForms
 from mooncake_proto.errors import MooncakeError, TransferError, error_for_code
 
 PEER_TIMEOUT_S = 5.0        # silence after which a destination counts as gone
@@ -57,6 +57,7 @@ class PeerWriter:
         self.timeout_s = timeout_s
         self.chunk_bytes, self.bounce_bytes = chunk_bytes, bounce_bytes
         self._idle: dict[str, DataConnection] = {}  # data address -> a connection to reuse
+        self._forms = PeerForms()  # destinations older than the aligned wire form get MCD1
         self._bounce: memoryview | None = None      # allocated on the first SSD source
 
     def write(self, addr: str, copies: Sequence[PeerCopy]) -> None:
@@ -144,8 +145,7 @@ class PeerWriter:
         conn = self._idle.pop(addr, None)
         if conn is not None:
             return conn, True
-        host, _, port = addr.rpartition(":")
-        return DataConnection(host.strip("[]"), int(port), self.timeout_s), False
+        return self._forms.connect(addr, self.timeout_s), False
 
     def _checkin(self, addr: str, conn: DataConnection) -> None:
         old = self._idle.pop(addr, None)

@@ -9,6 +9,14 @@
 #define MC_OP_READ 1
 #define MC_OP_WRITE 2
 #define MC_STATUS_PENDING 1
+/* the wire form an exchange speaks (proto/dataplane.py): the aligned form (magic MCD2), or
+ * MCD1 for workers older than native 3.3.0, which speak nothing else */
+#define MC_TCP_FORM_ALIGNED 0
+#define MC_TCP_FORM_MCD1 1
+/* an aligned exchange ended as a worker that speaks only MCD1 ends one (its MCD1 refusal of
+ * our first header, then its close): that worker applied nothing; connect again and run the
+ * exchange in MC_TCP_FORM_MCD1 */
+#define MC_TCP_ERR_MCD1_ONLY (-10001)
 
 typedef struct {
     void *base;
@@ -31,6 +39,7 @@ typedef struct {
 /* one connection's part of mc_tcp_exchange_many */
 typedef struct {
     int fd;
+    int form;                 /* MC_TCP_FORM_ALIGNED or MC_TCP_FORM_MCD1 */
     mc_tcp_request *requests;
     size_t count;
     int result;               /* out: as mc_tcp_exchange returns (answered, or -error) */
@@ -38,7 +47,7 @@ typedef struct {
 } mc_tcp_batch;
 
 int mc_tcp_connect(const char *host, int port, int timeout_ms);
-int mc_tcp_exchange(int fd, mc_tcp_request *requests, size_t count, int timeout_ms);
+int mc_tcp_exchange(int fd, int form, mc_tcp_request *requests, size_t count, int timeout_ms);
 /* runs the batches of several connections at once (one poll over all of them), so a batch
  * spread over workers takes about as long as its slowest worker, not the sum. Returns 0, or
  * a negative error before anything was sent; each batch's outcome is in its `result`. */

@@ -6,6 +6,11 @@
  * under poll(), so a large batch can never deadlock on full socket buffers. The worker closes
  * a connection after refusing a request, so an exchange ends at the first refusal: the caller
  * closes the connection and retries the rest on a new one.
+ *
+ * An exchange speaks its connection's wire form: the aligned one (MCD2), or MCD1 for workers
+ * older than native 3.3.0. Such a worker refuses an aligned request as malformed, in MCD1,
+ * before it has applied anything; the exchange then ends with MC_TCP_ERR_MCD1_ONLY and the
+ * caller runs it again on a new connection in MCD1 (native/tcp.py).
  */
 #include "mc_tcp.h"
 #include "mc_server.h"   /* the wire format's sizes */
@@ -27,8 +32,27 @@
 #include <unistd.h>
 
 #define REQUEST_HEADER_BYTES MC_DATAPLANE_REQUEST_BYTES   /* "!4sBBHIQQ" */
-/* we send the aligned form (magic MCD2): "!iQ" then zeros to 64 bytes, payloads padded */
-#define RESPONSE_BYTES MC_DATAPLANE_ALIGNED_RESPONSE_BYTES
+/* an answer header's slot, sized for the larger form: "!iQ" then, aligned, zeros to 64 */
+#define HEAD_SLOT_BYTES MC_DATAPLANE_ALIGNED_RESPONSE_BYTES
+
+/* what differs between the wire forms; an exchange copies its connection's into its cursor
+ * and state, so the same code sends and receives both at no cost beyond a load */
+typedef struct {
+    char magic[4];
+    uint32_t head_bytes;   /* an answer header */
+    uint32_t pad_mask;     /* the zeros after n bytes are -n & pad_mask: none in MCD1 */
+} wire_form;
+
+_Static_assert((MC_DATAPLANE_ALIGN & (MC_DATAPLANE_ALIGN - 1)) == 0, "a power of two");
+static const wire_form forms[] = {
+    [MC_TCP_FORM_ALIGNED] = {{'M', 'C', 'D', '2'}, MC_DATAPLANE_ALIGNED_RESPONSE_BYTES,
+                             MC_DATAPLANE_ALIGN - 1},
+    [MC_TCP_FORM_MCD1] = {{'M', 'C', 'D', '1'}, MC_DATAPLANE_RESPONSE_BYTES, 0},
+};
+
+static inline uint32_t pad_of(uint32_t pad_mask, uint64_t n) {
+    return (uint32_t)-n & pad_mask;
+}
 
 static const uint8_t zeros[MC_DATAPLANE_ALIGN];   /* our requests' padding */
 #define SOCKET_BUFFER_BYTES (4 << 20)
@@ -46,6 +70,9 @@ static int64_t now_ms(void) {
 static void put_be16(uint8_t *p, uint16_t v) { p[0] = v >> 8; p[1] = v & 0xff; }
 static void put_be32(uint8_t *p, uint32_t v) { for (int i = 3; i >= 0; i--, v >>= 8) p[i] = v & 0xff; }
 static void put_be64(uint8_t *p, uint64_t v) { for (int i = 7; i >= 0; i--, v >>= 8) p[i] = v & 0xff; }
+static uint32_t get_be32(const uint8_t *p) {
+    return (uint32_t)p[0] << 24 | (uint32_t)p[1] << 16 | (uint32_t)p[2] << 8 | p[3];
+}
 static uint64_t get_be64(const uint8_t *p) { uint64_t v = 0; for (int i = 0; i < 8; i++) v = v << 8 | p[i]; return v; }
 
 static int wait_fd(int fd, short events, int64_t deadline) {
@@ -108,6 +135,7 @@ int mc_tcp_close(int fd) { return close(fd) == 0 ? 0 : mc_fail(-errno, "close: %
 typedef struct {
     mc_tcp_request *requests;
     size_t count;
+    uint32_t pad_mask; /* the form's */
     uint8_t (*headers)[REQUEST_HEADER_BYTES];
     size_t req;        /* request being sent */
     uint32_t piece;    /* 0 header, 1 grant, 2 its padding, 3.. payload iovs, then theirs */
@@ -120,13 +148,13 @@ static int piece_at(const send_cursor *c, size_t req, uint32_t piece, struct iov
     if (piece == 1) { out->iov_base = (void *)r->grant; out->iov_len = r->grant_len; return 1; }
     if (piece == 2) {
         out->iov_base = (void *)zeros;
-        out->iov_len = mc_dataplane_pad(REQUEST_HEADER_BYTES + r->grant_len);
+        out->iov_len = pad_of(c->pad_mask, REQUEST_HEADER_BYTES + r->grant_len);
         return 1;
     }
     if (r->op != MC_OP_WRITE || piece - 3 > r->iov_count) return 0;
     if (piece - 3 == r->iov_count) {
         out->iov_base = (void *)zeros;
-        out->iov_len = mc_dataplane_pad(r->length);
+        out->iov_len = pad_of(c->pad_mask, r->length);
         return 1;
     }
     out->iov_base = r->iov[piece - 3].base;
@@ -186,7 +214,7 @@ static int send_some(int fd, send_cursor *c) {
 
 /* ---- receiving: responses in request order, READ payloads into the user's buffers ----
  *
- * One recvmsg scatters as many answers as have arrived: each answer's 64-byte header into
+ * One recvmsg scatters as many answers as have arrived: each answer's header into
  * its own slot, and (assuming success) a READ's payload straight into the user's buffers
  * after it, then the payload's padding into a scratch slot. The assumption costs nothing
  * when wrong: a refusal is the worker's last answer (it closes the connection), and an
@@ -194,7 +222,9 @@ static int send_some(int fd, send_cursor *c) {
 
 typedef struct {
     size_t req;                      /* request whose response is being read */
-    uint8_t (*heads)[RESPONSE_BYTES];   /* a header slot per request */
+    const wire_form *form;
+    uint32_t head_bytes, pad_mask;   /* the form's */
+    uint8_t (*heads)[HEAD_SLOT_BYTES];   /* a header slot per request */
     uint32_t head_len;               /* bytes of the current header read so far */
     int in_payload;                  /* the head is done; a READ payload is arriving */
     uint32_t iov;                    /* payload position: current iov and bytes done in it */
@@ -218,9 +248,7 @@ static void finish(mc_tcp_request *r, recv_state *s) {
 /* a complete response header: records a refusal, checks the length, starts a payload */
 static int take_head(mc_tcp_request *r, recv_state *s) {
     const uint8_t *head = s->heads[s->req];
-    uint32_t raw = (uint32_t)head[0] << 24 | (uint32_t)head[1] << 16 |
-                   (uint32_t)head[2] << 8 | head[3];
-    int32_t status = (int32_t)raw;
+    int32_t status = (int32_t)get_be32(head);
     uint64_t length = get_be64(head + 4);
     if (status != 0) {
         if (status > 0)
@@ -243,7 +271,7 @@ static int take_head(mc_tcp_request *r, recv_state *s) {
  * padding after it are complete */
 static void settle_payload(mc_tcp_request *r, recv_state *s) {
     while (s->iov < r->iov_count && s->done == r->iov[s->iov].length) { s->iov++; s->done = 0; }
-    if (s->iov == r->iov_count && s->pad_done == mc_dataplane_pad(r->length)) finish(r, s);
+    if (s->iov == r->iov_count && s->pad_done == pad_of(s->pad_mask, r->length)) finish(r, s);
 }
 
 /* where the next bytes go, answer after answer from the current position: up to
@@ -252,13 +280,14 @@ static int plan_recv(mc_tcp_request *requests, size_t count, const recv_state *s
                      struct iovec *iov) {
     int n = 0;
     uint64_t total = 0;
+    const uint32_t head_bytes = s->head_bytes;
     for (size_t req = s->req; req < count && n < MAX_RECV_IOVS && total < MAX_RECV_BYTES; req++) {
         const mc_tcp_request *r = &requests[req];
         int current = req == s->req;
         if (!(current && s->in_payload)) {
             uint32_t from = current ? s->head_len : 0;
-            iov[n++] = (struct iovec){s->heads[req] + from, RESPONSE_BYTES - from};
-            total += RESPONSE_BYTES - from;
+            iov[n++] = (struct iovec){s->heads[req] + from, head_bytes - from};
+            total += head_bytes - from;
         }
         if (r->op != MC_OP_READ || r->length == 0) continue;
         uint32_t i = current && s->in_payload ? s->iov : 0;
@@ -273,7 +302,7 @@ static int plan_recv(mc_tcp_request *requests, size_t count, const recv_state *s
         }
         if (i < r->iov_count || n == MAX_RECV_IOVS) return n;
         uint32_t from = current && s->in_payload ? s->pad_done : 0;
-        uint32_t pad = mc_dataplane_pad(r->length) - from;
+        uint32_t pad = pad_of(s->pad_mask, r->length) - from;
         if (pad > 0) {
             iov[n++] = (struct iovec){(uint8_t *)s->pad + from, pad};
             total += pad;
@@ -287,11 +316,11 @@ static int consume(mc_tcp_request *requests, size_t count, recv_state *s, uint64
     while (got > 0 && s->req < count && !s->refused) {
         mc_tcp_request *r = &requests[s->req];
         if (!s->in_payload) {
-            uint32_t take = RESPONSE_BYTES - s->head_len;
+            uint32_t take = s->head_bytes - s->head_len;
             if (take > got) take = (uint32_t)got;
             s->head_len += take;
             got -= take;
-            if (s->head_len == RESPONSE_BYTES) {
+            if (s->head_len == s->head_bytes) {
                 int rc = take_head(r, s);
                 if (rc < 0) return rc;
                 if (s->in_payload) settle_payload(r, s);
@@ -299,7 +328,7 @@ static int consume(mc_tcp_request *requests, size_t count, recv_state *s, uint64
             continue;
         }
         if (s->iov == r->iov_count) {   /* the payload is in: its padding */
-            uint32_t left = mc_dataplane_pad(r->length) - s->pad_done;
+            uint32_t left = pad_of(s->pad_mask, r->length) - s->pad_done;
             uint32_t take = left < got ? left : (uint32_t)got;
             s->pad_done += take;
             got -= take;
@@ -314,6 +343,23 @@ static int consume(mc_tcp_request *requests, size_t count, recv_state *s, uint64
     return 0;
 }
 
+/* Whether the connection, just ended with answers owed, was a worker older than the aligned
+ * form. Such a worker parses our first aligned header as malformed: it answers in MCD1, 12
+ * bytes (MC_CODE_INVALID_PARAMS, length 0), and closes, having applied nothing. Only exactly
+ * that, as the exchange's first answer, counts: a worker that speaks the aligned form answers
+ * it in 64-byte headers, a refusal included. */
+static int mcd1_refusal(const recv_state *s) {
+    const uint8_t *head = s->heads[0];
+    return s->form == &forms[MC_TCP_FORM_ALIGNED] && s->req == 0 && !s->in_payload &&
+           s->head_len == MC_DATAPLANE_RESPONSE_BYTES &&
+           (int32_t)get_be32(head) == MC_CODE_INVALID_PARAMS && get_be64(head + 4) == 0;
+}
+
+static int mcd1_only(void) {
+    return mc_fail(MC_TCP_ERR_MCD1_ONLY,
+                   "the worker refused the aligned form as malformed: it speaks only MCD1");
+}
+
 /* reads every response that has arrived; stops at a refusal. 1 when bytes came, 0 when
  * none had, or an error (a close is an error: responses were owed) */
 static int recv_some(int fd, mc_tcp_request *requests, size_t count, recv_state *s) {
@@ -324,11 +370,13 @@ static int recv_some(int fd, mc_tcp_request *requests, size_t count, recv_state 
         msg.msg_iov = iov;
         msg.msg_iovlen = (size_t)plan_recv(requests, count, s, iov);
         ssize_t n = recvmsg(fd, &msg, 0);
-        if (n == 0) return mc_fail(-ECONNRESET, "worker closed the connection");
+        if (n == 0)
+            return mcd1_refusal(s) ? mcd1_only()
+                                   : mc_fail(-ECONNRESET, "worker closed the connection");
         if (n < 0) {
             if (errno == EAGAIN || errno == EWOULDBLOCK) return progress;
             if (errno == EINTR) continue;
-            return mc_fail(-errno, "recv: %s", strerror(errno));
+            return mcd1_refusal(s) ? mcd1_only() : mc_fail(-errno, "recv: %s", strerror(errno));
         }
         int rc = consume(requests, count, s, (uint64_t)n);
         if (rc < 0) return rc;
@@ -352,11 +400,11 @@ static int check_requests(mc_tcp_request *requests, size_t count) {
     return 0;
 }
 
-static void encode_headers(const mc_tcp_request *requests, size_t count,
+static void encode_headers(const wire_form *form, const mc_tcp_request *requests, size_t count,
                            uint8_t (*headers)[REQUEST_HEADER_BYTES]) {
     for (size_t i = 0; i < count; i++) {
         uint8_t *h = headers[i];
-        memcpy(h, "MCD2", 4);
+        memcpy(h, form->magic, 4);
         h[4] = requests[i].op;
         h[5] = 0;
         put_be16(h + 6, requests[i].grant_len);
@@ -400,24 +448,31 @@ static void end_exchange(exchange *x, int rc) {
     if (rc < 0) snprintf(x->error, sizeof x->error, "%s", mc_last_error());
 }
 
-static int start_exchange(exchange *x, int fd, mc_tcp_request *requests, size_t count,
-                          int timeout_ms) {
+static int start_exchange(exchange *x, int fd, int form, mc_tcp_request *requests,
+                          size_t count, int timeout_ms) {
     memset(x, 0, sizeof *x);
     x->fd = fd;
     x->s.low_water = 1;
-    int rc = check_requests(requests, count);
+    int rc = form == MC_TCP_FORM_ALIGNED || form == MC_TCP_FORM_MCD1
+                 ? check_requests(requests, count)
+                 : mc_fail(-EINVAL, "unknown wire form %d", form);
     if (rc < 0 || count == 0) {
         end_exchange(x, rc);
         return rc;
     }
     x->headers = malloc(count * REQUEST_HEADER_BYTES);
-    x->s.heads = malloc(count * RESPONSE_BYTES);
+    x->s.heads = malloc(count * HEAD_SLOT_BYTES);
     if (x->headers == NULL || x->s.heads == NULL) {
         end_exchange(x, mc_fail(-ENOMEM, "out of memory for %zu requests", count));
         return x->rc;
     }
-    encode_headers(requests, count, x->headers);
-    x->c = (send_cursor){requests, count, x->headers, 0, 0, 0};
+    const wire_form *f = &forms[form];
+    x->s.form = f;
+    x->s.head_bytes = f->head_bytes;
+    x->s.pad_mask = f->pad_mask;
+    encode_headers(f, requests, count, x->headers);
+    x->c = (send_cursor){.requests = requests, .count = count, .pad_mask = f->pad_mask,
+                         .headers = x->headers};
     x->deadline = now_ms() + timeout_ms;
     return 0;
 }
@@ -505,10 +560,10 @@ static void run_exchanges(exchange *xs, size_t n, struct pollfd *fds, int timeou
     }
 }
 
-int mc_tcp_exchange(int fd, mc_tcp_request *requests, size_t count, int timeout_ms) {
+int mc_tcp_exchange(int fd, int form, mc_tcp_request *requests, size_t count, int timeout_ms) {
     exchange x;
     struct pollfd pfd;
-    start_exchange(&x, fd, requests, count, timeout_ms);
+    start_exchange(&x, fd, form, requests, count, timeout_ms);
     run_exchanges(&x, 1, &pfd, timeout_ms);
     return finish_exchange(&x, timeout_ms);
 }
@@ -522,7 +577,8 @@ int mc_tcp_exchange_many(mc_tcp_batch *batches, size_t n, int timeout_ms) {
         return mc_fail(-ENOMEM, "out of memory for %zu exchanges", n);
     }
     for (size_t i = 0; i < n; i++)
-        start_exchange(&xs[i], batches[i].fd, batches[i].requests, batches[i].count, timeout_ms);
+        start_exchange(&xs[i], batches[i].fd, batches[i].form, batches[i].requests,
+                       batches[i].count, timeout_ms);
     run_exchanges(xs, n, fds, timeout_ms);
     for (size_t i = 0; i < n; i++) {
         batches[i].result = finish_exchange(&xs[i], timeout_ms);

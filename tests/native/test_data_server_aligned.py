@@ -9,7 +9,8 @@ import pytest
 
 from mooncake_native.binding import lib
 from mooncake_native.data_server import DataServer
-from mooncake_native.tcp import OP_READ, OP_WRITE, DataConnection, DataRequest
+from mooncake_native.tcp import (FORM_ALIGNED, FORM_MCD1, OP_READ, OP_WRITE, DataConnection,
+                                 DataRequest)
 from mooncake_proto import dataplane as wire
 from mooncake_proto import grants
 from mooncake_proto.errors import ErrorCode
@@ -100,8 +101,10 @@ def test_a_refusal_is_answered_in_the_form_of_the_refused_request(server, key):
     assert server.refused == 1
 
 
-def test_the_c_client_round_trips_odd_sizes_through_both_segments(server, key):
-    conn = DataConnection(server.host, server.port, 10)
+@pytest.mark.parametrize("form", [FORM_ALIGNED, FORM_MCD1])
+def test_the_c_client_round_trips_odd_sizes_through_both_segments(server, key, form):
+    """In either form (MCD1: as the client speaks to workers older than the aligned one)."""
+    conn = DataConnection(server.host, server.port, 10, form)
     expiry = int(time.time() * 1000) + 60_000
     try:
         for segment_id in (DRAM, SSD):
