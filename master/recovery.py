@@ -42,10 +42,11 @@ class Recovery:
             worker.updates.clear()
             worker.resync = True
             return 0
-        worker.update_seq += 1
-        worker.updates.append(InventoryUpdate(worker.update_seq, removed,
-                                              _entry(obj, replica)))
-        return worker.update_seq
+        worker.update_seq = seq = worker.update_seq + 1
+        worker.updates.append(InventoryUpdate(obj.key, obj.put_id, replica.segment_id,
+                                              replica.offset, obj.size, obj.replica_num,
+                                              obj.soft_pin, obj.hard_pin, seq, removed))
+        return seq
 
     def _note_committed(self, obj: ObjectMeta) -> None:
         for replica in obj.replicas:
