@@ -49,9 +49,11 @@ class Recovery:
         return seq
 
     def _note_committed(self, obj: ObjectMeta) -> None:
+        draining = False  # a loop, not any(): a generator per commit costs as much as the rest
         for replica in obj.replicas:
             self._note_inventory(obj, replica, removed=False)
-        if any(self.workers[r.worker_id].draining for r in obj.replicas):
+            draining = draining or self.workers[replica.worker_id].draining
+        if draining:
             self._queue_heal(obj, urgent=True)  # a put placed just before the drain began
 
     def _note_forgotten(self, obj: ObjectMeta, replica: Replica) -> int:
