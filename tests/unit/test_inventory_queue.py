@@ -3,7 +3,7 @@ replica it names, answered as the proto InventoryUpdate it always was (pure stat
 sockets)."""
 import pytest
 from test_recovery import new_state
-from test_state import commit
+from test_state import commit, put
 
 from mooncake_master.servicer import _heartbeat_answer
 from mooncake_master.state import InventoryEntry, InventoryUpdate
@@ -52,3 +52,17 @@ def test_a_heartbeat_answer_encodes_the_flat_updates_as_before():
         pb.InventoryUpdate(seq=1, entry=pb.InventoryEntry(**obj_entry)),
         pb.InventoryUpdate(seq=2, removed=True, entry=pb.InventoryEntry(**obj_entry))])
     assert _heartbeat_answer(result).SerializeToString() == expected.SerializeToString()
+
+
+def test_a_put_committed_on_a_worker_that_began_draining_is_copied_away_first():
+    state = new_state(workers=2)
+    assert [r.code for r in put(state, ["drained"], [100], preferred="w0")] == [0]
+    assert [r.code for r in put(state, ["kept"], [100], preferred="w1")] == [0]
+    state.drain("w0")
+    state.tick(0.2)  # plans the drain's copies: the pending put is not one of them yet
+    assert not state._drain_queue
+    assert [r.code for r in state.put_end(["drained", "kept"], 0.5)] == [0, 0]
+    state.validate()
+    assert list(state._drain_queue) == ["drained"]
+    assert [u.key for u in state.workers["w0"].updates] == ["drained"]
+    assert [u.key for u in state.workers["w1"].updates] == ["kept"]
