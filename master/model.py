@@ -223,8 +223,8 @@ class InventoryUpdate(InventoryEntry):
     """A change to a worker's inventory (proto InventoryUpdate): the entry it adds or removes,
     with its seq. One object, not an update holding an entry: the master queues one per
     commit and free, under the lock every call needs."""
-    seq: int = 0
-    removed: bool = False
+    seq: int
+    removed: bool
 
     @property
     def entry(self) -> InventoryEntry:
