@@ -219,10 +219,16 @@ class InventoryEntry:
 
 
 @dataclass(slots=True)
-class InventoryUpdate:
+class InventoryUpdate(InventoryEntry):
+    """A change to a worker's inventory (proto InventoryUpdate): the entry it adds or removes,
+    with its seq. One object, not an update holding an entry: the master queues one per
+    commit and free, under the lock every call needs."""
     seq: int
     removed: bool
-    entry: InventoryEntry
+
+    @property
+    def entry(self) -> InventoryEntry:
+        return self
 
 
 @dataclass(slots=True)

@@ -42,15 +42,18 @@ class Recovery:
             worker.updates.clear()
             worker.resync = True
             return 0
-        worker.update_seq += 1
-        worker.updates.append(InventoryUpdate(worker.update_seq, removed,
-                                              _entry(obj, replica)))
-        return worker.update_seq
+        worker.update_seq = seq = worker.update_seq + 1
+        worker.updates.append(InventoryUpdate(obj.key, obj.put_id, replica.segment_id,
+                                              replica.offset, obj.size, obj.replica_num,
+                                              obj.soft_pin, obj.hard_pin, seq, removed))
+        return seq
 
     def _note_committed(self, obj: ObjectMeta) -> None:
+        draining = False  # a loop, not any(): a generator per commit costs as much as the rest
         for replica in obj.replicas:
             self._note_inventory(obj, replica, removed=False)
-        if any(self.workers[r.worker_id].draining for r in obj.replicas):
+            draining = draining or self.workers[replica.worker_id].draining
+        if draining:
             self._queue_heal(obj, urgent=True)  # a put placed just before the drain began
 
     def _note_forgotten(self, obj: ObjectMeta, replica: Replica) -> int:

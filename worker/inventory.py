@@ -10,6 +10,10 @@ Each segment has its own append-only log beside its segment file (`<segment>.inv
 DRAM segment's in the shm directory, the SSD segment's in the SSD directory, so a reboot that
 empties /dev/shm keeps the SSD inventory. A log is a header naming the segment it describes
 (id, size, inode), then records, each a length, a CRC32 and a serialized InventoryUpdate.
+A heartbeat's update is serialized once: that payload is both its record and, for an add,
+the inventory's value at its offset, so a compaction writes the live payloads without
+parsing them (less their seq, which loading ignores): byte for byte the records that
+earlier versions wrote, which load in either.
 Loading replays the records, stops at a torn or corrupt one (a write cut short by kill -9 or
 a crash) and compacts the log (temp file + rename). A log is thrown away, with a log line,
 when its segment file is new or was recreated since it was written: the bytes it describes
@@ -43,6 +47,7 @@ RECORD = struct.Struct("!II")      # payload length, crc32(payload); then the pa
 MAX_RECORD_BYTES = 1 << 20         # an entry is a key (<= 4 KiB) and a few integers
 COMPACT_MIN_RECORDS = 4096         # below this a log is never compacted while running
 WRITE_CHUNK_BYTES = 4 << 20        # a compaction writes the log in pieces of about this
+_SEQ_TAG = bytes([1 << 3])         # InventoryUpdate.seq's key: field 1, wire type 0 (varint)
 
 
 def log_path_for(segment_path: str) -> str:
@@ -71,9 +76,24 @@ def segment_kept(path: str, size_bytes: int) -> bool:
     return stat.S_ISREG(st.st_mode) and st.st_size == size_bytes
 
 
-def _encode(update: pb.InventoryUpdate) -> bytes:
-    payload = update.SerializeToString()
+def _record(payload: bytes) -> bytes:
     return RECORD.pack(len(payload), zlib.crc32(payload)) + payload
+
+
+def _encode(update: pb.InventoryUpdate) -> bytes:
+    return _record(update.SerializeToString())
+
+
+def _without_seq(payload: bytes) -> bytes:
+    """An add's payload as a compaction writes it: seq (field 1, a varint, first in the
+    serialized form) dropped, as in InventoryUpdate(entry=...). A payload that does not
+    start with it is returned as it is (still a valid record: loading ignores seq)."""
+    if payload[:1] != _SEQ_TAG:
+        return payload
+    at = 1
+    while at < len(payload) and payload[at] & 0x80:
+        at += 1
+    return payload[at + 1:]
 
 
 def _write_all(fd: int, data) -> None:
@@ -101,8 +121,9 @@ class SegmentLog:
         self._fd = -1
 
     def load(self) -> dict[int, bytes]:
-        """The entries the log on disk describes (offset -> serialized entry); {} when there
-        is none or it no longer describes the segment (logged)."""
+        """The entries the log on disk describes (offset -> the serialized InventoryUpdate
+        that added it); {} when there is none or it no longer describes the segment
+        (logged)."""
         seg = self.segment
         try:
             with open(self.path, "rb") as f:
@@ -152,7 +173,7 @@ class SegmentLog:
             except DecodeError:
                 break
             if update.entry.segment_id == self.segment.segment_id:
-                apply_update(entries, update)
+                _apply(entries, update.entry.offset, update.removed, payload)
             records, at = records + 1, end
         return entries, records, at
 
@@ -160,9 +181,10 @@ class SegmentLog:
         log.warning(kv("inventory_discarded", path=self.path, segment=self.segment.path,
                        reason=reason, **fields))
 
-    def rewrite(self, entries: Iterable[bytes]) -> None:
-        """Replaces the file with the header and one record per (serialized) entry, through a
-        temp file and a rename; appends then go to the new file."""
+    def rewrite(self, payloads: Iterable[bytes]) -> None:
+        """Replaces the file with the header and one record per live entry (the payload of
+        the update that added it), through a temp file and a rename; appends then go to the
+        new file."""
         seg = self.segment
         tmp = self.path + ".tmp"
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
@@ -170,10 +192,8 @@ class SegmentLog:
         try:
             chunk = bytearray(HEADER.pack(MAGIC, VERSION, seg.segment_id, seg.size_bytes,
                                           seg.inode))
-            for raw in entries:
-                update = pb.InventoryUpdate()
-                update.entry.MergeFromString(raw)
-                chunk += _encode(update)
+            for payload in payloads:
+                chunk += _record(_without_seq(payload))
                 records += 1
                 if len(chunk) >= WRITE_CHUNK_BYTES:
                     _write_all(fd, chunk)
@@ -191,19 +211,20 @@ class SegmentLog:
         self.records = records
         self.needs_rewrite = False
 
-    def append(self, updates: Sequence[pb.InventoryUpdate]) -> None:
-        """Appends the updates in one write (fsynced when durable)."""
-        if not updates:
+    def append(self, payloads: Sequence[bytes]) -> None:
+        """Appends the updates (serialized) in one write (fsynced when durable)."""
+        if not payloads:
             return
         if self._fd < 0:
             raise OSError(f"inventory log {self.path} is not open")
         # a write cut short leaves a torn record: later appends would sit behind it and be
         # dropped at load, so after a failure only a rewrite may touch the file
         self.needs_rewrite = True
-        _write_all(self._fd, b"".join(_encode(u) for u in updates))
+        pack, crc32 = RECORD.pack, zlib.crc32  # _record, inline: a call per update costs
+        _write_all(self._fd, b"".join([pack(len(p), crc32(p)) + p for p in payloads]))
         if self.segment.durable:
             os.fsync(self._fd)
-        self.records += len(updates)
+        self.records += len(payloads)
         self.needs_rewrite = False
 
     def close(self) -> None:
@@ -215,14 +236,14 @@ class SegmentLog:
             self._fd = -1
 
 
-def apply_update(entries: dict[int, bytes], update: pb.InventoryUpdate) -> None:
+def _apply(entries: dict[int, bytes], offset: int, removed: bool, payload: bytes) -> None:
     """An add replaces whatever was at its offset; a removal deletes it (if there). Entries
-    are kept serialized: a third of the memory of message objects (and no reply's memory
-    pinned by them)."""
-    if update.removed:
-        entries.pop(update.entry.offset, None)
+    are kept as their add's serialized InventoryUpdate: a third of the memory of message
+    objects, no reply's memory pinned by them, and the payload of its log record."""
+    if removed:
+        entries.pop(offset, None)
     else:
-        entries[update.entry.offset] = update.entry.SerializeToString()
+        entries[offset] = payload
 
 
 class Inventory:
@@ -250,7 +271,7 @@ class Inventory:
             out = []
             for segment_id in sorted(self._entries):
                 entries = self._entries[segment_id]
-                out.extend(pb.InventoryEntry.FromString(entries[offset])
+                out.extend(pb.InventoryUpdate.FromString(entries[offset]).entry
                            for offset in sorted(entries))
             return out
 
@@ -263,7 +284,8 @@ class Inventory:
                 if entry.segment_id not in fresh:
                     unknown += 1
                     continue
-                apply_update(fresh[entry.segment_id], pb.InventoryUpdate(entry=entry))
+                fresh[entry.segment_id][entry.offset] = \
+                    pb.InventoryUpdate(entry=entry).SerializeToString()
             if unknown:
                 log.warning(kv("inventory_unknown_segment", entries=unknown))
             self._entries = fresh
@@ -278,23 +300,32 @@ class Inventory:
         log cannot be written the master sends them again."""
         with self._lock:
             seq = self.seq
-            batches: dict[int, list[pb.InventoryUpdate]] = {s: [] for s in self._logs}
+            # segment_id -> the payloads of its updates (each serialized once, here)
+            batches: dict[int, list[bytes]] = {s: [] for s in self._logs}
+            live = self._entries
             gap = False
             for update in updates:
-                if update.seq <= seq:
+                update_seq = update.seq
+                if update_seq <= seq:
                     continue
-                if update.seq != seq + 1:
-                    log.warning(kv("inventory_gap", expected_seq=seq + 1, got_seq=update.seq))
+                if update_seq != seq + 1:
+                    log.warning(kv("inventory_gap", expected_seq=seq + 1, got_seq=update_seq))
                     gap = True
                     break
-                seq = update.seq
-                segment_id = update.entry.segment_id
-                if segment_id not in self._logs:
-                    log.warning(kv("inventory_unknown_segment", entries=1, seq=update.seq,
+                seq = update_seq
+                entry = update.entry
+                segment_id = entry.segment_id
+                batch = batches.get(segment_id)
+                if batch is None:
+                    log.warning(kv("inventory_unknown_segment", entries=1, seq=update_seq,
                                    segment_id=segment_id))
                     continue
-                apply_update(self._entries[segment_id], update)
-                batches[segment_id].append(update)
+                payload = update.SerializeToString()
+                if update.removed:  # _apply, inline
+                    live[segment_id].pop(entry.offset, None)
+                else:
+                    live[segment_id][entry.offset] = payload
+                batch.append(payload)
             if all(self._store(segment_id, batch) for segment_id, batch in batches.items()):
                 self.seq = seq
             return not gap
@@ -305,7 +336,7 @@ class Inventory:
             for seg_log in self._logs.values():
                 seg_log.close()
 
-    def _store(self, segment_id: int, batch: list[pb.InventoryUpdate]) -> bool:
+    def _store(self, segment_id: int, batch: list[bytes]) -> bool:
         """Appends a batch to its segment's log, or rewrites the log when it has grown past
         twice its live entries or a write failed before; False when the disk refused."""
         seg_log = self._logs[segment_id]
