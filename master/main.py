@@ -7,6 +7,7 @@ it again (as a standby, with nothing in memory).
 from __future__ import annotations
 
 import asyncio
+import gc
 import json
 import logging
 import socket
@@ -175,7 +176,8 @@ async def serve(settings, auth: Authenticator, tls: rpc.Tls) -> int:
     http_addr = await http.server.start(settings.host, settings.http_port)
     log_security(auth, tls)
     log.info(kv("master_serving", master_id=servicer.master_id, grpc=grpc_addr, http=http_addr,
-                meta=servicer.meta_addr or "off", tls="on" if tls.serving else "off"))
+                meta=servicer.meta_addr or "off", tls="on" if tls.serving else "off",
+                gc_frozen_objects=gc.get_freeze_count()))
     ready = {"grpc": grpc_addr, "http": http_addr, "meta": servicer.meta_addr}
     election = None
     if settings.etcd:
@@ -286,6 +288,12 @@ def main(argv: list[str] | None = None) -> int:
     # a heartbeat's answer is encoded would wait that long. Handing it over every 0.5 ms keeps
     # such waits short at a cost in throughput the master does not notice.
     sys.setswitchinterval(GIL_SWITCH_INTERVAL_S)
+    # Everything imported so far (protobuf descriptors, gRPC, our modules: about 32k objects)
+    # lives as long as the process. Out of the collector's way, a full collection with 2000
+    # objects stored takes 0.6 ms instead of 10, and it holds the GIL every read needs.
+    # (Collected first: garbage frozen would never be freed.)
+    gc.collect()
+    gc.freeze()
     return asyncio.run(serve(settings, auth, tls))
 
 

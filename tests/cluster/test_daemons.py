@@ -30,6 +30,14 @@ def test_ready_files_name_bound_addresses(cluster):
         assert not daemon.info["data"].endswith(":0")
 
 
+def test_master_keeps_its_start_up_objects_out_of_the_collector(cluster):
+    """gc.freeze() at start: a full collection does not walk the imported modules' objects
+    (10 ms against 0.6 ms with 2000 objects stored, holding the GIL every read needs)."""
+    line = cluster.master.wait_for_log("event=master_serving")
+    frozen = int(line.split("gc_frozen_objects=")[1].split()[0])
+    assert frozen > 10_000
+
+
 def test_master_http_endpoints(cluster):
     addr = cluster.master.info["http"]
     assert http_get(addr, "/health") == (200, b'{"status": "ok"}\n')
