@@ -272,6 +272,8 @@ int64_t mc_encode_get_replicas(uint8_t *out, size_t cap, size_t *needed,
             p = put_item(p, &plans[i], segments, text, op, expiry_ms);
         p = put_scalar(p, TAG_LEASE_TTL, lease_ttl_ms);
         rc = (int64_t)(p - out);
+        if ((size_t)rc != total)  /* the sizing and the writing disagree: a bug here */
+            rc = mc_fail(-EFAULT, "answer encoder wrote %lld bytes of %zu", (long long)rc, total);
     }
     if (plans != stack) free(plans);
     return rc;

@@ -91,6 +91,13 @@ def test_grants_signed_in_c_verify_with_the_workers_key():
         grants.verify(KEY_A, token, "w", now_ms=EXPIRY_MS)
 
 
+def test_a_batch_of_more_items_than_the_encoder_plans_on_its_stack():
+    segment = _Segment(KEY_A, "w", 0)
+    items = [(f"k{i}", 0 if i % 3 else int(ErrorCode.OBJECT_NOT_FOUND), "" if i % 3 else "miss",
+              i, [(segment, 0, 2, i * 64, i + 1)] if i % 3 else []) for i in range(200)]
+    assert _encoded(items, 10_000) == _expected(items, 10_000)
+
+
 def test_an_answer_larger_than_the_scratch_buffer():
     segment = _Segment(KEY_A, "w", 0)
     items = [(f"{i:04d}/" + "x" * 4000, 0, "", i, [(segment, 0, 2, i * 64, i + 1)])
