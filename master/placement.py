@@ -59,6 +59,8 @@ class Placement:
             replica = self._allocate_on(first, size)
             if replica is not None:
                 replicas.append(replica)
+        if len(replicas) == replica_num:
+            return replicas  # the common case (one replica, room on the writer's node): no scan
         # Sorted so that the injected rng alone decides the sample.
         rest = sorted(wid for wid, w in self.workers.items()
                       if (first is None or wid != first.worker_id) and self._has_dram(w)
