@@ -46,4 +46,9 @@ static inline uint64_t mc_load_be(const uint8_t *p, int bytes) {
     return v;
 }
 
+/* writes v as a big-endian unsigned integer of `bytes` (<= 8) bytes: mc_load_be's inverse */
+static inline void mc_store_be(uint8_t *p, uint64_t v, int bytes) {
+    for (int i = bytes - 1; i >= 0; i--, v >>= 8) p[i] = (uint8_t)v;
+}
+
 #endif

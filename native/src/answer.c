@@ -4,7 +4,7 @@
  * | wire type: 0 varint, 2 length-delimited) then a varint or a varint length and bytes;
  * proto3 leaves out a scalar that is zero and a string that is empty. Lengths of nested
  * messages come first, so each one's size is computed before it is written.
- * Grants are MACed under the segment's prepared key (grant_internal.h).
+ * Grants are written and MACed by grant.c (mc_grant_sign) under the segment's prepared key.
  */
 #include "grant_internal.h"
 #include "mc_answer.h"
@@ -139,30 +139,6 @@ static size_t descriptor_len(const mc_desc_segment *s, const int64_t *r) {
            + nested_len(grant_len(s)) + s->tail_len;
 }
 
-static void put_be(uint8_t *p, uint64_t v, int bytes) {
-    for (int i = bytes - 1; i >= 0; i--) {
-        p[i] = (uint8_t)v;
-        v >>= 8;
-    }
-}
-
-/* proto/grants.py's grant: the big-endian head, the worker id, HMAC-SHA256 of both */
-static uint8_t *put_grant(uint8_t *p, const mc_desc_segment *s, int op, uint64_t offset,
-                          uint64_t length, uint64_t expiry_ms) {
-    uint8_t *body = p;
-    body[0] = MC_GRANT_VERSION;
-    body[1] = (uint8_t)op;
-    put_be(body + 2, s->segment_id, 4);
-    put_be(body + 6, offset, 8);
-    put_be(body + 14, length, 8);
-    put_be(body + 22, expiry_ms, 8);
-    put_be(body + 30, s->worker_id_len, 2);
-    memcpy(body + MC_GRANT_HEAD_BYTES, s->worker_id, s->worker_id_len);
-    size_t body_len = MC_GRANT_HEAD_BYTES + s->worker_id_len;
-    mc_grant_mac(&s->key, body, body_len, body + body_len);
-    return body + body_len + MC_GRANT_MAC_BYTES;
-}
-
 static uint8_t *put_descriptor(uint8_t *p, const mc_desc_segment *s, const int64_t *r, int op,
                                uint64_t expiry_ms) {
     memcpy(p, s->head, s->head_len);
@@ -174,7 +150,8 @@ static uint8_t *put_descriptor(uint8_t *p, const mc_desc_segment *s, const int64
     memcpy(p, s->middle, s->middle_len);
     p += s->middle_len;
     p = put_nested(p, TAG_GRANT, grant_len(s));
-    p = put_grant(p, s, op, (uint64_t)r[3], (uint64_t)r[4], expiry_ms);
+    p += mc_grant_sign(&s->key, op, s->segment_id, (uint64_t)r[3], (uint64_t)r[4], expiry_ms,
+                       (const char *)s->worker_id, s->worker_id_len, p);
     memcpy(p, s->tail, s->tail_len);
     return p + s->tail_len;
 }

@@ -27,8 +27,8 @@ void mc_grant_key_init(mc_grant_key *k, const uint8_t *key, size_t key_len) {
     OPENSSL_cleanse(pad, sizeof pad);
 }
 
-void mc_grant_mac(const mc_grant_key *k, const uint8_t *body, size_t body_len,
-                  uint8_t mac[MC_GRANT_MAC_BYTES]) {
+static void grant_mac(const mc_grant_key *k, const uint8_t *body, size_t body_len,
+                      uint8_t mac[MC_GRANT_MAC_BYTES]) {
     uint8_t inner_digest[SHA256_DIGEST_LENGTH];
     SHA256_CTX ctx = k->inner;
     SHA256_Update(&ctx, body, body_len);
@@ -36,6 +36,22 @@ void mc_grant_mac(const mc_grant_key *k, const uint8_t *body, size_t body_len,
     ctx = k->outer;
     SHA256_Update(&ctx, inner_digest, sizeof inner_digest);
     SHA256_Final(mac, &ctx);
+}
+
+size_t mc_grant_sign(const mc_grant_key *k, int op, uint32_t segment_id, uint64_t offset,
+                     uint64_t length, uint64_t expiry_ms, const char *worker_id,
+                     size_t worker_id_len, uint8_t *out) {
+    out[0] = MC_GRANT_VERSION;
+    out[1] = (uint8_t)op;
+    mc_store_be(out + 2, segment_id, 4);
+    mc_store_be(out + 6, offset, 8);
+    mc_store_be(out + 14, length, 8);
+    mc_store_be(out + 22, expiry_ms, 8);
+    mc_store_be(out + 30, worker_id_len, 2);
+    memcpy(out + MC_GRANT_HEAD_BYTES, worker_id, worker_id_len);
+    size_t body_len = MC_GRANT_HEAD_BYTES + worker_id_len;
+    grant_mac(k, out, body_len, out + body_len);
+    return body_len + MC_GRANT_MAC_BYTES;
 }
 
 int mc_grant_verify(const uint8_t *key, size_t key_len, const uint8_t *token, size_t token_len,
@@ -55,7 +71,7 @@ int mc_grant_verify_keyed(const mc_grant_key *k, const uint8_t *token, size_t to
         return mc_fail(-EACCES, "grant has a bad length");
     size_t body_len = token_len - MC_GRANT_MAC_BYTES;
     uint8_t expected[MC_GRANT_MAC_BYTES];
-    mc_grant_mac(k, token, body_len, expected);
+    grant_mac(k, token, body_len, expected);
     if (CRYPTO_memcmp(expected, token + body_len, MC_GRANT_MAC_BYTES) != 0)
         return mc_fail(-EACCES, "grant signature is invalid");
     int version = token[0], op = token[1];
