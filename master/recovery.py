@@ -43,9 +43,7 @@ class Recovery:
             worker.resync = True
             return 0
         worker.update_seq = seq = worker.update_seq + 1
-        worker.updates.append(InventoryUpdate(obj.key, obj.put_id, replica.segment_id,
-                                              replica.offset, obj.size, obj.replica_num,
-                                              obj.soft_pin, obj.hard_pin, seq, removed))
+        worker.updates.append(_entry(obj, replica, InventoryUpdate, seq, removed))
         return seq
 
     def _note_committed(self, obj: ObjectMeta) -> None:
@@ -314,7 +312,9 @@ class Recovery:
         return self._drop_worker(worker_id, now)
 
 
-def _entry(obj: ObjectMeta, replica: Replica) -> InventoryEntry:
-    return InventoryEntry(key=obj.key, put_id=obj.put_id, segment_id=replica.segment_id,
-                          offset=replica.offset, size=obj.size, replica_num=obj.replica_num,
-                          soft_pin=obj.soft_pin, hard_pin=obj.hard_pin)
+def _entry(obj: ObjectMeta, replica: Replica, kind: type = InventoryEntry,
+           *update) -> InventoryEntry:
+    """The replica as its worker's inventory records it; with kind=InventoryUpdate and
+    `update` (seq, removed), the queued change that carries it."""
+    return kind(obj.key, obj.put_id, replica.segment_id, replica.offset, obj.size,
+                obj.replica_num, obj.soft_pin, obj.hard_pin, *update)

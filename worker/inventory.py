@@ -220,8 +220,7 @@ class SegmentLog:
         # a write cut short leaves a torn record: later appends would sit behind it and be
         # dropped at load, so after a failure only a rewrite may touch the file
         self.needs_rewrite = True
-        pack, crc32 = RECORD.pack, zlib.crc32  # _record, inline: a call per update costs
-        _write_all(self._fd, b"".join([pack(len(p), crc32(p)) + p for p in payloads]))
+        _write_all(self._fd, b"".join(map(_record, payloads)))
         if self.segment.durable:
             os.fsync(self._fd)
         self.records += len(payloads)
@@ -321,10 +320,7 @@ class Inventory:
                                    segment_id=segment_id))
                     continue
                 payload = update.SerializeToString()
-                if update.removed:  # _apply, inline
-                    live[segment_id].pop(entry.offset, None)
-                else:
-                    live[segment_id][entry.offset] = payload
+                _apply(live[segment_id], entry.offset, update.removed, payload)
                 batch.append(payload)
             if all(self._store(segment_id, batch) for segment_id, batch in batches.items()):
                 self.seq = seq
