@@ -41,6 +41,14 @@ class Transfer:
         self.result, view = fresh_bytes(self.replica.length)
         return [view]
 
+    def read_target(self):
+        """target_parts in the form DataRequest also takes: for `get`, the fresh bytes
+        object's storage as one C pointer, without a view to convert back (cffi) per key."""
+        if self.parts is not None:
+            return self.parts
+        self.result, pointer = fresh_bytes_at(self.replica.length)
+        return pointer
+
 
 def split(source: memoryview, parts: list[memoryview]) -> list[tuple[memoryview, memoryview]]:
     """(dst, src) pairs that scatter source into parts, or gather parts into a destination."""
@@ -316,7 +324,7 @@ class TcpTransport:
     @staticmethod
     def _requests(group: list[Transfer], op: int) -> list[DataRequest]:
         return [DataRequest(op, t.replica.segment_id, t.replica.offset, t.replica.length,
-                            t.replica.grant, t.parts if op == OP_WRITE else t.target_parts())
+                            t.replica.grant, t.parts if op == OP_WRITE else t.read_target())
                 for t in group]
 
     @staticmethod

@@ -94,6 +94,34 @@ def test_pipelined_batch_of_writes_and_reads_with_scatter_gather():
     peer.close()
 
 
+def test_reads_into_c_pointers_and_buffers_mixed_with_each_grant_sent_whole():
+    """A read target may be one cdata pointer (a fresh bytes object's storage, as `get` uses)
+    instead of a list of buffers; grants of different lengths travel from one joined buffer."""
+    from mooncake_native.buffers import fresh_bytes_at
+    grants_seen = []
+
+    def serve(conn):
+        for _ in range(4):
+            op, seg, offset, length, grant, payload = read_request(conn)
+            grants_seen.append(grant)
+            conn.sendall(answer(0, bytes([offset]) * length))
+
+    peer = Peer(serve)
+    conn = DataConnection("127.0.0.1", peer.port, 10)
+    fresh = [fresh_bytes_at(n) for n in (5, 70_000)]
+    view = memoryview(bytearray(9))
+    reqs = [DataRequest(OP_READ, 0, 1, 5, b"a" * 3, fresh[0][1]),
+            DataRequest(OP_READ, 0, 2, 9, b"", [view[:4], view[4:]]),
+            DataRequest(OP_READ, 0, 3, 70_000, b"c" * 300, fresh[1][1]),
+            DataRequest(OP_READ, 0, 4, 1, b"d", [memoryview(bytearray(1))])]
+    assert conn.exchange(reqs, 10) == 4 and all(r.status == 0 for r in reqs)
+    assert fresh[0][0] == b"\x01" * 5 and fresh[1][0] == b"\x03" * 70_000
+    assert bytes(view) == b"\x02" * 9 and bytes(reqs[3].parts[0]) == b"\x04"
+    assert grants_seen == [b"a" * 3, b"", b"c" * 300, b"d"]
+    conn.close()
+    peer.close()
+
+
 def test_exchange_stops_at_a_refusal_and_reports_it():
     def serve(conn):
         read_request(conn)
