@@ -243,10 +243,16 @@ class MasterServicer(pb_grpc.MasterServiceServicer):
                                   self.clock())
         ttl_s = self.state.config.lease_ttl_s
         answer, codes = ReadAnswer(), []
+        segments = {}  # (worker, segment) -> DescriptorSegment: a batch's keys share a few
         for key, r in zip(request.keys, results):
-            answer.add(key, r.code, r.message, r.size, [
-                (self._segment_descriptor(d.worker_id, d.segment_id)[2], d.tier, d.state,
-                 d.offset, d.length) for d in r.replicas])
+            replicas = []
+            for d in r.replicas:
+                where = (d.worker_id, d.segment_id)
+                segment = segments.get(where)
+                if segment is None:
+                    segment = segments[where] = self._segment_descriptor(*where)[2]
+                replicas.append((segment, d.tier, d.state, d.offset, d.length))
+            answer.add(key, r.code, r.message, r.size, replicas)
             codes.append(r.code)
         self._wake_mover()  # reads may have made an SSD object hot enough to promote
         return Encoded(answer.encode(grants.Op.READ, self._expiry_ms(ttl_s), int(ttl_s * 1000)),
