@@ -19,6 +19,8 @@ from mooncake_proto import metaframe
 from mooncake_proto.errors import ErrorCode, error_for_code
 
 MAX_IDLE = 8  # pooled connections kept per client; more are closed after use
+FIRST_READ_BYTES = 64 << 10  # an answer's first read: most answers fit whole (one recv
+# of a 2 KB answer: 2.7 us; header and body apart: 4.5 us)
 
 
 class NotSent(Exception):
@@ -74,11 +76,20 @@ class MetaChannel:
     def _exchange(conn: socket.socket, frame: bytes) -> tuple[int, bytes]:
         conn.sendall(frame)
         spin_readable(conn.fileno())  # the answer of a small call comes within microseconds
-        status, length = metaframe.RESPONSE.unpack(
-            metaframe.recv_exact(conn, metaframe.RESPONSE.size))
-        if length > metaframe.MAX_FRAME_BYTES:
-            raise ConnectionError(f"answer of {length} bytes: not a mooncake master?")
-        return status, metaframe.recv_exact(conn, length)
+        # one recv takes a small answer whole; the master sends nothing after it, so a read
+        # past the frame's end means the peer is not a mooncake master
+        first = conn.recv(FIRST_READ_BYTES)
+        if len(first) < metaframe.RESPONSE.size:
+            first += metaframe.recv_exact(conn, metaframe.RESPONSE.size - len(first))
+        status, length = metaframe.RESPONSE.unpack_from(first)
+        end = metaframe.RESPONSE.size + length
+        if length > metaframe.MAX_FRAME_BYTES or len(first) > end:
+            raise ConnectionError(f"answer of {length} bytes ({len(first)} read): "
+                                  "not a mooncake master?")
+        if len(first) == end:
+            return status, first[metaframe.RESPONSE.size:]
+        return status, first[metaframe.RESPONSE.size:] + metaframe.recv_exact(
+            conn, end - len(first))
 
     def _checkout(self, timeout_s: float) -> tuple[socket.socket, float | None]:
         """A pooled connection and the timeout it was given, or a new one (None: not yet)."""

@@ -165,3 +165,52 @@ def test_a_busy_master_turns_calls_away_unread_and_grpc_serves_them():
     channel.close()
     with pytest.raises(NotSent, match="closed"):
         channel.call("Exists", pb.KeysRequest(keys=["k"]), 2)
+
+
+def _scripted_master(answers):
+    """A listener whose one connection reads a frame per entry of `answers` and sends that
+    entry's chunks (with a pause between chunks, so they arrive in separate reads)."""
+    import threading
+    import time
+    listener = socket.create_server(("127.0.0.1", 0))
+
+    def serve():
+        conn, _ = listener.accept()
+        with conn:
+            for chunks in answers:
+                head = conn.recv(metaframe.REQUEST.size, socket.MSG_WAITALL)
+                length = metaframe.REQUEST.unpack(head)[2]
+                conn.recv(length, socket.MSG_WAITALL)
+                for chunk in chunks:
+                    conn.sendall(chunk)
+                    time.sleep(0.05)
+            conn.recv(1)
+
+    thread = threading.Thread(target=serve, daemon=True)
+    thread.start()
+    return listener, thread
+
+
+def test_answers_in_pieces_are_put_together_and_bytes_past_the_frame_are_refused():
+    """The client reads an answer with one large recv when it can: a header or body split
+    over several reads is put together; bytes after the frame mean a peer that is not a
+    master, and fail the call (MaybeSent) instead of being taken for the next answer."""
+    from mooncake_client.meta_channel import MaybeSent, MetaChannel
+    answer = pb.ExistsResponse(statuses=[pb.KeyStatus(key="k" * 300, code=0)]).SerializeToString()
+    framed = metaframe.RESPONSE.pack(0, len(answer)) + answer
+    listener, thread = _scripted_master([
+        [framed[:3], framed[3:]],                  # the header itself split
+        [framed[:20], framed[20:]],                # the body split
+        [framed + b"extra"],                       # more than one frame
+    ])
+    channel = MetaChannel(f"127.0.0.1:{listener.getsockname()[1]}", 2)
+    try:
+        for _ in range(2):
+            reply = channel.call("Exists", pb.KeysRequest(keys=["k"]), 5)
+            assert reply.statuses[0].key == "k" * 300
+        with pytest.raises(MaybeSent, match="not a mooncake master"):
+            channel.call("Exists", pb.KeysRequest(keys=["k"]), 5)
+    finally:
+        channel.close()
+        listener.close()
+        thread.join(5)
