@@ -51,14 +51,22 @@ class Placement:
         return min(local, key=lambda w: (-self._free_ratio(w), w.worker_id))
 
     def _place(self, size: int, replica_num: int, preferred_worker: str,
-               client_node_id: str) -> list[Replica]:
-        """Up to replica_num PENDING replicas on distinct workers, preferred (local) one first."""
+               client_node_id: str, batch_first: WorkerInfo | None = None) -> list[Replica]:
+        """Up to replica_num PENDING replicas on distinct workers, preferred (local) one first.
+
+        batch_first: the preferred worker chosen once for a whole put batch (put_start), so
+        that a batch's objects share a worker while it has room: reading them back together
+        is then one exchange with one worker, not one per local worker (with two workers on
+        the writer's node, choosing the freest per key alternated between them)."""
         replicas: list[Replica] = []
-        first = self._preferred(preferred_worker, client_node_id)
-        if first is not None:
-            replica = self._allocate_on(first, size)
-            if replica is not None:
-                replicas.append(replica)
+        first = batch_first
+        replica = None if first is None else self._allocate_on(first, size)
+        if replica is None:  # no batch choice, or it is full: the freest local worker now
+            first = self._preferred(preferred_worker, client_node_id)
+            if first is not None and first is not batch_first:
+                replica = self._allocate_on(first, size)
+        if replica is not None:
+            replicas.append(replica)
         if len(replicas) == replica_num:
             return replicas  # the common case (one replica, room on the writer's node): no scan
         # Sorted so that the injected rng alone decides the sample.

@@ -259,9 +259,10 @@ class MasterState(Placement, Tiering, Recovery):
         failed_in_batch: dict[str, KeyResult] = {}
         # what making room evicts shows in `counters` (stats, metrics), not in a tick's report
         report = TickReport()
+        batch_first = self._preferred(config.preferred_worker, client_node_id)
         for key, size in zip(keys, sizes):
             result = self._put_start_one(key, size, config, client_node_id, now,
-                                         failed_in_batch, report)
+                                         failed_in_batch, report, batch_first)
             if result.code != ErrorCode.OK and isinstance(key, str):
                 failed_in_batch.setdefault(key, result)
             results.append(result)
@@ -269,7 +270,7 @@ class MasterState(Placement, Tiering, Recovery):
 
     def _put_start_one(self, key: str, size: int, config: PlacementConfig,
                        client_node_id: str, now: float, failed_in_batch: dict[str, KeyResult],
-                       report: TickReport) -> KeyResult:
+                       report: TickReport, batch_first: WorkerInfo | None = None) -> KeyResult:
         error = self._key_error(key)
         if error is not None:
             return error
@@ -282,7 +283,8 @@ class MasterState(Placement, Tiering, Recovery):
             return dataclasses.replace(failed_in_batch[key])
         self._lost.pop(key, None)  # a new object under the key: a lost copy is stale now
         replica_num = max(1, config.replica_num)
-        replicas = self._place(size, replica_num, config.preferred_worker, client_node_id)
+        replicas = self._place(size, replica_num, config.preferred_worker, client_node_id,
+                               batch_first)
         wait_s = None
         if not replicas:
             wait_s = self._make_room(size, config.preferred_worker, client_node_id, now, report)

@@ -295,6 +295,26 @@ def test_same_node_worker_is_preferred():
         assert result.replicas[0].worker_id == "w3"
 
 
+def test_a_batch_stays_on_one_local_worker_while_it_has_room():
+    """Two workers on the writer's node: a put batch goes to the freer one whole (read back
+    together, it is one exchange with one worker), the next batch to the other; keys that
+    no longer fit on the batch's worker go to the other local worker, not to another node."""
+    state = make_state(workers=0)
+    for worker_id, node in (("a", "n"), ("b", "n"), ("far", "elsewhere")):
+        register(state, worker_id, node_id=node, dram=64 * 1024)
+    first = put(state, [f"x{i}" for i in range(8)], [1024] * 8, node="n")
+    assert {r.replicas[0].worker_id for r in first} == {"a"}
+    state.put_end([f"x{i}" for i in range(8)], 0.0)
+    second = put(state, [f"y{i}" for i in range(8)], [1024] * 8, node="n")
+    assert {r.replicas[0].worker_id for r in second} == {"b"}
+    state.put_end([f"y{i}" for i in range(8)], 0.0)
+    # "a" has 56 KiB free, "b" 56 KiB: a batch of 80 KiB fills "a" and goes on on "b"
+    third = put(state, [f"z{i}" for i in range(10)], [8 * 1024] * 10, node="n")
+    assert all(r.code == OK for r in third)
+    where = [r.replicas[0].worker_id for r in third]
+    assert where[0] == "a" and "far" not in where and set(where) == {"a", "b"}
+
+
 def test_unknown_preferred_worker_falls_back_to_same_node():
     state = make_state(workers=0)
     for i in range(5):
