@@ -240,7 +240,7 @@ class MasterServicer(pb_grpc.MasterServiceServicer):
     async def GetReplicas(self, request, context):
         """The hot path of every read: its answer is encoded in C (native/answer.py)."""
         results = await self._run(context, self.state.get_replicas, list(request.keys),
-                                  self.clock())
+                                  self.clock(), False)  # encoded below, under the lock
         ttl_s = self.state.config.lease_ttl_s
         answer, codes = ReadAnswer(), []
         segments = {}  # (worker, segment) -> DescriptorSegment: a batch's keys share a few

@@ -337,11 +337,15 @@ class MasterState(Placement, Tiering, Recovery):
 
     # -- reads ----------------------------------------------------------------------------
 
-    def get_replicas(self, keys: Sequence[str], now: float) -> list[KeyResult]:
+    def get_replicas(self, keys: Sequence[str], now: float,
+                     copies: bool = True) -> list[KeyResult]:
         """COMPLETE replicas of each key, granting or extending its read lease.
 
         The hot path of every read: _for_each_object's loop written out here (without its
-        put_id checks and per-key closure)."""
+        put_id checks and per-key closure). copies=False hands out the state's own Replica
+        objects, for a caller that only reads them before its next call into the state
+        (the servicer, which encodes them at once): a copy per replica was a sixth of the
+        call."""
         self._check_batch(keys)
         results = []
         objects = self.objects
@@ -355,8 +359,9 @@ class MasterState(Placement, Tiering, Recovery):
                 continue
             self._grant_lease(obj, now)
             self._note_read(obj, now)
-            results.append(KeyResult(int(ErrorCode.OK), "", obj.size, _copy_replicas(
-                [r for r in obj.replicas if r.state == COMPLETE])))
+            complete = [r for r in obj.replicas if r.state == COMPLETE]
+            results.append(KeyResult(int(ErrorCode.OK), "", obj.size,
+                                     _copy_replicas(complete) if copies else complete))
         return results
 
     def exists(self, keys: Sequence[str], now: float) -> list[KeyResult]:
