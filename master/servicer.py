@@ -17,7 +17,7 @@ from mooncake_master.metrics import RpcStats
 from mooncake_master.listing import list_keys
 from mooncake_master.state import (DrainStatus, InventoryEntry, MasterState, PlacementConfig,
                                    SegmentSpec)
-from mooncake_native.answer import DescriptorSegment, ReadAnswer
+from mooncake_native.answer import DescriptorSegment, ReadAnswer, encode_updates
 from mooncake_proto import grants
 from mooncake_proto import mooncake_pb2 as pb
 from mooncake_proto import mooncake_pb2_grpc as pb_grpc
@@ -53,14 +53,16 @@ def _fill_drain(out: pb.DrainStatus, status: DrainStatus) -> pb.DrainStatus:
     return out
 
 
-def _heartbeat_answer(result) -> pb.HeartbeatResponse:
-    response = pb.HeartbeatResponse(registered=result.registered, more=result.more)
-    for update in result.updates:
-        out = response.updates.add(seq=update.seq, removed=update.removed)
-        _fill_entry(out.entry, update.entry)
+def _heartbeat_answer(result) -> Encoded:
+    """The HeartbeatResponse's bytes: its updates encoded in C (native/answer.py; 2.3 us
+    each through protobuf objects, with the GIL held), the other fields by protobuf, in
+    field-number order as protobuf itself writes them."""
+    head = pb.HeartbeatResponse(registered=result.registered)
+    tail = pb.HeartbeatResponse(more=result.more)
     if result.drain is not None:
-        _fill_drain(response.drain, result.drain)
-    return response
+        _fill_drain(tail.drain, result.drain)
+    return Encoded(head.SerializeToString() + encode_updates(result.updates)
+                   + tail.SerializeToString(), [])
 
 
 def _with_statuses(response, keys, results):

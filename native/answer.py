@@ -1,8 +1,9 @@
-"""The master's GetReplicas answer encoded in C (native/include/mc_answer.h): the serialized
-GetReplicasResponse, with a signed grant per replica, in one call per answer.
+"""Answers the master encodes in C, in one call each: GetReplicas (native/include/mc_answer.h),
+the serialized GetReplicasResponse with a signed grant per replica, and a heartbeat's
+inventory updates (native/include/mc_inventory.h).
 
-The caller flattens the answer into integers and text (`ReadAnswer`); C writes the protobuf
-bytes, which equal what protobuf would encode for the same message.
+The caller flattens the answer into integers and text (`ReadAnswer`, `encode_updates`); C
+writes the protobuf bytes, which equal what protobuf would encode for the same message.
 """
 from __future__ import annotations
 
@@ -75,15 +76,37 @@ class ReadAnswer:
         """The answer's bytes, each replica's grant signed for `op` until expiry_ms."""
         fields, segments = self._fields, self._segments
         text = b"".join(self._text)
-        scratch = getattr(_scratch, "state", None)
-        if scratch is None:  # per thread: the master answers on several
-            scratch = _scratch.state = (ffi.new("uint8_t[]", _SCRATCH_BYTES),
-                                        ffi.new("size_t *"))
-        out, needed = scratch
-        args = (needed, segments, len(segments), fields, len(fields), text, len(text),
-                self.items, op, expiry_ms, lease_ttl_ms)
-        n = lib.mc_encode_get_replicas(out, len(out), *args)
-        if n == -errno.ENOSPC:
-            out = ffi.new("uint8_t[]", needed[0])  # a huge batch: its own buffer
-            n = lib.mc_encode_get_replicas(out, len(out), *args)
-        return ffi.buffer(out, check(n, "GetReplicas answer"))[:]
+        return _encoded(lib.mc_encode_get_replicas, "GetReplicas answer", segments,
+                        len(segments), fields, len(fields), text, len(text), self.items, op,
+                        expiry_ms, lease_ttl_ms)
+
+
+def encode_updates(updates) -> bytes:
+    """HeartbeatResponse `updates` fields for InventoryUpdate-like objects (seq, removed,
+    key, put_id, segment_id, offset, size, replica_num, soft_pin, hard_pin): bytes to
+    concatenate with the response's other fields."""
+    fields: list[int] = []
+    keys: list[bytes] = []
+    for u in updates:
+        key = u.key.encode()
+        keys.append(key)
+        fields += (u.seq, u.removed, u.put_id, u.segment_id, u.offset, u.size, u.replica_num,
+                   u.soft_pin, u.hard_pin, len(key))
+    text = b"".join(keys)
+    return _encoded(lib.mc_encode_inventory_updates, "heartbeat inventory updates", fields,
+                    len(keys), text, len(text))
+
+
+def _encoded(encode, what: str, *args) -> bytes:
+    """What encode(out, cap, needed, *args) writes, into this thread's scratch buffer (the
+    master answers on several threads), or into one of its own size when that is too small
+    (a huge batch, thousands of updates)."""
+    scratch = getattr(_scratch, "state", None)
+    if scratch is None:
+        scratch = _scratch.state = (ffi.new("uint8_t[]", _SCRATCH_BYTES), ffi.new("size_t *"))
+    out, needed = scratch
+    n = encode(out, len(out), needed, *args)
+    if n == -errno.ENOSPC:
+        out = ffi.new("uint8_t[]", needed[0])
+        n = encode(out, len(out), needed, *args)
+    return ffi.buffer(out, check(n, what))[:]

@@ -1,13 +1,10 @@
-/* Encodes GetReplicasResponse bytes with signed grants (see mc_answer.h).
- *
- * Protobuf's wire format, as far as this message needs it: a field is a tag byte (number << 3
- * | wire type: 0 varint, 2 length-delimited) then a varint or a varint length and bytes;
- * proto3 leaves out a scalar that is zero and a string that is empty. Lengths of nested
- * messages come first, so each one's size is computed before it is written.
- * Grants are written and MACed by grant.c (mc_grant_sign) under the segment's prepared key.
+/* Encodes GetReplicasResponse bytes with signed grants (see mc_answer.h), in protobuf's wire
+ * format (pb_wire.h). Grants are written and MACed by grant.c (mc_grant_sign) under the
+ * segment's prepared key.
  */
 #include "grant_internal.h"
 #include "mc_answer.h"
+#include "pb_wire.h"
 
 #include <errno.h>
 #include <stdlib.h>
@@ -80,47 +77,6 @@ void mc_desc_segment_free(mc_desc_segment *segment) {
     free(segment->worker_id);
     OPENSSL_cleanse(segment, sizeof *segment);
     free(segment);
-}
-
-static size_t varint_len(uint64_t v) {
-    size_t n = 1;
-    while (v >= 0x80) {
-        v >>= 7;
-        n++;
-    }
-    return n;
-}
-
-static uint8_t *put_varint(uint8_t *p, uint64_t v) {
-    while (v >= 0x80) {
-        *p++ = (uint8_t)(v | 0x80);
-        v >>= 7;
-    }
-    *p++ = (uint8_t)v;
-    return p;
-}
-
-/* a varint field's bytes, 0 when proto3 leaves it out (zero) */
-static size_t scalar_len(uint64_t v) { return v ? 1 + varint_len(v) : 0; }
-
-static uint8_t *put_scalar(uint8_t *p, int tag, uint64_t v) {
-    if (v == 0) return p;
-    *p++ = (uint8_t)tag;
-    return put_varint(p, v);
-}
-
-static size_t nested_len(size_t body) { return 1 + varint_len(body) + body; }
-
-static uint8_t *put_nested(uint8_t *p, int tag, size_t body) {
-    *p++ = (uint8_t)tag;
-    return put_varint(p, body);
-}
-
-static uint8_t *put_string(uint8_t *p, int tag, const uint8_t *s, size_t n) {
-    if (n == 0) return p;
-    p = put_nested(p, tag, n);
-    memcpy(p, s, n);
-    return p + n;
 }
 
 static uint64_t zigzag32(int64_t code) {

@@ -45,14 +45,20 @@ def test_heartbeat_updates_and_registration_inventory_are_encoded_outside_the_lo
     state.put_end(["k", "j"], NOW)
 
     seen = []
-    encode_entry = servicer_module._fill_entry
+    encode_entry, encode_updates = servicer_module._fill_entry, servicer_module.encode_updates
 
-    def checked(out, entry):
+    def checked_entry(out, entry):
         seen.append(_lock_is_free(servicer.lock))
         encode_entry(out, entry)
-    monkeypatch.setattr(servicer_module, "_fill_entry", checked)
 
-    reply = asyncio.run(servicer.Heartbeat(pb.HeartbeatRequest(worker_id="w"), FrameContext()))
+    def checked_updates(updates):
+        seen.append(_lock_is_free(servicer.lock))
+        return encode_updates(updates)
+    monkeypatch.setattr(servicer_module, "_fill_entry", checked_entry)
+    monkeypatch.setattr(servicer_module, "encode_updates", checked_updates)
+
+    answer = asyncio.run(servicer.Heartbeat(pb.HeartbeatRequest(worker_id="w"), FrameContext()))
+    reply = pb.HeartbeatResponse.FromString(answer.SerializeToString())  # encoded bytes
     assert reply.registered
     assert sorted(u.entry.key for u in reply.updates) == ["j", "k"]
     assert [u.seq for u in reply.updates] == [1, 2]
@@ -60,6 +66,7 @@ def test_heartbeat_updates_and_registration_inventory_are_encoded_outside_the_lo
     # the same worker again, bringing its inventory: the answer lists what it holds
     again = _register(servicer, [u.entry for u in reply.updates])
     assert sorted(e.key for e in again.inventory) == ["j", "k"]
-    assert seen and all(seen), "an entry was encoded while the servicer's lock was held"
+    assert len(seen) == 3 and all(seen), \
+        "updates or an entry were encoded while the servicer's lock was held"
     assert servicer.rpc_stats.methods["Heartbeat"].count == 1
     assert servicer.rpc_stats.methods["RegisterWorker"].count == 2
