@@ -16,6 +16,7 @@ import threading
 
 from mooncake_native.binding import spin_readable
 from mooncake_proto import metaframe
+from mooncake_proto.dataplane import recv_exact_into
 from mooncake_proto.errors import ErrorCode, error_for_code
 
 MAX_IDLE = 8  # pooled connections kept per client; more are closed after use
@@ -88,8 +89,11 @@ class MetaChannel:
                                   "not a mooncake master?")
         if len(first) == end:
             return status, first[metaframe.RESPONSE.size:]
-        return status, first[metaframe.RESPONSE.size:] + metaframe.recv_exact(
-            conn, end - len(first))
+        body = bytearray(length)  # a large answer: the rest straight into place
+        have = len(first) - metaframe.RESPONSE.size
+        body[:have] = memoryview(first)[metaframe.RESPONSE.size:]
+        recv_exact_into(conn, memoryview(body)[have:])
+        return status, body
 
     def _checkout(self, timeout_s: float) -> tuple[socket.socket, float | None]:
         """A pooled connection and the timeout it was given, or a new one (None: not yet)."""

@@ -18,6 +18,7 @@ REPLICA_FIELDS = lib.MC_ANSWER_REPLICA_FIELDS
 _SCRATCH_BYTES = 64 << 10  # an answer of this size or less needs no allocation of its own
 
 _scratch = threading.local()
+_new_unzeroed = ffi.new_allocator(should_clear_after_alloc=False)
 
 
 class DescriptorSegment:
@@ -107,6 +108,6 @@ def _encoded(encode, what: str, *args) -> bytes:
     out, needed = scratch
     n = encode(out, len(out), needed, *args)
     if n == -errno.ENOSPC:
-        out = ffi.new("uint8_t[]", needed[0])
+        out = _new_unzeroed("uint8_t[]", needed[0])  # C writes every byte it returns
         n = encode(out, len(out), needed, *args)
     return ffi.buffer(out, check(n, what))[:]

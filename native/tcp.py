@@ -17,6 +17,7 @@ from typing import Callable
 
 from mooncake_native.binding import check, error_for, ffi, lib
 from mooncake_proto.daemon import kv
+from mooncake_proto.errors import InvalidArgumentError
 
 OP_READ = lib.MC_OP_READ
 OP_WRITE = lib.MC_OP_WRITE
@@ -30,9 +31,9 @@ log = logging.getLogger("mooncake.data")
 
 class DataRequest:
     """One READ or WRITE of (segment, offset, length) under a grant, from/into `parts`: a
-    list of buffers (memoryviews) whose sizes add up to `length`, or one cdata pointer to
-    `length` contiguous bytes that C may write (a target a caller made in C form already,
-    such as a fresh bytes object's storage: no buffer conversions per request)."""
+    list of buffers (memoryviews) whose sizes add up to `length`, or one cdata array
+    (`char[]`) of at least `length` bytes that C may write (a target a caller made in C form
+    already, such as ffi.from_buffer of a fresh bytes object: no conversions per request)."""
 
     __slots__ = ("op", "segment_id", "offset", "length", "grant", "parts", "status")
 
@@ -160,6 +161,8 @@ def _marshal(requests: list[DataRequest]):
     for r in requests:
         parts = r.parts
         if isinstance(parts, cdata):  # one contiguous target, already a C pointer
+            if len(parts) < r.length:  # C would write past its end
+                raise InvalidArgumentError(f"a target of {len(parts)} bytes for {r.length}")
             iov_rows.append((parts, r.length))
             continue
         writable = r.op == OP_READ

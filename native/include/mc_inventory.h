@@ -21,10 +21,11 @@
 
 /* Writes n updates as HeartbeatResponse `updates` fields (number 2) into out[0..cap) and
  * returns their length; `keys` holds the updates' keys (UTF-8) one after another. -ENOSPC
- * with *needed set when cap is too small; -EINVAL when a field is negative or out of its
- * type's range, or fields and keys do not add up. */
+ * with *needed set when cap is too small; -EINVAL when a field is out of its type's range
+ * (segment_id and replica_num are 32-bit, the flags 0 or 1), or fields and keys do not add
+ * up. */
 int64_t mc_encode_inventory_updates(uint8_t *out, size_t cap, size_t *needed,
-                                    const int64_t *fields, size_t n,
+                                    const uint64_t *fields, size_t n,
                                     const uint8_t *keys, size_t keys_len);
 /* CDEF-END */
 

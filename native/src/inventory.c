@@ -19,22 +19,20 @@ enum {
 
 enum { SEQ, REMOVED, PUT_ID, SEGMENT_ID, OFFSET, SIZE, REPLICA_NUM, SOFT_PIN, HARD_PIN, KEY_LEN };
 
-static size_t entry_len(const int64_t *u) {
+static size_t entry_len(const uint64_t *u) {
     return ((size_t)u[KEY_LEN] ? nested_len((size_t)u[KEY_LEN]) : 0)
-           + scalar_len((uint64_t)u[PUT_ID]) + scalar_len((uint64_t)u[SEGMENT_ID])
-           + scalar_len((uint64_t)u[OFFSET]) + scalar_len((uint64_t)u[SIZE])
-           + scalar_len((uint64_t)u[REPLICA_NUM]) + scalar_len((uint64_t)u[SOFT_PIN])
-           + scalar_len((uint64_t)u[HARD_PIN]);
+           + scalar_len(u[PUT_ID]) + scalar_len(u[SEGMENT_ID])
+           + scalar_len(u[OFFSET]) + scalar_len(u[SIZE])
+           + scalar_len(u[REPLICA_NUM]) + scalar_len(u[SOFT_PIN])
+           + scalar_len(u[HARD_PIN]);
 }
 
-static size_t update_len(const int64_t *u) {
-    return scalar_len((uint64_t)u[SEQ]) + scalar_len((uint64_t)u[REMOVED])
+static size_t update_len(const uint64_t *u) {
+    return scalar_len(u[SEQ]) + scalar_len(u[REMOVED])
            + nested_len(entry_len(u));
 }
 
-static int check_update(const int64_t *u, size_t i) {
-    for (int f = 0; f < MC_INVENTORY_UPDATE_FIELDS; f++)
-        if (u[f] < 0) return mc_fail(-EINVAL, "inventory update %zu has a negative field %d", i, f);
+static int check_update(const uint64_t *u, size_t i) {
     if (u[SEGMENT_ID] > UINT32_MAX || u[REPLICA_NUM] > UINT32_MAX)
         return mc_fail(-EINVAL, "inventory update %zu: segment id or replica count over 32 bits",
                        i);
@@ -44,14 +42,14 @@ static int check_update(const int64_t *u, size_t i) {
 }
 
 int64_t mc_encode_inventory_updates(uint8_t *out, size_t cap, size_t *needed,
-                                    const int64_t *fields, size_t n,
+                                    const uint64_t *fields, size_t n,
                                     const uint8_t *keys, size_t keys_len) {
     size_t total = 0, key_bytes = 0;
     for (size_t i = 0; i < n; i++) {
-        const int64_t *u = fields + i * MC_INVENTORY_UPDATE_FIELDS;
+        const uint64_t *u = fields + i * MC_INVENTORY_UPDATE_FIELDS;
         int rc = check_update(u, i);
         if (rc != 0) return rc;
-        if ((uint64_t)u[KEY_LEN] > keys_len - key_bytes)
+        if (u[KEY_LEN] > keys_len - key_bytes)
             return mc_fail(-EINVAL, "inventory keys end inside update %zu", i);
         key_bytes += (size_t)u[KEY_LEN];
         total += nested_len(update_len(u));
@@ -66,20 +64,20 @@ int64_t mc_encode_inventory_updates(uint8_t *out, size_t cap, size_t *needed,
     uint8_t *p = out;
     const uint8_t *key = keys;
     for (size_t i = 0; i < n; i++) {
-        const int64_t *u = fields + i * MC_INVENTORY_UPDATE_FIELDS;
+        const uint64_t *u = fields + i * MC_INVENTORY_UPDATE_FIELDS;
         size_t key_len = (size_t)u[KEY_LEN];
         p = put_nested(p, TAG_UPDATES, update_len(u));
-        p = put_scalar(p, TAG_SEQ, (uint64_t)u[SEQ]);
-        p = put_scalar(p, TAG_REMOVED, (uint64_t)u[REMOVED]);
+        p = put_scalar(p, TAG_SEQ, u[SEQ]);
+        p = put_scalar(p, TAG_REMOVED, u[REMOVED]);
         p = put_nested(p, TAG_ENTRY, entry_len(u));
         p = put_string(p, TAG_KEY, key, key_len);
-        p = put_scalar(p, TAG_PUT_ID, (uint64_t)u[PUT_ID]);
-        p = put_scalar(p, TAG_SEGMENT_ID, (uint64_t)u[SEGMENT_ID]);
-        p = put_scalar(p, TAG_OFFSET, (uint64_t)u[OFFSET]);
-        p = put_scalar(p, TAG_SIZE, (uint64_t)u[SIZE]);
-        p = put_scalar(p, TAG_REPLICA_NUM, (uint64_t)u[REPLICA_NUM]);
-        p = put_scalar(p, TAG_SOFT_PIN, (uint64_t)u[SOFT_PIN]);
-        p = put_scalar(p, TAG_HARD_PIN, (uint64_t)u[HARD_PIN]);
+        p = put_scalar(p, TAG_PUT_ID, u[PUT_ID]);
+        p = put_scalar(p, TAG_SEGMENT_ID, u[SEGMENT_ID]);
+        p = put_scalar(p, TAG_OFFSET, u[OFFSET]);
+        p = put_scalar(p, TAG_SIZE, u[SIZE]);
+        p = put_scalar(p, TAG_REPLICA_NUM, u[REPLICA_NUM]);
+        p = put_scalar(p, TAG_SOFT_PIN, u[SOFT_PIN]);
+        p = put_scalar(p, TAG_HARD_PIN, u[HARD_PIN]);
         key += key_len;
     }
     if ((size_t)(p - out) != total)  /* the sizing and the writing disagree: a bug here */

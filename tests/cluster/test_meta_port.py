@@ -198,9 +198,11 @@ def test_answers_in_pieces_are_put_together_and_bytes_past_the_frame_are_refused
     from mooncake_client.meta_channel import MaybeSent, MetaChannel
     answer = pb.ExistsResponse(statuses=[pb.KeyStatus(key="k" * 300, code=0)]).SerializeToString()
     framed = metaframe.RESPONSE.pack(0, len(answer)) + answer
+    large = pb.ExistsResponse(statuses=[pb.KeyStatus(key="b" * 200_000)]).SerializeToString()
     listener, thread = _scripted_master([
         [framed[:3], framed[3:]],                  # the header itself split
         [framed[:20], framed[20:]],                # the body split
+        [metaframe.RESPONSE.pack(0, len(large)) + large],  # past the first read's 64 KiB
         [framed + b"extra"],                       # more than one frame
     ])
     channel = MetaChannel(f"127.0.0.1:{listener.getsockname()[1]}", 2)
@@ -208,6 +210,8 @@ def test_answers_in_pieces_are_put_together_and_bytes_past_the_frame_are_refused
         for _ in range(2):
             reply = channel.call("Exists", pb.KeysRequest(keys=["k"]), 5)
             assert reply.statuses[0].key == "k" * 300
+        reply = channel.call("Exists", pb.KeysRequest(keys=["k"]), 5)
+        assert reply.statuses[0].key == "b" * 200_000
         with pytest.raises(MaybeSent, match="not a mooncake master"):
             channel.call("Exists", pb.KeysRequest(keys=["k"]), 5)
     finally:

@@ -11,6 +11,7 @@ from mooncake_native.binding import ProtocolError
 from mooncake_native.tcp import (OP_READ, OP_WRITE, STATUS_PENDING, DataConnection, DataRequest,
                                   exchange_many)
 from mooncake_proto import dataplane as wire
+from mooncake_proto.errors import InvalidArgumentError
 
 GRANT = b"g" * 40
 
@@ -118,6 +119,8 @@ def test_reads_into_c_pointers_and_buffers_mixed_with_each_grant_sent_whole():
     assert fresh[0][0] == b"\x01" * 5 and fresh[1][0] == b"\x03" * 70_000
     assert bytes(view) == b"\x02" * 9 and bytes(reqs[3].parts[0]) == b"\x04"
     assert grants_seen == [b"a" * 3, b"", b"c" * 300, b"d"]
+    with pytest.raises(InvalidArgumentError, match="a target of 5 bytes for 6"):
+        conn.exchange([DataRequest(OP_READ, 0, 0, 6, b"", fresh_bytes_at(5)[1])], 10)
     conn.close()
     peer.close()
 
