@@ -17,7 +17,8 @@ from mooncake_master.metrics import RpcStats
 from mooncake_master.listing import list_keys
 from mooncake_master.state import (DrainStatus, InventoryEntry, MasterState, PlacementConfig,
                                    SegmentSpec)
-from mooncake_native.answer import DescriptorSegment, ReadAnswer, encode_updates
+from mooncake_native.answer import (GET_REPLICAS, PUT_START, DescriptorSegment,
+                                    ReplicasAnswer, encode_updates)
 from mooncake_proto import grants
 from mooncake_proto import mooncake_pb2 as pb
 from mooncake_proto import mooncake_pb2_grpc as pb_grpc
@@ -153,7 +154,7 @@ class MasterServicer(pb_grpc.MasterServiceServicer):
         # and this text (which names the leader when known), so callers move on to the leader
         self.standby_reason = ""
         self.started_at = clock()
-        # (worker id, segment id) -> (registration identity, shared descriptor fields, signer)
+        # (worker id, segment id) -> (registration identity, DescriptorSegment)
         self._descriptors: dict[tuple[str, int], tuple] = {}
 
     @_serialized(Role.CLIENT)
@@ -219,16 +220,10 @@ class MasterServicer(pb_grpc.MasterServiceServicer):
         results = await self._run(context, self.state.put_start, list(request.keys),
                                   list(request.sizes), config, request.client_node_id, self.clock())
         timeout_s = self.state.config.put_timeout_s
-        expiry = self._expiry_ms(timeout_s)
-        response = pb.PutStartResponse(put_timeout_ms=int(timeout_s * 1000))
-        for key, r in zip(request.keys, results):
-            item = response.items.add(put_id=r.put_id)
-            _fill_status(item.status, key, r)
-            if r.retry_after_s:
-                item.retry_after_ms = max(1, math.ceil(r.retry_after_s * 1000))
-            self._add_descriptors(item.replicas, r.replicas, grants.Op.WRITE, expiry)
+        answer = self._replicas_answer(PUT_START, request.keys, results)
         self._wake_mover()
-        return response
+        return Encoded(answer.encode(grants.Op.WRITE, self._expiry_ms(timeout_s),
+                                     int(timeout_s * 1000)), [r.code for r in results])
 
     @_serialized(Role.CLIENT)
     async def PutEnd(self, request, context):
@@ -244,21 +239,10 @@ class MasterServicer(pb_grpc.MasterServiceServicer):
         results = await self._run(context, self.state.get_replicas, list(request.keys),
                                   self.clock(), False)  # encoded below, under the lock
         ttl_s = self.state.config.lease_ttl_s
-        answer, codes = ReadAnswer(), []
-        segments = {}  # (worker, segment) -> DescriptorSegment: a batch's keys share a few
-        for key, r in zip(request.keys, results):
-            replicas = []
-            for d in r.replicas:
-                where = (d.worker_id, d.segment_id)
-                segment = segments.get(where)
-                if segment is None:
-                    segment = segments[where] = self._segment_descriptor(*where)[2]
-                replicas.append((segment, d.tier, d.state, d.offset, d.length))
-            answer.add(key, r.code, r.message, r.size, replicas)
-            codes.append(r.code)
+        answer = self._replicas_answer(GET_REPLICAS, request.keys, results)
         self._wake_mover()  # reads may have made an SSD object hot enough to promote
         return Encoded(answer.encode(grants.Op.READ, self._expiry_ms(ttl_s), int(ttl_s * 1000)),
-                       codes)
+                       [r.code for r in results])
 
     @_serialized(Role.CLIENT)
     async def Exists(self, request, context):
@@ -322,24 +306,32 @@ class MasterServicer(pb_grpc.MasterServiceServicer):
     def _expiry_ms(self, ttl_s: float) -> int:
         return int((self.wall_clock() + ttl_s + self.state.config.grant_margin_s) * 1000)
 
-    def _add_descriptors(self, out, replicas, op: grants.Op, expiry_ms: int) -> None:
-        """Appends a signed descriptor per replica to `out` (a repeated field: built in place,
-        not constructed and then copied in, which is most of a batch answer's cost). The
-        fields a segment's replicas share arrive as one serialized template: a C-level merge
-        costs less than setting seven fields from Python."""
-        for r in replicas:
-            shared, signer, _ = self._segment_descriptor(r.worker_id, r.segment_id)
-            d = out.add()
-            d.MergeFromString(shared)
-            d.tier, d.offset, d.length, d.state = r.tier, r.offset, r.length, r.state
-            d.grant = signer.sign(op, r.segment_id, r.offset, r.length, expiry_ms)
+    def _replicas_answer(self, layout: int, keys, results) -> ReplicasAnswer:
+        """A GetReplicas or PutStart answer's items (native/answer.py: C writes the bytes and
+        signs a grant per replica): per key its status, then its size (GetReplicas) or put
+        id and retry pause (PutStart), and its replicas."""
+        answer = ReplicasAnswer(layout)
+        segments = {}  # (worker, segment) -> DescriptorSegment: a batch's keys share a few
+        for key, r in zip(keys, results):
+            replicas = []
+            for d in r.replicas:
+                where = (d.worker_id, d.segment_id)
+                segment = segments.get(where)
+                if segment is None:
+                    segment = segments[where] = self._segment_descriptor(*where)
+                replicas.append((segment, d.tier, d.state, d.offset, d.length))
+            if layout == GET_REPLICAS:
+                answer.add(key, r.code, r.message, r.size, replicas)
+            else:
+                retry_ms = max(1, math.ceil(r.retry_after_s * 1000)) if r.retry_after_s else 0
+                answer.add(key, r.code, r.message, r.put_id, replicas, retry_ms)
+        return answer
 
-    def _segment_descriptor(self, worker_id: str, segment_id: int
-                            ) -> tuple[bytes, grants.Signer, DescriptorSegment]:
-        """The descriptor fields every replica on one segment shares (serialized, and as the C
-        answer encoder holds them with the signing key), and its worker's grant signer;
-        rebuilt when the worker registers again (a restart keeps its WorkerInfo and segments
-        but brings a new grant key and addresses)."""
+    def _segment_descriptor(self, worker_id: str, segment_id: int) -> DescriptorSegment:
+        """The descriptor fields every replica on one segment shares, as the C answer encoder
+        holds them with its worker's grant key; rebuilt when the worker registers again (a
+        restart keeps its WorkerInfo and segments but brings a new grant key and
+        addresses)."""
         worker = self.state.workers[worker_id]
         identity = (worker.grant_key, worker.data_addr, worker.node_id, worker.grpc_addr,
                     worker.rdma)
@@ -351,8 +343,7 @@ class MasterServicer(pb_grpc.MasterServiceServicer):
             worker_id=worker_id, segment_id=segment_id, data_addr=worker.data_addr,
             node_id=worker.node_id, path=segment.path, segment_size=segment.size_bytes,
             grpc_addr=worker.grpc_addr, rdma=worker.rdma)
-        entry = (shared.SerializeToString(), grants.Signer(worker.grant_key, worker_id),
-                 DescriptorSegment(worker.grant_key, worker_id, segment_id, shared))
+        entry = DescriptorSegment(worker.grant_key, worker_id, segment_id, shared)
         if len(self._descriptors) >= MAX_CACHED_DESCRIPTORS:
             self._descriptors.clear()  # workers come and go; the live ones refill it
         self._descriptors[(worker_id, segment_id)] = (identity, entry)

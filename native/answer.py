@@ -1,9 +1,9 @@
-"""Answers the master encodes in C, in one call each: GetReplicas (native/include/mc_answer.h),
-the serialized GetReplicasResponse with a signed grant per replica, and a heartbeat's
-inventory updates (native/include/mc_inventory.h).
+"""Answers the master encodes in C, in one call each: GetReplicas and PutStart
+(native/include/mc_answer.h), the serialized response with a signed grant per replica, and a
+heartbeat's inventory updates (native/include/mc_inventory.h).
 
-The caller flattens the answer into integers and text (`ReadAnswer`, `encode_updates`); C
-writes the protobuf bytes, which equal what protobuf would encode for the same message.
+The caller flattens the answer into integers and text (`ReplicasAnswer`, `encode_updates`);
+C writes the protobuf bytes, which equal what protobuf would encode for the same message.
 """
 from __future__ import annotations
 
@@ -13,8 +13,8 @@ import threading
 from mooncake_native.binding import check, ffi, lib
 from mooncake_proto import mooncake_pb2 as pb
 
-ITEM_FIELDS = lib.MC_ANSWER_ITEM_FIELDS
-REPLICA_FIELDS = lib.MC_ANSWER_REPLICA_FIELDS
+GET_REPLICAS = lib.MC_ANSWER_GET_REPLICAS
+PUT_START = lib.MC_ANSWER_PUT_START
 _SCRATCH_BYTES = 64 << 10  # an answer of this size or less needs no allocation of its own
 
 _scratch = threading.local()
@@ -46,23 +46,28 @@ class DescriptorSegment:
         self._segment = ffi.gc(segment, lib.mc_desc_segment_free)
 
 
-class ReadAnswer:
-    """One GetReplicasResponse being flattened: add() each item in order, then encode()."""
+class ReplicasAnswer:
+    """One GetReplicasResponse or PutStartResponse (`layout`: GET_REPLICAS or PUT_START)
+    being flattened: add() each item in order, then encode()."""
 
-    __slots__ = ("_fields", "_text", "_segments", "_index", "items")
+    __slots__ = ("layout", "_fields", "_text", "_segments", "_index", "items")
 
-    def __init__(self):
+    def __init__(self, layout: int = GET_REPLICAS):
+        self.layout = layout
         self._fields: list[int] = []
         self._text: list[bytes] = []
         self._segments: list = []
         self._index: dict[DescriptorSegment, int] = {}
         self.items = 0
 
-    def add(self, key: str, code: int, message: str, size: int, replicas) -> None:
-        """An item; `replicas` are (DescriptorSegment, tier, state, offset, length)."""
+    def add(self, key: str, code: int, message: str, number: int, replicas,
+            retry_after_ms: int = 0) -> None:
+        """An item: `number` is the object's size (GetReplicas) or its put id (PutStart);
+        `replicas` are (DescriptorSegment, tier, state, offset, length)."""
         key_bytes = key.encode()
         message_bytes = message.encode() if message else b""
-        self._fields += (size, code, len(key_bytes), len(message_bytes), len(replicas))
+        self._fields += (number, code, len(key_bytes), len(message_bytes), len(replicas),
+                         retry_after_ms)
         self._text += (key_bytes, message_bytes)
         index = self._index
         for segment, tier, state, offset, length in replicas:
@@ -73,13 +78,14 @@ class ReadAnswer:
             self._fields += (i, tier, state, offset, length)
         self.items += 1
 
-    def encode(self, op: int, expiry_ms: int, lease_ttl_ms: int) -> bytes:
-        """The answer's bytes, each replica's grant signed for `op` until expiry_ms."""
+    def encode(self, op: int, expiry_ms: int, ttl_ms: int) -> bytes:
+        """The answer's bytes, each replica's grant signed for `op` until expiry_ms; ttl_ms is
+        its lease_ttl_ms (GetReplicas) or put_timeout_ms (PutStart)."""
         fields, segments = self._fields, self._segments
         text = b"".join(self._text)
-        return _encoded(lib.mc_encode_get_replicas, "GetReplicas answer", segments,
-                        len(segments), fields, len(fields), text, len(text), self.items, op,
-                        expiry_ms, lease_ttl_ms)
+        return _encoded(lib.mc_encode_replicas_answer, "replicas answer", self.layout,
+                        segments, len(segments), fields, len(fields), text, len(text),
+                        self.items, op, expiry_ms, ttl_ms)
 
 
 def encode_updates(updates) -> bytes:

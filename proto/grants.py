@@ -61,8 +61,9 @@ def sign(key: bytes, grant: Grant) -> bytes:
 
 class Signer:
     """Signs grants for one (key, worker) pair with the HMAC key schedule and the worker id's
-    encoding done once: the master signs a grant per replica of every get and put, and
-    keeps a Signer per worker (about 40% less per grant than a one-shot HMAC)."""
+    encoding done once (about 40% less per grant than a one-shot HMAC). The master's
+    GetReplicas and PutStart answers sign theirs in C (native/answer.py); this is Python's
+    reference and the mover's signer."""
 
     __slots__ = ("_base", "_wid", "_wid_len")
 

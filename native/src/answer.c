@@ -1,5 +1,5 @@
-/* Encodes GetReplicasResponse bytes with signed grants (see mc_answer.h), in protobuf's wire
- * format (pb_wire.h). Grants are written and MACed by grant.c (mc_grant_sign) under the
+/* Encodes GetReplicasResponse and PutStartResponse bytes with signed grants (see
+ * mc_answer.h), in protobuf's wire format (pb_wire.h). Grants are written and MACed by grant.c (mc_grant_sign) under the
  * segment's prepared key.
  */
 #include "grant_internal.h"
@@ -21,16 +21,25 @@ struct mc_desc_segment {
 
 /* GetReplicasResponse { repeated GetReplicasItem items = 1; uint32 lease_ttl_ms = 2; }
  * GetReplicasItem { KeyStatus status = 1; uint64 size = 2; repeated ReplicaDescriptor
- * replicas = 3; }  KeyStatus { string key = 1; sint32 code = 2; string message = 3; }
+ * replicas = 3; }
+ * PutStartResponse { repeated PutStartItem items = 1; uint32 put_timeout_ms = 2; }
+ * PutStartItem { KeyStatus status = 1; repeated ReplicaDescriptor replicas = 2;
+ * uint64 put_id = 3; uint32 retry_after_ms = 4; }
+ * KeyStatus { string key = 1; sint32 code = 2; string message = 3; }
  * ReplicaDescriptor: tier = 3, offset = 4, length = 5, state = 6, grant = 11 (the rest is
  * the segment's head, middle and tail) */
 enum {
-    TAG_ITEMS = 1 << 3 | 2, TAG_LEASE_TTL = 2 << 3,
-    TAG_STATUS = 1 << 3 | 2, TAG_SIZE = 2 << 3, TAG_REPLICAS = 3 << 3 | 2,
+    TAG_ITEMS = 1 << 3 | 2, TAG_TTL = 2 << 3,
+    TAG_STATUS = 1 << 3 | 2,
+    TAG_GET_SIZE = 2 << 3, TAG_GET_REPLICAS = 3 << 3 | 2,
+    TAG_PUT_REPLICAS = 2 << 3 | 2, TAG_PUT_ID = 3 << 3, TAG_PUT_RETRY = 4 << 3,
     TAG_KEY = 1 << 3 | 2, TAG_CODE = 2 << 3, TAG_MESSAGE = 3 << 3 | 2,
     TAG_TIER = 3 << 3, TAG_OFFSET = 4 << 3, TAG_LENGTH = 5 << 3, TAG_STATE = 6 << 3,
     TAG_GRANT = 11 << 3 | 2,
 };
+
+/* an item's fields (MC_ANSWER_ITEM_FIELDS) */
+enum { ITEM_NUMBER, ITEM_CODE, ITEM_KEY_LEN, ITEM_MESSAGE_LEN, ITEM_REPLICAS, ITEM_RETRY };
 
 mc_desc_segment *mc_desc_segment_new(const uint8_t *grant_key, size_t key_len,
                                      const char *worker_id, size_t worker_id_len,
@@ -118,18 +127,22 @@ typedef struct {
 } item_plan;
 
 /* Checks item i (its fields at fields[*at], its text at text[*text_at]) and sizes it. */
-static int plan_item(item_plan *plan, mc_desc_segment **segments, size_t n_segments,
-                     const int64_t *fields, size_t n_fields, size_t *at, size_t text_len,
-                     size_t *text_at) {
+static int plan_item(item_plan *plan, int layout, mc_desc_segment **segments,
+                     size_t n_segments, const int64_t *fields, size_t n_fields, size_t *at,
+                     size_t text_len, size_t *text_at) {
     if (n_fields - *at < MC_ANSWER_ITEM_FIELDS)
         return mc_fail(-EINVAL, "answer fields end inside an item");
     const int64_t *item = fields + *at;
     *at += MC_ANSWER_ITEM_FIELDS;
-    if (item[0] < 0 || item[2] < 0 || item[3] < 0 || item[4] < 0
-        || item[1] < INT32_MIN || item[1] > INT32_MAX)
+    if (item[ITEM_NUMBER] < 0 || item[ITEM_KEY_LEN] < 0 || item[ITEM_MESSAGE_LEN] < 0
+        || item[ITEM_REPLICAS] < 0 || item[ITEM_CODE] < INT32_MIN || item[ITEM_CODE] > INT32_MAX)
         return mc_fail(-EINVAL, "an answer item has a negative size or count");
-    size_t key_len = (size_t)item[2], message_len = (size_t)item[3];
-    size_t n_replicas = (size_t)item[4];
+    if (item[ITEM_RETRY] < 0 || item[ITEM_RETRY] > UINT32_MAX
+        || (layout == MC_ANSWER_GET_REPLICAS && item[ITEM_RETRY] != 0))
+        return mc_fail(-EINVAL, "retry_after_ms %lld in a %s answer", (long long)item[ITEM_RETRY],
+                       layout == MC_ANSWER_GET_REPLICAS ? "GetReplicas" : "PutStart");
+    size_t key_len = (size_t)item[ITEM_KEY_LEN], message_len = (size_t)item[ITEM_MESSAGE_LEN];
+    size_t n_replicas = (size_t)item[ITEM_REPLICAS];
     if (text_len - *text_at < key_len || text_len - *text_at - key_len < message_len)
         return mc_fail(-EINVAL, "answer text ends inside an item");
     if (n_replicas > (n_fields - *at) / MC_ANSWER_REPLICA_FIELDS)
@@ -140,9 +153,12 @@ static int plan_item(item_plan *plan, mc_desc_segment **segments, size_t n_segme
     plan->key_at = *text_at;
     *at += n_replicas * MC_ANSWER_REPLICA_FIELDS;
     *text_at += key_len + message_len;
-    plan->status_len = (key_len ? nested_len(key_len) : 0) + scalar_len(zigzag32(item[1]))
+    plan->status_len = (key_len ? nested_len(key_len) : 0)
+                       + scalar_len(zigzag32(item[ITEM_CODE]))
                        + (message_len ? nested_len(message_len) : 0);
-    size_t body = nested_len(plan->status_len) + scalar_len((uint64_t)item[0]);
+    /* size (GetReplicas) or put id and retry_after_ms (PutStart): zero when absent */
+    size_t body = nested_len(plan->status_len) + scalar_len((uint64_t)item[ITEM_NUMBER])
+                  + scalar_len((uint64_t)item[ITEM_RETRY]);
     for (size_t j = 0; j < n_replicas; j++) {
         const int64_t *r = plan->replicas + j * MC_ANSWER_REPLICA_FIELDS;
         if (r[0] < 0 || (uint64_t)r[0] >= n_segments || segments[r[0]] == NULL)
@@ -156,41 +172,54 @@ static int plan_item(item_plan *plan, mc_desc_segment **segments, size_t n_segme
     return 0;
 }
 
-static uint8_t *put_item(uint8_t *p, const item_plan *plan, mc_desc_segment **segments,
-                         const uint8_t *text, int op, uint64_t expiry_ms) {
-    const int64_t *item = plan->item;
-    size_t key_len = (size_t)item[2], message_len = (size_t)item[3];
-    p = put_nested(p, TAG_ITEMS, plan->body_len);
-    p = put_nested(p, TAG_STATUS, plan->status_len);
-    p = put_string(p, TAG_KEY, text + plan->key_at, key_len);
-    p = put_scalar(p, TAG_CODE, zigzag32(item[1]));
-    p = put_string(p, TAG_MESSAGE, text + plan->key_at + key_len, message_len);
-    p = put_scalar(p, TAG_SIZE, (uint64_t)item[0]);
+static uint8_t *put_replicas(uint8_t *p, int tag, const item_plan *plan,
+                             mc_desc_segment **segments, int op, uint64_t expiry_ms) {
     for (size_t j = 0; j < plan->n_replicas; j++) {
         const int64_t *r = plan->replicas + j * MC_ANSWER_REPLICA_FIELDS;
         const mc_desc_segment *s = segments[r[0]];
-        p = put_nested(p, TAG_REPLICAS, descriptor_len(s, r));
+        p = put_nested(p, tag, descriptor_len(s, r));
         p = put_descriptor(p, s, r, op, expiry_ms);
     }
     return p;
 }
 
-int64_t mc_encode_get_replicas(uint8_t *out, size_t cap, size_t *needed,
-                               mc_desc_segment **segments, size_t n_segments,
-                               const int64_t *fields, size_t n_fields,
-                               const uint8_t *text, size_t text_len, size_t n_items,
-                               int op, uint64_t expiry_ms, uint32_t lease_ttl_ms) {
+static uint8_t *put_item(uint8_t *p, int layout, const item_plan *plan,
+                         mc_desc_segment **segments, const uint8_t *text, int op,
+                         uint64_t expiry_ms) {
+    const int64_t *item = plan->item;
+    size_t key_len = (size_t)item[ITEM_KEY_LEN], message_len = (size_t)item[ITEM_MESSAGE_LEN];
+    p = put_nested(p, TAG_ITEMS, plan->body_len);
+    p = put_nested(p, TAG_STATUS, plan->status_len);
+    p = put_string(p, TAG_KEY, text + plan->key_at, key_len);
+    p = put_scalar(p, TAG_CODE, zigzag32(item[ITEM_CODE]));
+    p = put_string(p, TAG_MESSAGE, text + plan->key_at + key_len, message_len);
+    if (layout == MC_ANSWER_GET_REPLICAS) {
+        p = put_scalar(p, TAG_GET_SIZE, (uint64_t)item[ITEM_NUMBER]);
+        return put_replicas(p, TAG_GET_REPLICAS, plan, segments, op, expiry_ms);
+    }
+    p = put_replicas(p, TAG_PUT_REPLICAS, plan, segments, op, expiry_ms);
+    p = put_scalar(p, TAG_PUT_ID, (uint64_t)item[ITEM_NUMBER]);
+    return put_scalar(p, TAG_PUT_RETRY, (uint64_t)item[ITEM_RETRY]);
+}
+
+int64_t mc_encode_replicas_answer(uint8_t *out, size_t cap, size_t *needed, int layout,
+                                  mc_desc_segment **segments, size_t n_segments,
+                                  const int64_t *fields, size_t n_fields,
+                                  const uint8_t *text, size_t text_len, size_t n_items,
+                                  int op, uint64_t expiry_ms, uint32_t ttl_ms) {
     if (op != MC_OP_READ && op != MC_OP_WRITE)
         return mc_fail(-EINVAL, "grant op %d is neither READ nor WRITE", op);
+    if (layout != MC_ANSWER_GET_REPLICAS && layout != MC_ANSWER_PUT_START)
+        return mc_fail(-EINVAL, "answer layout %d is neither GetReplicas nor PutStart", layout);
     enum { STACK_ITEMS = 64 };
     item_plan stack[STACK_ITEMS];
     item_plan *plans = n_items <= STACK_ITEMS ? stack : malloc(n_items * sizeof *plans);
     if (plans == NULL) return mc_fail(-ENOMEM, "out of memory for %zu answer items", n_items);
     int64_t rc = 0;
-    size_t at = 0, text_at = 0, total = scalar_len(lease_ttl_ms);
+    size_t at = 0, text_at = 0, total = scalar_len(ttl_ms);
     for (size_t i = 0; i < n_items && rc == 0; i++) {
-        rc = plan_item(&plans[i], segments, n_segments, fields, n_fields, &at, text_len,
-                       &text_at);
+        rc = plan_item(&plans[i], layout, segments, n_segments, fields, n_fields, &at,
+                       text_len, &text_at);
         if (rc == 0) total += nested_len(plans[i].body_len);
     }
     if (rc == 0 && (at != n_fields || text_at != text_len))
@@ -202,8 +231,8 @@ int64_t mc_encode_get_replicas(uint8_t *out, size_t cap, size_t *needed,
     if (rc == 0) {
         uint8_t *p = out;
         for (size_t i = 0; i < n_items; i++)
-            p = put_item(p, &plans[i], segments, text, op, expiry_ms);
-        p = put_scalar(p, TAG_LEASE_TTL, lease_ttl_ms);
+            p = put_item(p, layout, &plans[i], segments, text, op, expiry_ms);
+        p = put_scalar(p, TAG_TTL, ttl_ms);
         rc = (int64_t)(p - out);
         if ((size_t)rc != total)  /* the sizing and the writing disagree: a bug here */
             rc = mc_fail(-EFAULT, "answer encoder wrote %lld bytes of %zu", (long long)rc, total);

@@ -1,11 +1,12 @@
-"""The C encoder of GetReplicas answers (native/answer.py): its bytes equal protobuf's own
-encoding of the same message, grants signed in C verify, and inconsistent input is refused."""
+"""The C encoder of GetReplicas and PutStart answers (native/answer.py): its bytes equal
+protobuf's own encoding of the same message, grants signed in C verify, and inconsistent input
+is refused."""
 import hashlib
 import hmac
 
 import pytest
 
-from mooncake_native.answer import DescriptorSegment, ReadAnswer
+from mooncake_native.answer import GET_REPLICAS, PUT_START, DescriptorSegment, ReplicasAnswer
 from mooncake_proto import grants
 from mooncake_proto import mooncake_pb2 as pb
 from mooncake_proto.errors import ErrorCode, InvalidArgumentError
@@ -49,7 +50,7 @@ def _expected(items, lease_ttl_ms: int, op=grants.Op.READ) -> bytes:
 
 
 def _encoded(items, lease_ttl_ms: int, op=grants.Op.READ) -> bytes:
-    answer = ReadAnswer()
+    answer = ReplicasAnswer(GET_REPLICAS)
     for key, code, message, size, replicas in items:
         answer.add(key, code, message, size,
                    [(s.native, tier, state, offset, length)
@@ -109,23 +110,74 @@ def test_an_answer_larger_than_the_scratch_buffer():
 
 def test_inconsistent_input_is_refused():
     segment = _Segment(KEY_A, "w", 0)
-    answer = ReadAnswer()
+    answer = ReplicasAnswer()
     answer.add("k", 0, "", 1, [(segment.native, 0, 2, 0, 1)])
     answer._fields[-1] = -1  # a negative length
     with pytest.raises(InvalidArgumentError, match="negative"):
         answer.encode(grants.Op.READ, EXPIRY_MS, 1)
-    answer = ReadAnswer()
+    answer = ReplicasAnswer()
     answer.add("k", 0, "", 1, [(segment.native, 0, 2, 0, 1)])
-    answer._fields[5] = 1  # a segment index past the table
+    answer._fields[6] = 1  # a segment index past the table
     with pytest.raises(InvalidArgumentError, match="segment 1 of 1"):
         answer.encode(grants.Op.READ, EXPIRY_MS, 1)
-    answer = ReadAnswer()
+    answer = ReplicasAnswer()
     answer.add("k", 0, "", 1, [])
     answer._text.append(b"extra")
     with pytest.raises(InvalidArgumentError, match="left over"):
         answer.encode(grants.Op.READ, EXPIRY_MS, 1)
     with pytest.raises(InvalidArgumentError, match="op 9"):
-        ReadAnswer().encode(9, EXPIRY_MS, 1)
+        ReplicasAnswer().encode(9, EXPIRY_MS, 1)
+    with pytest.raises(InvalidArgumentError, match="layout 7"):
+        ReplicasAnswer(7).encode(grants.Op.READ, EXPIRY_MS, 1)
+    answer = ReplicasAnswer(GET_REPLICAS)
+    answer.add("k", 0, "", 1, [], retry_after_ms=5)  # a PutStart field
+    with pytest.raises(InvalidArgumentError, match="retry_after_ms 5 in a GetReplicas"):
+        answer.encode(grants.Op.READ, EXPIRY_MS, 1)
+    answer = ReplicasAnswer(PUT_START)
+    answer.add("k", 0, "", 1, [], retry_after_ms=2**32)
+    with pytest.raises(InvalidArgumentError, match="retry_after_ms"):
+        answer.encode(grants.Op.WRITE, EXPIRY_MS, 1)
+
+
+def _expected_put_start(items, put_timeout_ms: int) -> bytes:
+    """Protobuf's encoding of the PutStart answer `items` describes, WRITE grants signed in
+    Python: (key, code, message, put_id, retry_after_ms, replicas)."""
+    response = pb.PutStartResponse(put_timeout_ms=put_timeout_ms)
+    for key, code, message, put_id, retry_after_ms, replicas in items:
+        item = response.items.add(put_id=put_id, retry_after_ms=retry_after_ms)
+        item.status.key = key
+        item.status.code, item.status.message = code, message
+        for segment, tier, state, offset, length in replicas:
+            d = item.replicas.add()
+            d.CopyFrom(segment.shared)
+            d.tier, d.state, d.offset, d.length = tier, state, offset, length
+            d.grant = segment.signer.sign(grants.Op.WRITE, segment.shared.segment_id, offset,
+                                          length, EXPIRY_MS)
+    return response.SerializeToString()
+
+
+def test_put_start_answers_equal_protobufs_encoding_field_for_field():
+    dram = _Segment(KEY_A, "worker-a", 0)
+    other = _Segment(KEY_B, "wörker-b", 1, rdma=True)
+    items = [
+        ("k", 0, "", 1_733_450_000_000_001, 0, [(dram, 0, 1, 0, 4096)]),  # PENDING replica
+        ("two", 0, "", 1_733_450_000_000_002, 0, [(dram, 0, 1, 8192, 100),
+                                                  (other, 0, 1, 1 << 40, 100)]),
+        ("exists", int(ErrorCode.OBJECT_ALREADY_EXISTS), "key 'exists' already exists", 0, 0,
+         []),
+        ("wait", int(ErrorCode.SPACE_BEING_FREED), "eviction is freeing room", 0, 250, []),
+        ("", 0, "", 0, 0, []),
+    ]
+    answer = ReplicasAnswer(PUT_START)
+    for key, code, message, put_id, retry_after_ms, replicas in items:
+        answer.add(key, code, message, put_id,
+                   [(s.native, tier, state, offset, length)
+                    for s, tier, state, offset, length in replicas], retry_after_ms)
+    encoded = answer.encode(grants.Op.WRITE, EXPIRY_MS, 30_000)
+    assert encoded == _expected_put_start(items, 30_000)
+    (first, *_) = pb.PutStartResponse.FromString(encoded).items
+    grant = grants.verify(KEY_A, first.replicas[0].grant, "worker-a", now_ms=EXPIRY_MS)
+    assert (grant.op, grant.offset, grant.length) == (grants.Op.WRITE, 0, 4096)
 
 
 def test_a_segment_needs_a_key_and_a_grantable_worker_id():

@@ -1,5 +1,5 @@
 """What a GetReplicas answer carries per replica, through the servicer's per-segment cache of
-shared descriptor fields and grant signers (master/servicer.py `_segment_descriptor`)."""
+shared descriptor fields and grant keys (master/servicer.py `_segment_descriptor`)."""
 import time
 
 from mooncake_master.meta_server import MetaServer
