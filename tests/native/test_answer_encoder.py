@@ -38,15 +38,20 @@ def _expected(items, lease_ttl_ms: int, op=grants.Op.READ) -> bytes:
     response = pb.GetReplicasResponse(lease_ttl_ms=lease_ttl_ms)
     for key, code, message, size, replicas in items:
         item = response.items.add(size=size)
-        item.status.key = key
-        item.status.code, item.status.message = code, message
-        for segment, tier, state, offset, length in replicas:
-            d = item.replicas.add()
-            d.CopyFrom(segment.shared)
-            d.tier, d.state, d.offset, d.length = tier, state, offset, length
-            d.grant = segment.signer.sign(op, segment.shared.segment_id, offset, length,
-                                          EXPIRY_MS)
+        _add_status_and_replicas(item, key, code, message, replicas, op)
     return response.SerializeToString()
+
+
+def _add_status_and_replicas(item, key: str, code: int, message: str, replicas, op) -> None:
+    """An item's status and replica descriptors as protobuf holds them, grants signed in
+    Python for `op`."""
+    item.status.key = key
+    item.status.code, item.status.message = code, message
+    for segment, tier, state, offset, length in replicas:
+        d = item.replicas.add()
+        d.CopyFrom(segment.shared)
+        d.tier, d.state, d.offset, d.length = tier, state, offset, length
+        d.grant = segment.signer.sign(op, segment.shared.segment_id, offset, length, EXPIRY_MS)
 
 
 def _encoded(items, lease_ttl_ms: int, op=grants.Op.READ) -> bytes:
@@ -145,14 +150,7 @@ def _expected_put_start(items, put_timeout_ms: int) -> bytes:
     response = pb.PutStartResponse(put_timeout_ms=put_timeout_ms)
     for key, code, message, put_id, retry_after_ms, replicas in items:
         item = response.items.add(put_id=put_id, retry_after_ms=retry_after_ms)
-        item.status.key = key
-        item.status.code, item.status.message = code, message
-        for segment, tier, state, offset, length in replicas:
-            d = item.replicas.add()
-            d.CopyFrom(segment.shared)
-            d.tier, d.state, d.offset, d.length = tier, state, offset, length
-            d.grant = segment.signer.sign(grants.Op.WRITE, segment.shared.segment_id, offset,
-                                          length, EXPIRY_MS)
+        _add_status_and_replicas(item, key, code, message, replicas, grants.Op.WRITE)
     return response.SerializeToString()
 
 
