@@ -39,16 +39,4 @@ int mc_grant_covers(const mc_grant *grant, int op, uint32_t segment_id, uint64_t
                     uint64_t length);
 /* CDEF-END */
 
-/* a big-endian unsigned integer of `bytes` (<= 8) bytes, as the wire and grants encode them */
-static inline uint64_t mc_load_be(const uint8_t *p, int bytes) {
-    uint64_t v = 0;
-    for (int i = 0; i < bytes; i++) v = (v << 8) | p[i];
-    return v;
-}
-
-/* writes v as a big-endian unsigned integer of `bytes` (<= 8) bytes: mc_load_be's inverse */
-static inline void mc_store_be(uint8_t *p, uint64_t v, int bytes) {
-    for (int i = bytes - 1; i >= 0; i--, v >>= 8) p[i] = (uint8_t)v;
-}
-
 #endif

@@ -97,9 +97,17 @@ int mc_server_stop(mc_server *server);
 void mc_server_destroy(mc_server *server);
 /* CDEF-END */
 
+/* the zeros that pad n bytes to a multiple of pad_mask + 1 (a power of two; a mask of 0
+ * pads nothing, as in MCD1) */
+static inline uint32_t mc_pad(uint32_t pad_mask, uint64_t n) {
+    return (uint32_t)-n & pad_mask;
+}
+
+_Static_assert((MC_DATAPLANE_ALIGN & (MC_DATAPLANE_ALIGN - 1)) == 0, "a power of two");
+
 /* the zeros that pad n bytes to a multiple of MC_DATAPLANE_ALIGN in the aligned form */
 static inline uint32_t mc_dataplane_pad(uint64_t n) {
-    return (uint32_t)((MC_DATAPLANE_ALIGN - n % MC_DATAPLANE_ALIGN) % MC_DATAPLANE_ALIGN);
+    return mc_pad(MC_DATAPLANE_ALIGN - 1, n);
 }
 
 #endif

@@ -43,16 +43,11 @@ typedef struct {
     uint32_t pad_mask;     /* the zeros after n bytes are -n & pad_mask: none in MCD1 */
 } wire_form;
 
-_Static_assert((MC_DATAPLANE_ALIGN & (MC_DATAPLANE_ALIGN - 1)) == 0, "a power of two");
 static const wire_form forms[] = {
     [MC_TCP_FORM_ALIGNED] = {{'M', 'C', 'D', '2'}, MC_DATAPLANE_ALIGNED_RESPONSE_BYTES,
                              MC_DATAPLANE_ALIGN - 1},
     [MC_TCP_FORM_MCD1] = {{'M', 'C', 'D', '1'}, MC_DATAPLANE_RESPONSE_BYTES, 0},
 };
-
-static inline uint32_t pad_of(uint32_t pad_mask, uint64_t n) {
-    return (uint32_t)-n & pad_mask;
-}
 
 static const uint8_t zeros[MC_DATAPLANE_ALIGN];   /* our requests' padding */
 #define SOCKET_BUFFER_BYTES (4 << 20)
@@ -66,14 +61,6 @@ static int64_t now_ms(void) {
     clock_gettime(CLOCK_MONOTONIC, &ts);
     return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
 }
-
-static void put_be16(uint8_t *p, uint16_t v) { p[0] = v >> 8; p[1] = v & 0xff; }
-static void put_be32(uint8_t *p, uint32_t v) { for (int i = 3; i >= 0; i--, v >>= 8) p[i] = v & 0xff; }
-static void put_be64(uint8_t *p, uint64_t v) { for (int i = 7; i >= 0; i--, v >>= 8) p[i] = v & 0xff; }
-static uint32_t get_be32(const uint8_t *p) {
-    return (uint32_t)p[0] << 24 | (uint32_t)p[1] << 16 | (uint32_t)p[2] << 8 | p[3];
-}
-static uint64_t get_be64(const uint8_t *p) { uint64_t v = 0; for (int i = 0; i < 8; i++) v = v << 8 | p[i]; return v; }
 
 static int wait_fd(int fd, short events, int64_t deadline) {
     struct pollfd p = {fd, events, 0};
@@ -148,13 +135,13 @@ static int piece_at(const send_cursor *c, size_t req, uint32_t piece, struct iov
     if (piece == 1) { out->iov_base = (void *)r->grant; out->iov_len = r->grant_len; return 1; }
     if (piece == 2) {
         out->iov_base = (void *)zeros;
-        out->iov_len = pad_of(c->pad_mask, REQUEST_HEADER_BYTES + r->grant_len);
+        out->iov_len = mc_pad(c->pad_mask, REQUEST_HEADER_BYTES + r->grant_len);
         return 1;
     }
     if (r->op != MC_OP_WRITE || piece - 3 > r->iov_count) return 0;
     if (piece - 3 == r->iov_count) {
         out->iov_base = (void *)zeros;
-        out->iov_len = pad_of(c->pad_mask, r->length);
+        out->iov_len = mc_pad(c->pad_mask, r->length);
         return 1;
     }
     out->iov_base = r->iov[piece - 3].base;
@@ -248,8 +235,8 @@ static void finish(mc_tcp_request *r, recv_state *s) {
 /* a complete response header: records a refusal, checks the length, starts a payload */
 static int take_head(mc_tcp_request *r, recv_state *s) {
     const uint8_t *head = s->heads[s->req];
-    int32_t status = (int32_t)get_be32(head);
-    uint64_t length = get_be64(head + 4);
+    int32_t status = (int32_t)(uint32_t)mc_load_be(head, 4);
+    uint64_t length = mc_load_be(head + 4, 8);
     if (status != 0) {
         if (status > 0)
             return mc_fail(MC_ERR_PROTOCOL, "worker answered status %d", (int)status);
@@ -271,7 +258,7 @@ static int take_head(mc_tcp_request *r, recv_state *s) {
  * padding after it are complete */
 static void settle_payload(mc_tcp_request *r, recv_state *s) {
     while (s->iov < r->iov_count && s->done == r->iov[s->iov].length) { s->iov++; s->done = 0; }
-    if (s->iov == r->iov_count && s->pad_done == pad_of(s->pad_mask, r->length)) finish(r, s);
+    if (s->iov == r->iov_count && s->pad_done == mc_pad(s->pad_mask, r->length)) finish(r, s);
 }
 
 /* where the next bytes go, answer after answer from the current position: up to
@@ -302,7 +289,7 @@ static int plan_recv(mc_tcp_request *requests, size_t count, const recv_state *s
         }
         if (i < r->iov_count || n == MAX_RECV_IOVS) return n;
         uint32_t from = current && s->in_payload ? s->pad_done : 0;
-        uint32_t pad = pad_of(s->pad_mask, r->length) - from;
+        uint32_t pad = mc_pad(s->pad_mask, r->length) - from;
         if (pad > 0) {
             iov[n++] = (struct iovec){(uint8_t *)s->pad + from, pad};
             total += pad;
@@ -328,7 +315,7 @@ static int consume(mc_tcp_request *requests, size_t count, recv_state *s, uint64
             continue;
         }
         if (s->iov == r->iov_count) {   /* the payload is in: its padding */
-            uint32_t left = pad_of(s->pad_mask, r->length) - s->pad_done;
+            uint32_t left = mc_pad(s->pad_mask, r->length) - s->pad_done;
             uint32_t take = left < got ? left : (uint32_t)got;
             s->pad_done += take;
             got -= take;
@@ -352,7 +339,7 @@ static int mcd1_refusal(const recv_state *s) {
     const uint8_t *head = s->heads[0];
     return s->form == &forms[MC_TCP_FORM_ALIGNED] && s->req == 0 && !s->in_payload &&
            s->head_len == MC_DATAPLANE_RESPONSE_BYTES &&
-           (int32_t)get_be32(head) == MC_CODE_INVALID_PARAMS && get_be64(head + 4) == 0;
+           (int32_t)(uint32_t)mc_load_be(head, 4) == MC_CODE_INVALID_PARAMS && mc_load_be(head + 4, 8) == 0;
 }
 
 static int mcd1_only(void) {
@@ -407,10 +394,10 @@ static void encode_headers(const wire_form *form, const mc_tcp_request *requests
         memcpy(h, form->magic, 4);
         h[4] = requests[i].op;
         h[5] = 0;
-        put_be16(h + 6, requests[i].grant_len);
-        put_be32(h + 8, requests[i].segment_id);
-        put_be64(h + 12, requests[i].offset);
-        put_be64(h + 20, requests[i].length);
+        mc_store_be(h + 6, requests[i].grant_len, 2);
+        mc_store_be(h + 8, requests[i].segment_id, 4);
+        mc_store_be(h + 12, requests[i].offset, 8);
+        mc_store_be(h + 20, requests[i].length, 8);
     }
 }
 
