@@ -116,12 +116,6 @@ def _tally_statuses(response, tally: dict[int, int]) -> None:
         tally[code] = tally.get(code, 0) + 1
 
 
-def _tally_item_statuses(response, tally: dict[int, int]) -> None:
-    for item in response.items:
-        code = item.status.code
-        tally[code] = tally.get(code, 0) + 1
-
-
 def _tally_encoded(response: Encoded, tally: dict[int, int]) -> None:
     for code in response.key_codes:
         tally[code] = tally.get(code, 0) + 1
@@ -137,15 +131,13 @@ _TALLY: dict[type, object] = {Encoded: _tally_encoded}
 
 def _tally_key_codes(response, tally: dict[int, int]) -> None:
     """Counts the per-key codes of a batch answer: KeysResponse and ExistsResponse carry
-    `statuses`, PutStartResponse and GetReplicasResponse `items[].status`, an Encoded answer
-    `key_codes`; other answers none.
+    `statuses`, an Encoded answer (GetReplicas, PutStart) `key_codes`; other answers none.
     Which, is decided once per answer type (a failed getattr on a message costs a microsecond,
     and a plain loop is half the cost of a comprehension over a one-key answer)."""
     tally_of = _TALLY.get(type(response))
     if tally_of is None:
         fields = response.DESCRIPTOR.fields_by_name
-        tally_of = _tally_statuses if "statuses" in fields else \
-            _tally_item_statuses if "items" in fields else _tally_nothing
+        tally_of = _tally_statuses if "statuses" in fields else _tally_nothing
         _TALLY[type(response)] = tally_of
     tally_of(response, tally)
 

@@ -133,9 +133,9 @@ def aio_server() -> grpc.aio.Server:
 
 
 class Encoded:
-    """An answer a servicer serialized itself (the master's GetReplicas, master/servicer.py):
-    gRPC and the framed port send `payload` as it is. `key_codes` are its items' per-key
-    codes, for the call statistics (master/metrics.py)."""
+    """An answer a servicer serialized itself (the master's GetReplicas, PutStart and
+    Heartbeat answers, master/servicer.py): gRPC and the framed port send `payload` as it is.
+    `key_codes` are its items' per-key codes, for the call statistics (master/metrics.py)."""
 
     __slots__ = ("payload", "key_codes")
 

@@ -10,6 +10,7 @@ from mooncake_master.state import TIER_DRAM, TIER_SSD, MasterState, PlacementCon
     SegmentSpec
 from mooncake_proto import mooncake_pb2 as pb
 from mooncake_proto.errors import ErrorCode
+from mooncake_proto.rpc import Encoded
 
 NOW = 1000.0
 
@@ -47,8 +48,7 @@ def test_rpc_stats_record_latency_failures_and_per_key_codes():
     stats.observe("Exists", 0.00003, 0, answer)
     stats.observe("Exists", 0.003, 0, answer)
     stats.observe("Exists", 99.0, ErrorCode.INVALID_PARAMS)  # over every bound
-    puts = pb.PutStartResponse()
-    puts.items.add().status.code = ErrorCode.NO_AVAILABLE_HANDLE
+    puts = Encoded(b"", [ErrorCode.NO_AVAILABLE_HANDLE])  # as the servicer answers PutStart
     stats.observe("PutStart", 0.001, 0, puts)
     stats.observe("Hello", 0.001, 0, pb.HelloResponse())
     calls, latency, failures, keys = stats.families()
