@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import functools
 import logging
-import math
 import secrets
 import threading
 import time
@@ -311,20 +310,7 @@ class MasterServicer(pb_grpc.MasterServiceServicer):
         signs a grant per replica): per key its status, then its size (GetReplicas) or put
         id and retry pause (PutStart), and its replicas."""
         answer = ReplicasAnswer(layout)
-        segments = {}  # (worker, segment) -> DescriptorSegment: a batch's keys share a few
-        for key, r in zip(keys, results):
-            replicas = []
-            for d in r.replicas:
-                where = (d.worker_id, d.segment_id)
-                segment = segments.get(where)
-                if segment is None:
-                    segment = segments[where] = self._segment_descriptor(*where)
-                replicas.append((segment, d.tier, d.state, d.offset, d.length))
-            if layout == GET_REPLICAS:
-                answer.add(key, r.code, r.message, r.size, replicas)
-            else:
-                retry_ms = max(1, math.ceil(r.retry_after_s * 1000)) if r.retry_after_s else 0
-                answer.add(key, r.code, r.message, r.put_id, replicas, retry_ms)
+        answer.add_results(keys, results, self._segment_descriptor)
         return answer
 
     def _segment_descriptor(self, worker_id: str, segment_id: int) -> DescriptorSegment:

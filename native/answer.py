@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import array
 import errno
+import math
 import threading
 
 from mooncake_native.binding import check, ffi, lib
@@ -49,7 +50,7 @@ class DescriptorSegment:
 
 class ReplicasAnswer:
     """One GetReplicasResponse or PutStartResponse (`layout`: GET_REPLICAS or PUT_START)
-    being flattened: add() each item in order, then encode()."""
+    being flattened: add_results() its items, then encode()."""
 
     __slots__ = ("layout", "_fields", "_text", "_segments", "_index", "items")
 
@@ -61,23 +62,38 @@ class ReplicasAnswer:
         self._index: dict[DescriptorSegment, int] = {}
         self.items = 0
 
-    def add(self, key: str, code: int, message: str, number: int, replicas,
-            retry_after_ms: int = 0) -> None:
-        """An item: `number` is the object's size (GetReplicas) or its put id (PutStart);
-        `replicas` are (DescriptorSegment, tier, state, offset, length)."""
-        key_bytes = key.encode()
-        message_bytes = message.encode() if message else b""
-        self._fields += (number, code, len(key_bytes), len(message_bytes), len(replicas),
-                         retry_after_ms)
-        self._text += (key_bytes, message_bytes)
-        index = self._index
-        for segment, tier, state, offset, length in replicas:
-            i = index.get(segment)
-            if i is None:
-                i = index[segment] = len(self._segments)
-                self._segments.append(segment._segment)
-            self._fields += (i, tier, state, offset, length)
-        self.items += 1
+    def add_results(self, keys, results, segment_for) -> None:
+        """An item per key, in order, from its KeyResult-like result (code, message, size for
+        GetReplicas or put_id and retry_after_s for PutStart, replicas of worker_id,
+        segment_id, tier, state, offset, length). segment_for(worker_id, segment_id) gives a
+        replica's DescriptorSegment, asked once per segment of the batch. One loop: this
+        runs for every key of every read."""
+        fields, text, segments, index = self._fields, self._text, self._segments, self._index
+        put_start = self.layout == PUT_START
+        known: dict[tuple[str, int], int] = {}  # (worker, segment) -> its index in segments
+        for key, r in zip(keys, results, strict=True):
+            key_bytes = key.encode()
+            message = r.message.encode() if r.message else b""
+            replicas = r.replicas
+            if put_start:
+                retry_s = r.retry_after_s
+                fields += (r.put_id, r.code, len(key_bytes), len(message), len(replicas),
+                           max(1, math.ceil(retry_s * 1000)) if retry_s else 0)
+            else:
+                fields += (r.size, r.code, len(key_bytes), len(message), len(replicas), 0)
+            text += (key_bytes, message)
+            for d in replicas:
+                where = (d.worker_id, d.segment_id)
+                i = known.get(where)
+                if i is None:
+                    segment = segment_for(*where)
+                    i = index.get(segment)
+                    if i is None:
+                        i = index[segment] = len(segments)
+                        segments.append(segment._segment)
+                    known[where] = i
+                fields += (i, d.tier, d.state, d.offset, d.length)
+        self.items += len(results)
 
     def encode(self, op: int, expiry_ms: int, ttl_ms: int) -> bytes:
         """The answer's bytes, each replica's grant signed for `op` until expiry_ms; ttl_ms is

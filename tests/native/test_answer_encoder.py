@@ -6,6 +6,7 @@ import hmac
 
 import pytest
 
+from mooncake_master.model import KeyResult, Replica
 from mooncake_native.answer import GET_REPLICAS, PUT_START, DescriptorSegment, ReplicasAnswer
 from mooncake_proto import grants
 from mooncake_proto import mooncake_pb2 as pb
@@ -54,13 +55,34 @@ def _add_status_and_replicas(item, key: str, code: int, message: str, replicas, 
         d.grant = segment.signer.sign(op, segment.shared.segment_id, offset, length, EXPIRY_MS)
 
 
+def _answer(items, layout: int = GET_REPLICAS) -> ReplicasAnswer:
+    """`items` flattened as the servicer does it, from KeyResult and Replica objects: each
+    (key, code, message, size, replicas), or for PUT_START (key, code, message, put_id,
+    retry_after_ms, replicas)."""
+    answer, segments, results = ReplicasAnswer(layout), {}, []
+    for key, code, message, *numbers, replicas in items:
+        for s, *_ in replicas:
+            segments[(s.shared.worker_id, s.shared.segment_id)] = s.native
+        result = KeyResult(code, message, replicas=[
+            Replica(s.shared.worker_id, s.shared.segment_id, tier, offset, length, state)
+            for s, tier, state, offset, length in replicas])
+        if layout == PUT_START:
+            result.put_id, result.retry_after_s = numbers[0], numbers[1] / 1000
+        else:
+            result.size = numbers[0]
+        results.append(result)
+    asked = []
+
+    def segment_for(worker_id: str, segment_id: int) -> DescriptorSegment:
+        asked.append((worker_id, segment_id))
+        return segments[(worker_id, segment_id)]
+    answer.add_results([item[0] for item in items], results, segment_for)
+    assert len(asked) == len(set(asked)), "a segment asked for twice in one answer"
+    return answer
+
+
 def _encoded(items, lease_ttl_ms: int, op=grants.Op.READ) -> bytes:
-    answer = ReplicasAnswer(GET_REPLICAS)
-    for key, code, message, size, replicas in items:
-        answer.add(key, code, message, size,
-                   [(s.native, tier, state, offset, length)
-                    for s, tier, state, offset, length in replicas])
-    return answer.encode(op, EXPIRY_MS, lease_ttl_ms)
+    return _answer(items).encode(op, EXPIRY_MS, lease_ttl_ms)
 
 
 def test_answers_equal_protobufs_encoding_field_for_field():
@@ -115,18 +137,16 @@ def test_an_answer_larger_than_the_scratch_buffer():
 
 def test_inconsistent_input_is_refused():
     segment = _Segment(KEY_A, "w", 0)
-    answer = ReplicasAnswer()
-    answer.add("k", 0, "", 1, [(segment.native, 0, 2, 0, 1)])
+    one = [("k", 0, "", 1, [(segment, 0, 2, 0, 1)])]
+    answer = _answer(one)
     answer._fields[-1] = -1  # a negative length
     with pytest.raises(InvalidArgumentError, match="negative"):
         answer.encode(grants.Op.READ, EXPIRY_MS, 1)
-    answer = ReplicasAnswer()
-    answer.add("k", 0, "", 1, [(segment.native, 0, 2, 0, 1)])
+    answer = _answer(one)
     answer._fields[6] = 1  # a segment index past the table
     with pytest.raises(InvalidArgumentError, match="segment 1 of 1"):
         answer.encode(grants.Op.READ, EXPIRY_MS, 1)
-    answer = ReplicasAnswer()
-    answer.add("k", 0, "", 1, [])
+    answer = _answer([("k", 0, "", 1, [])])
     answer._text.append(b"extra")
     with pytest.raises(InvalidArgumentError, match="left over"):
         answer.encode(grants.Op.READ, EXPIRY_MS, 1)
@@ -134,12 +154,11 @@ def test_inconsistent_input_is_refused():
         ReplicasAnswer().encode(9, EXPIRY_MS, 1)
     with pytest.raises(InvalidArgumentError, match="layout 7"):
         ReplicasAnswer(7).encode(grants.Op.READ, EXPIRY_MS, 1)
-    answer = ReplicasAnswer(GET_REPLICAS)
-    answer.add("k", 0, "", 1, [], retry_after_ms=5)  # a PutStart field
+    answer = _answer([("k", 0, "", 1, [])])
+    answer._fields[5] = 5  # retry_after_ms, a PutStart field
     with pytest.raises(InvalidArgumentError, match="retry_after_ms 5 in a GetReplicas"):
         answer.encode(grants.Op.READ, EXPIRY_MS, 1)
-    answer = ReplicasAnswer(PUT_START)
-    answer.add("k", 0, "", 1, [], retry_after_ms=2**32)
+    answer = _answer([("k", 0, "", 1, 2**32, [])], PUT_START)
     with pytest.raises(InvalidArgumentError, match="retry_after_ms"):
         answer.encode(grants.Op.WRITE, EXPIRY_MS, 1)
 
@@ -166,12 +185,7 @@ def test_put_start_answers_equal_protobufs_encoding_field_for_field():
         ("wait", int(ErrorCode.SPACE_BEING_FREED), "eviction is freeing room", 0, 250, []),
         ("", 0, "", 0, 0, []),
     ]
-    answer = ReplicasAnswer(PUT_START)
-    for key, code, message, put_id, retry_after_ms, replicas in items:
-        answer.add(key, code, message, put_id,
-                   [(s.native, tier, state, offset, length)
-                    for s, tier, state, offset, length in replicas], retry_after_ms)
-    encoded = answer.encode(grants.Op.WRITE, EXPIRY_MS, 30_000)
+    encoded = _answer(items, PUT_START).encode(grants.Op.WRITE, EXPIRY_MS, 30_000)
     assert encoded == _expected_put_start(items, 30_000)
     (first, *_) = pb.PutStartResponse.FromString(encoded).items
     grant = grants.verify(KEY_A, first.replicas[0].grant, "worker-a", now_ms=EXPIRY_MS)

@@ -160,6 +160,22 @@ def test_returned_replicas_are_copies():
     assert state.objects["a"].replicas[0].offset == 0
 
 
+def test_a_replica_being_copied_is_not_handed_out():
+    state = make_state()
+    put(state, ["a"], [100])
+    state.put_end(["a"], 0.0)
+    [done] = state.objects["a"].replicas
+    copying = dataclasses.replace(done, worker_id="w-elsewhere", state=PENDING)
+    state.objects["a"].replicas.append(copying)  # a re-replication under way
+    for copies in (True, False):
+        [result] = state.get_replicas(["a"], 0.0, copies)
+        assert [(r.worker_id, r.state) for r in result.replicas] == [(done.worker_id, COMPLETE)]
+        assert (result.replicas[0] is done) is not copies
+    state.objects["a"].replicas.remove(copying)
+    [result] = state.get_replicas(["a"], 0.0, copies=True)
+    assert result.replicas == [done] and result.replicas[0] is not done
+
+
 # -- revoke -----------------------------------------------------------------------------
 
 
