@@ -42,8 +42,9 @@ class MetaChannel:
         self._lock = threading.Lock()
         self._closed = False
 
-    def call(self, method: str, request, timeout_s: float):
-        """The response message; raises the call's MooncakeError, NotSent or MaybeSent."""
+    def call(self, method: str, request, timeout_s: float, raw: bool = False):
+        """The response message (raw: its serialized bytes); raises the call's MooncakeError,
+        NotSent or MaybeSent."""
         method_id = metaframe.METHOD_IDS[method]
         response_type = metaframe.METHODS[method_id][2]
         payload = request.SerializeToString()
@@ -64,6 +65,8 @@ class MetaChannel:
             raise NotSent(f"master {self.addr} {method}: {body.decode(errors='replace')}")
         if status != 0:
             raise error_for_code(status, f"master {self.addr} {method}: {body.decode(errors='replace')}")
+        if raw:
+            return body if type(body) is bytes else bytes(body)
         return response_type.FromString(body)
 
     def close(self) -> None:

@@ -73,7 +73,7 @@ class ShmTransport:
 
     def usable(self, replica: pb.ReplicaDescriptor) -> bool:
         """Whether shm reaches the replica: a segment file of this node we can open. A segment
-        opened before counts without a stat; the copy itself revalidates (see _segment)."""
+        opened before counts without a stat; the copy itself revalidates (see segment)."""
         if replica.node_id != self.node_id:
             return False
         if replica.path in self._segments:
@@ -81,12 +81,12 @@ class ShmTransport:
         if not os.path.basename(replica.path).startswith(SEGMENT_FILE_PREFIX):
             return False
         try:
-            self._segment(replica)
+            self.segment(replica)
             return True
         except (OSError, ValueError, MooncakeError):
             return False  # not ours to open (other user, other mount namespace): use tcp
 
-    def _segment(self, replica: pb.ReplicaDescriptor) -> SegmentMapping | FileSegment:
+    def segment(self, replica: pb.ReplicaDescriptor) -> SegmentMapping | FileSegment:
         """The replica's segment file, mapped (DRAM) or open read-only (SSD), and opened again
         when the file was replaced (a restarted worker with a new file or size must not be
         read or written through a stale one)."""
@@ -156,7 +156,7 @@ class ShmTransport:
         r = t.replica
         segment = checked.get(r.path)
         if segment is None:
-            segment = checked[r.path] = self._segment(r)
+            segment = checked[r.path] = self.segment(r)
         if r.offset + r.length > segment.size_bytes:
             raise ValueError(f"range {r.offset}+{r.length} is outside the segment")
         return segment
@@ -249,7 +249,7 @@ class TcpTransport:
         started = []
         for addr, group in by_addr.items():
             try:
-                conn, reused = self._checkout(addr)
+                conn, reused = self.checkout(addr)
             except OSError as exc:
                 self._fail(group, f"cannot connect: {_reason(exc)}")
                 continue
@@ -284,7 +284,7 @@ class TcpTransport:
                 (conn, reused, answered), first = first, None
             else:
                 try:
-                    conn, reused = self._checkout(addr)
+                    conn, reused = self.checkout(addr)
                 except OSError as exc:
                     self._fail(group, f"cannot connect: {_reason(exc)}")
                     return
@@ -303,7 +303,7 @@ class TcpTransport:
             if group:
                 conn.close()  # the worker closes after a refusal; the rest go on a new connection
             else:
-                self._checkin(addr, conn)
+                self.checkin(addr, conn)
 
     def _exchange(self, conn: DataConnection, group: list[Transfer], op: int):
         """Runs group as one exchange: the count of transfers answered, or the OSError that
@@ -344,14 +344,17 @@ class TcpTransport:
         for t in group:
             t.error = TransferError(f"{_describe(t.replica)}: {reason}")
 
-    def _checkout(self, addr: str) -> tuple[DataConnection, bool]:
+    def checkout(self, addr: str) -> tuple[DataConnection, bool]:
+        """A pooled connection to addr (and True), or a new one (False); OSError when none
+        can be made."""
         with self._lock:
             idle = self._idle.get(addr)
             if idle:
                 return idle.pop(), True
         return self._forms.connect(addr, self.timeout_s), False
 
-    def _checkin(self, addr: str, conn: DataConnection) -> None:
+    def checkin(self, addr: str, conn: DataConnection) -> None:
+        """Pools a connection whose every request was answered (never one in doubt)."""
         with self._lock:
             self._idle.setdefault(addr, []).append(conn)
 

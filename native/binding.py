@@ -18,7 +18,7 @@ except ImportError as exc:  # pragma: no cover - only on a broken install
     raise ImportError("mooncake_native's C library is not built; run `pip install -e .` "
                       f"(or `make venv`) in the repository: {exc}") from exc
 
-EXPECTED_VERSION = "3.6.0"
+EXPECTED_VERSION = "3.7.0"
 VERSION = ffi.string(lib.mc_version()).decode()
 if VERSION != EXPECTED_VERSION:
     raise ImportError(f"mooncake_native's C library is version {VERSION}, the Python side "

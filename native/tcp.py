@@ -61,11 +61,12 @@ class DataConnection:
         answered requests is filled in either case."""
         structs, keep = _marshal(requests)
         try:
-            rc = lib.mc_tcp_exchange(self.fd, self.form, structs, len(requests), _ms(timeout_s))
+            rc = lib.mc_tcp_exchange(self.fd, self.form, structs, len(requests),
+                                     timeout_ms(timeout_s))
             if rc == _MCD1_ONLY:  # nothing was applied: the same requests again, in MCD1
                 self._reconnect_in_mcd1(timeout_s)
                 rc = lib.mc_tcp_exchange(self.fd, self.form, structs, len(requests),
-                                         _ms(timeout_s))
+                                         timeout_ms(timeout_s))
         finally:
             _statuses(structs, requests)
         return check(rc, "data exchange")
@@ -76,7 +77,7 @@ class DataConnection:
             self.fd = -1
 
     def _connect(self, timeout_s: float) -> None:
-        self.fd = check(lib.mc_tcp_connect(self.host.encode(), self.port, _ms(timeout_s)),
+        self.fd = check(lib.mc_tcp_connect(self.host.encode(), self.port, timeout_ms(timeout_s)),
                         f"connect {self.host}:{self.port}")
 
     def _reconnect_in_mcd1(self, timeout_s: float) -> None:
@@ -146,7 +147,7 @@ def _run_many(runs: list, timeout_s: float) -> list[int | Exception]:
     table = ffi.new("mc_tcp_batch[]", len(runs))
     for entry, (conn, structs, count) in zip(table, runs):
         entry.fd, entry.form, entry.requests, entry.count = conn.fd, conn.form, structs, count
-    check(lib.mc_tcp_exchange_many(table, len(runs), _ms(timeout_s)), "data exchange")
+    check(lib.mc_tcp_exchange_many(table, len(runs), timeout_ms(timeout_s)), "data exchange")
     return [entry.result if entry.result >= 0 or entry.result == _MCD1_ONLY else error_for(
                 entry.result, ffi.string(entry.error).decode(errors="replace"), "data exchange")
             for entry in table]
@@ -190,5 +191,6 @@ def _statuses(structs, requests: list[DataRequest]) -> None:
         r.status = s.status
 
 
-def _ms(seconds: float) -> int:
+def timeout_ms(seconds: float) -> int:
+    """A timeout as the C side takes it: whole milliseconds, at least 1, at most INT_MAX."""
     return int(max(1.0, min(seconds * 1000, 2**31 - 1)))  # inf allowed: the largest wait

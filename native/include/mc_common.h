@@ -11,7 +11,7 @@
 #include <stddef.h>
 #include <stdint.h>
 
-#define MC_NATIVE_VERSION_STRING "3.6.0"
+#define MC_NATIVE_VERSION_STRING "3.7.0"
 
 #ifdef MC_BUILD_RDMA
 #define MC_RDMA_BUILT 1

@@ -1,5 +1,5 @@
 /* Protobuf's wire format, as far as the master's C-encoded answers need it (answer.c,
- * inventory.c): a field is a tag byte (number << 3 | wire type: 0 varint, 2 length-delimited)
+ * inventory.c) and the client's decoding of a GetReplicas answer (read_answer.c): a field is a tag byte (number << 3 | wire type: 0 varint, 2 length-delimited)
  * then a varint or a varint length and bytes; proto3 leaves out a scalar that is zero and a
  * string that is empty. Lengths of nested messages come first, so each one's size is
  * computed before it is written. Internal to the library. */
@@ -49,6 +49,29 @@ static inline uint8_t *put_string(uint8_t *p, int tag, const uint8_t *s, size_t 
     p = put_nested(p, tag, n);
     memcpy(p, s, n);
     return p + n;
+}
+
+/* wire types */
+#define PB_VARINT 0
+#define PB_FIXED64 1
+#define PB_LEN 2
+#define PB_FIXED32 5
+
+/* reads a varint at *p (before end) into *v and moves *p past it; 0 when it is cut short
+ * or longer than ten bytes */
+static inline int get_varint(const uint8_t **p, const uint8_t *end, uint64_t *v) {
+    uint64_t value = 0;
+    const uint8_t *q = *p;
+    for (int shift = 0; shift < 70 && q < end; shift += 7) {
+        uint8_t byte = *q++;
+        value |= (uint64_t)(byte & 0x7f) << shift;
+        if (!(byte & 0x80)) {
+            *v = value;
+            *p = q;
+            return 1;
+        }
+    }
+    return 0;
 }
 
 #endif
