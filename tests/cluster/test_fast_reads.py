@@ -25,6 +25,15 @@ class Planner:
         monkeypatch.setattr(client, "_plan_reads", counted)
 
 
+def _written_over_tcp(fresh_cluster, prefix: str, values: list) -> tuple[Client, list[str]]:
+    """A tcp client of a new one-worker cluster, and the keys it wrote `values` under."""
+    cluster = fresh_cluster(workers=1, dram="64MiB")
+    client = Client(cluster.master_addr, transports=("tcp",))
+    keys = [f"{prefix}/{i}" for i in range(len(values))]
+    client.batch_put_from(keys, values)
+    return client, keys
+
+
 @pytest.mark.parametrize("transport", ["shm", "tcp"])
 def test_plain_batches_skip_the_general_planner_and_read_every_byte(fresh_cluster, monkeypatch,
                                                                     transport):
@@ -52,11 +61,9 @@ def test_plain_batches_skip_the_general_planner_and_read_every_byte(fresh_cluste
 
 def test_a_dead_pooled_connection_is_read_again_by_the_general_path(fresh_cluster,
                                                                    monkeypatch):
-    cluster = fresh_cluster(workers=1, dram="64MiB")
-    with Client(cluster.master_addr, transports=("tcp",)) as c:
-        keys = [f"dead/{i}" for i in range(8)]
-        values = [os.urandom(4096) for _ in keys]
-        c.batch_put_from(keys, values)
+    values = [os.urandom(4096) for _ in range(8)]
+    c, keys = _written_over_tcp(fresh_cluster, "dead", values)
+    with c:
         assert c.batch_get(keys) == values  # leaves a pooled connection to the worker
         (pooled,) = [conn for conns in c._transports[0]._idle.values() for conn in conns]
         with socket.socket(fileno=os.dup(pooled.fd)) as same:
@@ -70,10 +77,8 @@ def test_a_dead_pooled_connection_is_read_again_by_the_general_path(fresh_cluste
 
 def test_a_batch_the_worker_refuses_is_read_again_by_the_general_path(fresh_cluster,
                                                                      monkeypatch):
-    cluster = fresh_cluster(workers=1, dram="64MiB")
-    with Client(cluster.master_addr, transports=("tcp",)) as c:
-        keys = [f"refused/{i}" for i in range(4)]
-        c.batch_put_from(keys, [b"x" * 100] * 4)
+    c, keys = _written_over_tcp(fresh_cluster, "refused", [b"x" * 100] * 4)
+    with c:
         real_run = read_answer.ReadAnswer.run
 
         def with_forged_grants(self, *args):

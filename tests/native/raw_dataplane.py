@@ -1,8 +1,19 @@
 """A raw client of the worker's data port for the data-server tests: exact reads, one answer,
-one refusal. Each test file keeps its own way of connecting and building requests."""
+one refusal; and a server to point it at. Each test file keeps its own way of connecting and
+building requests."""
 import socket
 
+from mooncake_native.data_server import DataServer
 from mooncake_proto import dataplane as wire
+
+
+def start_server(worker_id: str, memory: dict, key: bytes, **kwargs) -> DataServer:
+    """A C data server of worker_id on 127.0.0.1 (port 0, `addr` set) serving `memory`
+    ({segment id: buffer}) under grant key `key`; kwargs as DataServer takes them."""
+    server = DataServer(worker_id, memory, **kwargs)
+    server.grant_key = key
+    server.addr = server.start("127.0.0.1", 0)
+    return server
 
 
 def recv_exact(sock: socket.socket, n: int) -> bytes:

@@ -12,7 +12,7 @@ from mooncake_native.segment import SegmentMapping
 from mooncake_proto import dataplane as wire
 from mooncake_proto import grants
 from mooncake_proto.errors import ErrorCode, InvalidArgumentError
-from raw_dataplane import refusal_of, response
+from raw_dataplane import refusal_of, response, start_server
 
 pytestmark = pytest.mark.timeout(30)
 
@@ -30,9 +30,7 @@ def segment(tmp_path):
 
 @pytest.fixture
 def server(segment, key):
-    ds = DataServer(WORKER, {0: segment.view})
-    ds.grant_key = key
-    ds.addr = ds.start("127.0.0.1", 0)
+    ds = start_server(WORKER, {0: segment.view}, key)
     yield ds
     ds.stop()
 

@@ -9,13 +9,13 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from mooncake_native.binding import ffi
-from mooncake_native.data_server import DataServer
 from mooncake_native.read_answer import (MAX_SEGMENTS, NO_ROUTE, OUT_OF_RANGE, PENDING, SKIPPED,
                                          ReadAnswer, Route, TooVaried)
 from mooncake_native.tcp import DataConnection
 from mooncake_proto import grants
 from mooncake_proto import mooncake_pb2 as pb
 from mooncake_proto.errors import ErrorCode
+from raw_dataplane import start_server
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -134,9 +134,7 @@ def test_shm_items_copy_from_their_best_ranked_replica_and_report_the_rest():
 
 @pytest.fixture
 def data_server(dram, key):
-    server = DataServer(WORKER, {0: dram.view})
-    server.grant_key = key
-    server.addr = server.start("127.0.0.1", 0)
+    server = start_server(WORKER, {0: dram.view}, key)
     yield server
     server.stop()
 
