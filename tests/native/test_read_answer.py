@@ -86,6 +86,30 @@ def test_unknown_fields_are_skipped_and_damage_is_refused():
         ReadAnswer(_answer([("a", 0, "", 0, []), ("b", 0, "", 0, [])]).SerializeToString(), 1)
 
 
+@settings(max_examples=300, deadline=None)
+@given(items=items_st, flips=st.lists(st.tuples(st.integers(0, 10_000), st.integers(1, 255)),
+                                      max_size=6), cut=st.integers(0, 10_000))
+def test_damaged_answers_decode_or_are_refused_never_read_out_of_bounds(items, flips, cut):
+    """Bytes flipped and the answer cut anywhere: the decoder either finds an answer (every
+    span inside the bytes) or refuses; AddressSanitizer builds check the reads themselves."""
+    answer = bytearray(_answer(items).SerializeToString())
+    for at, mask in flips:
+        if answer:
+            answer[at % len(answer)] ^= mask
+    answer = bytes(answer[:cut])
+    try:
+        decoded = ReadAnswer(answer, len(items))
+    except (OSError, TooVaried):
+        return
+    for j in range(decoded._info.replicas):
+        replica = decoded.replicas[j]
+        for span in (replica.descriptor, replica.grant):
+            assert span.at + span.len <= len(answer)
+    for i in range(decoded.n_items):
+        item = decoded.items[i]
+        assert item.first + item.count <= decoded._info.replicas
+
+
 def test_more_replicas_per_key_than_planned_for():
     replicas = [pb.ReplicaDescriptor(worker_id=f"w{i}", length=3) for i in range(7)]
     decoded = ReadAnswer(_answer([("k", 0, "", 3, replicas)]).SerializeToString(), 1)
