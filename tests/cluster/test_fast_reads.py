@@ -7,6 +7,7 @@ import socket
 import pytest
 
 from mooncake_client import Client, ReplicaConfig
+from mooncake_client import client as client_module
 from mooncake_native import read_answer
 
 pytestmark = pytest.mark.timeout(120)
@@ -50,12 +51,15 @@ def test_plain_batches_skip_the_general_planner_and_read_every_byte(fresh_cluste
         assert c.batch_get_into(asked, buffers) == [len(v) for v in values] + [None]
         assert [bytes(b[:len(v)]) for b, v in zip(buffers, values)] == values
         assert planner.calls == 0
-        # what the general path plans: a single key, scatter-gather targets
-        assert c.get(keys[2]) == values[2]
+        # what the general path plans: a small batch, a scatter-gather target
+        assert c.batch_get(keys[:client_module.FAST_READ_MIN_KEYS - 1]) == \
+            values[:client_module.FAST_READ_MIN_KEYS - 1]
+        assert planner.calls == 1
         parts = [bytearray(4000), bytearray(1000)]
-        assert c.batch_get_into(keys[2:4], [parts, bytearray(len(values[3]))]) == \
-            [len(values[2]), len(values[3])]
+        targets = [parts] + [bytearray(len(v)) for v in values[3:8]]
+        assert c.batch_get_into(keys[2:8], targets) == [len(v) for v in values[2:8]]
         assert bytes(parts[0] + parts[1])[:4096] == values[2]
+        assert [bytes(t) for t in targets[1:]] == values[3:8]
         assert planner.calls == 2
 
 
