@@ -355,7 +355,9 @@ class Client:
                 ttl_ms = self._fast_reads.read(reply, parts, results, READ_CHUNK_BYTES) \
                     if len(todo) == len(keys) >= FAST_READ_MIN_KEYS else None
                 if ttl_ms is not None:
-                    _check_lease(leased_at, ttl_ms, len(keys))
+                    read = sum(result is not None for result in results)
+                    if read:  # as below: only bytes read are checked against their lease
+                        _check_lease(leased_at, ttl_ms, read)
                     return results
                 reply = pb.GetReplicasResponse.FromString(reply)
             ttl_s = reply.lease_ttl_ms / 1000

@@ -35,10 +35,9 @@ class FastReads:
     def read(self, answer: bytes, parts, results: list, chunk_bytes: int) -> int | None:
         """Reads every key of the batch `answer` answers (parts: each key's target, None for
         `get`; in all at most chunk_bytes, what the general path reads under one lease) and
-        fills results (bytes, or the size read into the buffer; None for a
-        miss); returns the answer's lease_ttl_ms. None when the batch is not one it takes,
-        or a transfer failed: results are then untouched, and no connection it used is
-        left in doubt."""
+        fills results (bytes, or the size read into the buffer; None for a miss); returns the
+        answer's lease_ttl_ms. None when the batch is not one it takes, or a transfer failed:
+        results are then untouched, and no connection it used is left in doubt."""
         try:
             decoded = ReadAnswer(answer, len(results))
         except (OSError, TooVaried):
@@ -52,40 +51,51 @@ class FastReads:
         if plan is None:
             return None
         ranks, route_of, routes, conns = plan
+        done = False
         try:
             statuses = decoded.run(ranks, route_of, routes, targets,
                                    self._tcp.timeout_s if self._tcp else 1.0)
+            done = all(status == 0 or status == SKIPPED for status in statuses)
+            # a refusal closes its connection on the worker's side, even as the last answer
+            refused = any(status < 0 for status in statuses)
+        except OSError:  # out of memory before anything moved: the general path tries
+            refused = True
         except BaseException:
-            for conn, _ in conns.values():
-                conn.close()
+            refused = True
             raise
-        done = all(status == 0 or status == SKIPPED for status in statuses)
-        for index, (conn, addr) in conns.items():
-            route = routes[index]
-            if route.requests and route.result != route.requests:
-                conn.close()  # the general path reconnects (a restarted worker, MCD1)
-                done = False
-            else:
-                self._tcp.checkin(addr, conn)
+        finally:
+            self._settle(routes, conns, refused)
         if not done:
             return None
         results[:] = values
         return decoded.lease_ttl_ms
 
+    def _settle(self, routes: list[Route], conns: dict, refused: bool) -> None:
+        """Pools each connection whose every request was answered, closes the others (the
+        general path reconnects: a restarted worker, an MCD1 one)."""
+        for index, (conn, addr) in conns.items():
+            route = routes[index]
+            if refused or (route.requests and route.result != route.requests):
+                conn.close()
+            else:
+                self._tcp.checkin(addr, conn)
+
     def _targets(self, decoded: ReadAnswer, parts, chunk_bytes: int) -> tuple[list | None, list]:
         """Per item its target pointer (NULL for a miss) and its result; (None, []) when an
         item is neither present nor missing, a target is not one buffer that holds it, or
         the batch is larger than one chunk."""
-        targets, values, total = [], [], 0
+        items = decoded.codes_and_sizes()
+        if sum(size for code, size in items if not code) > chunk_bytes:
+            return None, []
+        targets, values = [], []
         miss, null, from_buffer = self._miss_codes, ffi.NULL, ffi.from_buffer
-        for i, (code, size) in enumerate(decoded.codes_and_sizes()):
+        for i, (code, size) in enumerate(items):
             if code:
                 if code not in miss:
                     return None, []
                 targets.append(null)
                 values.append(None)
                 continue
-            total += size
             if parts is None:
                 data, pointer = fresh_bytes_at(size)
                 targets.append(pointer)
@@ -96,50 +106,53 @@ class FastReads:
                 return None, []
             targets.append(from_buffer("char[]", buffers[0], require_writable=True))
             values.append(size)
-        if total > chunk_bytes:
-            return None, []
         return targets, values
 
     def _routes(self, decoded: ReadAnswer):
-        """Per segment its rank (as Client._ordered ranks replicas) and route; the routes,
-        and the connections checked out for them by route index. None when a segment is
-        best reached some other way (rdma, a file over shm) or a connection cannot be made."""
-        ranks, route_of, routes = [], [], []
+        """Per segment its rank (as Client._ordered ranks replicas) and route index; the
+        routes, and the connections checked out for them (by route index). Routes are made
+        only to segments some item will be read from. None when one of those is best reached
+        some other way (rdma, a file over shm) or cannot be reached now."""
+        replicas = [decoded.descriptor(s) for s in range(decoded.segments)]
+        choices = [self._choose(replica) for replica in replicas]
+        ranks = [None if choice is None else choice[0] for choice in choices]
+        used = decoded.segments_used(ranks)
+        route_of, routes = [], []
         conns: dict[int, tuple] = {}  # route index -> (DataConnection, address)
         by_addr: dict[str, int] = {}
-        for s in range(decoded.segments):
-            replica = decoded.descriptor(s)
-            choice = self._choose(replica)
-            if choice is None:
-                ranks.append(None)
-                route_of.append(-1)
-                continue
-            rank, transport = choice
-            if isinstance(transport, ShmTransport):
-                route = _shm_route(transport, replica)
-                if route is None:
-                    break
-                ranks.append(rank)
-                route_of.append(len(routes))
-                routes.append(route)
-            elif isinstance(transport, TcpTransport):
-                index = by_addr.get(replica.data_addr)
-                if index is None:
-                    try:
-                        conn, _ = transport.checkout(replica.data_addr)
-                    except OSError:
+        try:
+            for s, (replica, choice) in enumerate(zip(replicas, choices)):
+                if not used[s]:
+                    ranks[s] = None  # no item's best: nothing to connect to
+                    route_of.append(-1)
+                    continue
+                transport = choice[1]
+                if isinstance(transport, ShmTransport):
+                    route = _shm_route(transport, replica)
+                    if route is None:
                         break
-                    index = by_addr[replica.data_addr] = len(routes)
-                    conns[index] = (conn, replica.data_addr)
-                    routes.append(Route.tcp(conn.fd, conn.form))
-                ranks.append(rank)
-                route_of.append(index)
+                    route_of.append(len(routes))
+                    routes.append(route)
+                elif isinstance(transport, TcpTransport):
+                    index = by_addr.get(replica.data_addr)
+                    if index is None:
+                        try:
+                            conn, _ = transport.checkout(replica.data_addr)
+                        except OSError:
+                            break
+                        index = by_addr[replica.data_addr] = len(routes)
+                        conns[index] = (conn, replica.data_addr)
+                        routes.append(Route.tcp(conn.fd, conn.form))
+                    route_of.append(index)
+                else:
+                    break  # rdma: its own path
             else:
-                break  # rdma: its own path
-        else:
-            return ranks, route_of, routes, conns
-        for conn, addr in conns.values():
-            self._tcp.checkin(addr, conn)
+                return ranks, route_of, routes, conns
+        except BaseException:
+            for conn, _ in conns.values():
+                conn.close()
+            raise
+        self._settle(routes, conns, refused=False)  # none was used
         return None
 
     def _choose(self, replica: pb.ReplicaDescriptor):

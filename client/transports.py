@@ -299,9 +299,11 @@ class TcpTransport:
                     continue
                 self._fail(group, _reason(answered))
                 return
-            group = group[answered:]
-            if group:
-                conn.close()  # the worker closes after a refusal; the rest go on a new connection
+            answered_part, group = group[:answered], group[answered:]
+            if group or any(t.error is not None for t in answered_part):
+                # the worker closes after a refusal (its last answer, too): the rest go on a
+                # new connection, and this one is never pooled
+                conn.close()
             else:
                 self.checkin(addr, conn)
 

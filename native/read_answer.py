@@ -87,6 +87,14 @@ class ReadAnswer:
         raw = ffi.buffer(self.items, _ITEM.size * self.n_items)
         return [(code, size) for code, _, _, size in _ITEM.iter_unpack(raw)]
 
+    def segments_used(self, ranks: list[int | None]) -> list[bool]:
+        """Per segment, whether `run` with these ranks would read some present item from it:
+        the others need no route."""
+        used = ffi.new("uint8_t[]", max(1, self.segments))
+        lib.mc_read_answer_segments_used(self.items, self.n_items, self.replicas,
+                                         self._info.replicas, _c_ranks(ranks), len(ranks), used)
+        return [bool(u) for u in ffi.unpack(used, len(ranks))]
+
     def descriptor(self, segment: int) -> pb.ReplicaDescriptor:
         """The first replica on `segment`, as protobuf holds it: what transports judge."""
         span = self.replicas[self._info.segment_first[segment]].descriptor
@@ -104,7 +112,7 @@ class ReadAnswer:
         status = ffi.new("int32_t[]", n)
         check(lib.mc_read_answer_run(
             self.answer, len(self.answer), self.items, n, self.replicas, self._info.replicas,
-            [-1 if rank is None else rank for rank in ranks], route_of, len(ranks),
+            _c_ranks(ranks), route_of, len(ranks),
             c_routes, len(routes), ffi.new("void *[]", targets), status, timeout_ms(timeout_s)),
             "read from the GetReplicas answer")
         for route, c_route in zip(routes, c_routes):
@@ -112,3 +120,8 @@ class ReadAnswer:
             if c_route.result < 0:
                 route.error = ffi.string(c_route.error).decode(errors="replace")
         return ffi.unpack(status, n)
+
+
+def _c_ranks(ranks: list[int | None]) -> list[int]:
+    return [-1 if rank is None else rank for rank in ranks]
+

@@ -88,6 +88,13 @@ int64_t mc_read_answer_decode(const uint8_t *answer, size_t len,
                               mc_read_replica *replicas, size_t max_replicas,
                               mc_read_answer_info *info);
 
+/* used[s] = 1 for each segment s that mc_read_answer_run would read some present item from
+ * with these ranks, 0 for the others (the caller then needs routes to those only) */
+int mc_read_answer_segments_used(const mc_read_item *items, size_t n_items,
+                                 const mc_read_replica *replicas, size_t n_replicas,
+                                 const int32_t *segment_rank, size_t n_segments,
+                                 uint8_t *used);
+
 /* Reads every present item that has a target (targets[i], which holds at least the item's
  * size) from its replica of lowest segment_rank (a rank < 0: no route; segment_route: an
  * index into routes). Shm replicas are copied, then each TCP route's requests go in one

@@ -62,7 +62,8 @@ static int decode_status(reader *r, int32_t *code) {
     while ((more = next_field(r, &number, &wire)) > 0) {
         if (number == 2) {                              /* sint32 code, zigzag */
             if (!read_varint(r, wire, &v)) return 0;
-            *code = (int32_t)((uint32_t)(v >> 1) ^ -(uint32_t)(v & 1));
+            uint32_t u = (uint32_t)v;                   /* protobuf truncates to 32 bits */
+            *code = (int32_t)((u >> 1) ^ -(u & 1));
         } else if (!skip(r, wire)) {
             return 0;
         }
@@ -210,7 +211,9 @@ int64_t mc_read_answer_decode(const uint8_t *answer, size_t len,
 
 /* ---- running ---- */
 
-/* the item's replica of lowest rank that has a route and the item's length, or -1 */
+/* the item's replica of lowest rank that has a route (the first of equals, as the general
+ * path's stable sort picks), or -1; -1 too when that replica's length is not the item's size
+ * (a malformed answer: the general path reports it) */
 static int64_t choose(const mc_read_item *item, const mc_read_replica *replicas,
                       size_t n_replicas, const int32_t *rank, size_t n_segments) {
     int64_t best = -1;
@@ -218,11 +221,23 @@ static int64_t choose(const mc_read_item *item, const mc_read_replica *replicas,
         size_t j = (size_t)item->first + k;
         if (j >= n_replicas) return -1;
         const mc_read_replica *r = &replicas[j];
-        if (r->segment >= n_segments || rank[r->segment] < 0 || r->length != item->size)
-            continue;
+        if (r->segment >= n_segments || rank[r->segment] < 0) continue;
         if (best < 0 || rank[r->segment] < rank[replicas[best].segment]) best = (int64_t)j;
     }
-    return best;
+    return best >= 0 && replicas[best].length == item->size ? best : -1;
+}
+
+int mc_read_answer_segments_used(const mc_read_item *items, size_t n_items,
+                                 const mc_read_replica *replicas, size_t n_replicas,
+                                 const int32_t *segment_rank, size_t n_segments,
+                                 uint8_t *used) {
+    memset(used, 0, n_segments);
+    for (size_t i = 0; i < n_items; i++) {
+        if (items[i].code != 0) continue;
+        int64_t j = choose(&items[i], replicas, n_replicas, segment_rank, n_segments);
+        if (j >= 0) used[replicas[j].segment] = 1;
+    }
+    return 0;
 }
 
 /* the arguments of one mc_read_answer_run */

@@ -9,6 +9,7 @@ import pytest
 from mooncake_client import Client, ReplicaConfig
 from mooncake_client import client as client_module
 from mooncake_native import read_answer
+from mooncake_proto.errors import TransferError
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -79,20 +80,92 @@ def test_a_dead_pooled_connection_is_read_again_by_the_general_path(fresh_cluste
         assert planner.calls == 1
 
 
-def test_a_batch_the_worker_refuses_is_read_again_by_the_general_path(fresh_cluster,
-                                                                     monkeypatch):
+def _forge(answer: bytes, grants) -> bytes:
+    """answer with the last byte of each span in grants (their MACs) flipped."""
+    forged = bytearray(answer)
+    for grant in grants:
+        forged[grant.at + grant.len - 1] ^= 1
+    return bytes(forged)
+
+
+@pytest.mark.parametrize("refused", ["first", "last"])
+def test_a_batch_the_worker_refuses_is_read_again_and_its_connection_not_pooled(
+        fresh_cluster, monkeypatch, refused):
     c, keys = _written_over_tcp(fresh_cluster, "refused", [b"x" * 100] * 4)
     with c:
         real_run = read_answer.ReadAnswer.run
+        forged_once = []
 
         def with_forged_grants(self, *args):
-            answer = bytearray(self.answer)  # the fast path's copy; the client keeps its own
-            for j in range(self._info.replicas):
-                grant = self.replicas[j].grant
-                answer[grant.at + grant.len - 1] ^= 1  # the MAC's last byte
-            self.answer = bytes(answer)
+            if not forged_once:  # the fast path's copy of the answer; the client keeps its own
+                replicas = [self.replicas[j] for j in range(self._info.replicas)]
+                self.answer = _forge(self.answer, [r.grant for r in replicas] if refused ==
+                                     "first" else [replicas[-1].grant])
+                forged_once.append(True)
             return real_run(self, *args)
         monkeypatch.setattr(read_answer.ReadAnswer, "run", with_forged_grants)
         planner = Planner(c, monkeypatch)
-        assert c.batch_get(keys) == [b"x" * 100] * 4  # the worker refused the first request
+        dropped = _count_stale_drops(c, monkeypatch)
+        assert c.batch_get(keys) == [b"x" * 100] * 4  # read again by the general path
         assert planner.calls == 1
+        # the refused connection was closed, even when its refusal was the last answer: the
+        # general path found no dead connection in the pool
+        assert dropped == []
+        assert c.batch_get(keys) == [b"x" * 100] * 4
+        assert planner.calls == 1
+
+
+def _count_stale_drops(c: Client, monkeypatch) -> list[str]:
+    """The addresses whose idle connections the tcp transport drops as stale from now on (a
+    pooled connection the worker had closed)."""
+    tcp, dropped = c._transports[0], []
+    real_drop = tcp._drop_idle
+    monkeypatch.setattr(tcp, "_drop_idle", lambda addr: (dropped.append(addr),
+                                                          real_drop(addr)))
+    return dropped
+
+
+def test_the_general_path_does_not_pool_a_connection_refused_last(fresh_cluster, monkeypatch):
+    from mooncake_client import transports
+    c, keys = _written_over_tcp(fresh_cluster, "refused-general", [b"y" * 100] * 3)
+    keys = keys[:client_module.FAST_READ_MIN_KEYS - 1]  # the general path's batch
+    with c:
+        real_requests = transports.TcpTransport._requests
+        forged_once = []
+
+        def with_last_grant_forged(group, op):
+            requests = real_requests(group, op)
+            if not forged_once:
+                last = requests[-1]
+                last.grant = last.grant[:-1] + bytes([last.grant[-1] ^ 1])
+                forged_once.append(True)
+            return requests
+        monkeypatch.setattr(transports.TcpTransport, "_requests",
+                            staticmethod(with_last_grant_forged))
+        with pytest.raises(TransferError):  # its only replica refused
+            c.batch_get(keys)
+        dropped = _count_stale_drops(c, monkeypatch)
+        assert c.batch_get(keys) == [b"y" * 100] * len(keys)
+        assert dropped == []  # no dead connection was pooled to be found stale
+
+
+def test_a_dead_worker_holding_second_replicas_is_not_contacted(fresh_cluster, monkeypatch):
+    cluster = fresh_cluster(workers=2, dram="64MiB")
+    with Client(cluster.master_addr, transports=("tcp",)) as c:
+        keys = [f"second/{i}" for i in range(8)]
+        values = [os.urandom(1000) for _ in keys]
+        c.batch_put_from(keys, values, ReplicaConfig(replica_num=2))
+        firsts = {c.get_replicas(k)[0].worker_id for k in keys}
+        assert len(firsts) == 1  # a batch's first replicas sit on one worker
+        (first,) = firsts
+        (second,) = set(cluster.workers) - firsts
+        cluster.workers[second].stop()
+        tcp = c._transports[0]
+        asked = []
+        real_checkout = tcp.checkout
+        monkeypatch.setattr(tcp, "checkout", lambda addr: (asked.append(addr),
+                                                           real_checkout(addr))[1])
+        planner = Planner(c, monkeypatch)
+        assert c.batch_get(keys) == values
+        assert planner.calls == 0  # the C path read the first replicas
+        assert {a for a in asked} == {c.get_replicas(keys[0])[0].data_addr}

@@ -183,8 +183,11 @@ def test_a_long_batch_read_renews_its_lease_instead_of_letting_it_lapse(fresh_cl
         monkeypatch.setattr(client_module, "READ_CHUNK_BYTES", 1 << 40)
         monkeypatch.setattr(tcp, "read", real_read)
         worker = cluster.workers["worker-0"]
+        real_plan, plans = c._plan_reads, []
+        monkeypatch.setattr(c, "_plan_reads", lambda *args: (plans.append(1), real_plan(*args))[1])
         for general in (False, True):
             if general:
+                assert plans == []  # the first pass was read by the path planned in C
                 monkeypatch.setattr(c._fast_reads, "read", lambda *args: None)
             worker.pause()
             resume = threading.Timer(1.2, worker.resume)
