@@ -351,8 +351,10 @@ class Client:
             leased_at = time.monotonic()
             reply = self._call("GetReplicas", pb.KeysRequest(keys=[keys[i] for i in todo]),
                                raw=True)
+            stalled: dict[str, str] = {}  # workers the C path waited out: not asked again
             if type(reply) is bytes:
-                ttl_ms = self._fast_reads.read(reply, parts, results, READ_CHUNK_BYTES) \
+                ttl_ms = self._fast_reads.read(reply, parts, results, READ_CHUNK_BYTES,
+                                               stalled) \
                     if len(todo) == len(keys) >= FAST_READ_MIN_KEYS else None
                 if ttl_ms is not None:
                     read = sum(result is not None for result in results)
@@ -361,7 +363,7 @@ class Client:
                     return results
                 reply = pb.GetReplicasResponse.FromString(reply)
             ttl_s = reply.lease_ttl_ms / 1000
-            pending = self._plan_reads(keys, parts, todo, reply.items)
+            pending = self._plan_reads(keys, parts, todo, reply.items, stalled)
             todo = []
             while pending:
                 chunk, pending = _take_chunk(pending, READ_CHUNK_BYTES)
@@ -374,8 +376,11 @@ class Client:
                     break
         return results
 
-    def _plan_reads(self, keys: list[str], parts, indices: list[int], items):
-        """(index, replica candidates, Transfer) for each key of `indices` that is present."""
+    def _plan_reads(self, keys: list[str], parts, indices: list[int], items,
+                    stalled: dict[str, str] | None = None):
+        """(index, replica candidates, Transfer) for each key of `indices` that is present.
+        stalled: data addresses whose transfers just timed out (with the reason): their tcp
+        replicas are not tried again; a key with no other fails as if they had been."""
         pending: list[tuple[int, list[pb.ReplicaDescriptor], Transfer]] = []
         for i, item in zip(indices, items):
             code = item.status.code
@@ -396,6 +401,8 @@ class Client:
             if not candidates:
                 raise TransferError(f"get {keys[i]!r}: no allowed transport "
                                     f"({', '.join(self.transport_names)}) reaches any replica")
+            if stalled:
+                candidates = _without_stalled(keys[i], candidates, stalled)
             pending.append((i, candidates, Transfer(candidates[0][1], target)))
         return pending
 
@@ -662,6 +669,17 @@ def _reachable(meta_addr: str, master: str) -> str:
     if host.strip("[]") in ("0.0.0.0", "::", ""):
         host = master.rpartition(":")[0]
     return f"{host}:{port}"
+
+
+def _without_stalled(key: str, candidates: list, stalled: dict[str, str]) -> list:
+    """candidates less the tcp replicas on stalled workers; TransferError (as the general path
+    raises when every replica failed) when none is left."""
+    left = [(t, r) for t, r in candidates if t.name != "tcp" or r.data_addr not in stalled]
+    if not left:
+        r = candidates[-1][1]
+        raise TransferError(f"get {key!r}: every replica failed, last: worker {r.worker_id} "
+                            f"at {r.data_addr}: {stalled[r.data_addr]}")
+    return left
 
 
 def _check_lease(leased_at: float, ttl_ms: int, count: int) -> None:

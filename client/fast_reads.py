@@ -17,6 +17,8 @@ wrong as it always has. Results are handed back only when every key was read.
 """
 from __future__ import annotations
 
+import errno
+
 from mooncake_client.transports import ShmTransport, TcpTransport
 from mooncake_native.binding import ffi
 from mooncake_native.buffers import fresh_bytes_at
@@ -32,12 +34,15 @@ class FastReads:
         self._tcp = next((t for t in transports if isinstance(t, TcpTransport)), None)
         self._miss_codes = frozenset(int(c) for c in miss_codes)
 
-    def read(self, answer: bytes, parts, results: list, chunk_bytes: int) -> int | None:
+    def read(self, answer: bytes, parts, results: list, chunk_bytes: int,
+             stalled: dict[str, str]) -> int | None:
         """Reads every key of the batch `answer` answers (parts: each key's target, None for
         `get`; in all at most chunk_bytes, what the general path reads under one lease) and
         fills results (bytes, or the size read into the buffer; None for a miss); returns the
         answer's lease_ttl_ms. None when the batch is not one it takes, or a transfer failed:
-        results are then untouched, and no connection it used is left in doubt."""
+        results are then untouched, no connection it used is left in doubt, and the workers
+        it waited out (a timeout) are in stalled, so that the general path does not wait for
+        them a second time."""
         try:
             decoded = ReadAnswer(answer, len(results))
         except (OSError, TooVaried):
@@ -47,7 +52,7 @@ class FastReads:
         targets, values = self._targets(decoded, parts, chunk_bytes)
         if targets is None:
             return None
-        plan = self._routes(decoded)
+        plan = self._routes(decoded, stalled)
         if plan is None:
             return None
         ranks, route_of, routes, conns = plan
@@ -65,6 +70,9 @@ class FastReads:
             raise
         finally:
             self._settle(routes, conns, refused)
+        for index, (_, addr) in conns.items():
+            if routes[index].result == -errno.ETIMEDOUT:
+                stalled[addr] = "timed out"
         if not done:
             return None
         results[:] = values
@@ -108,11 +116,12 @@ class FastReads:
             values.append(size)
         return targets, values
 
-    def _routes(self, decoded: ReadAnswer):
+    def _routes(self, decoded: ReadAnswer, stalled: dict[str, str]):
         """Per segment its rank (as Client._ordered ranks replicas) and route index; the
         routes, and the connections checked out for them (by route index). Routes are made
         only to segments some item will be read from. None when one of those is best reached
-        some other way (rdma, a file over shm) or cannot be reached now."""
+        some other way (rdma, a file over shm) or cannot be reached now (a connection
+        attempt that timed out goes into stalled)."""
         replicas = [decoded.descriptor(s) for s in range(decoded.segments)]
         choices = [self._choose(replica) for replica in replicas]
         ranks = [None if choice is None else choice[0] for choice in choices]
@@ -138,7 +147,9 @@ class FastReads:
                     if index is None:
                         try:
                             conn, _ = transport.checkout(replica.data_addr)
-                        except OSError:
+                        except OSError as exc:
+                            if isinstance(exc, TimeoutError):  # not to be waited for twice
+                                stalled[replica.data_addr] = "cannot connect: timed out"
                             break
                         index = by_addr[replica.data_addr] = len(routes)
                         conns[index] = (conn, replica.data_addr)

@@ -169,3 +169,32 @@ def test_a_dead_worker_holding_second_replicas_is_not_contacted(fresh_cluster, m
         assert c.batch_get(keys) == values
         assert planner.calls == 0  # the C path read the first replicas
         assert {a for a in asked} == {c.get_replicas(keys[0])[0].data_addr}
+
+
+def test_a_stalled_worker_is_waited_for_once(fresh_cluster, monkeypatch):
+    cluster = fresh_cluster(workers=2, dram="64MiB")
+    with Client(cluster.master_addr, transports=("tcp",), transfer_timeout_s=0.5) as c:
+        keys = [f"stalled/{i}" for i in range(8)]
+        values = [os.urandom(1000) for _ in keys]
+        c.batch_put_from(keys, values, ReplicaConfig(replica_num=2))
+        first = c.get_replicas(keys[0])[0]
+        assert {c.get_replicas(k)[0].worker_id for k in keys} == {first.worker_id}
+        only = [f"stalled-only/{i}" for i in range(4)]
+        c.batch_put_from(only, values[:4], ReplicaConfig(preferred_worker=first.worker_id))
+        tcp = c._transports[0]
+        asked = []
+        real_checkout = tcp.checkout
+        monkeypatch.setattr(tcp, "checkout", lambda addr: (asked.append(addr),
+                                                           real_checkout(addr))[1])
+        cluster.workers[first.worker_id].pause()
+        try:
+            # the C path waits the stalled worker out once; the general path reads the
+            # second replicas without waiting for it again
+            assert c.batch_get(keys) == values
+            assert asked.count(first.data_addr) == 1
+            # objects only it holds fail as the general path fails them, after one wait
+            with pytest.raises(TransferError, match="every replica failed.*timed out"):
+                c.batch_get(only)
+            assert asked.count(first.data_addr) == 2
+        finally:
+            cluster.workers[first.worker_id].resume()
