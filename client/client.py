@@ -17,7 +17,8 @@ import grpc
 from mooncake_client.fast_reads import FastReads
 from mooncake_client.meta_channel import MaybeSent, MetaChannel, NotSent
 from mooncake_client.rdma_transport import RdmaTransport
-from mooncake_client.transports import ShmTransport, TcpTransport, Transfer
+from mooncake_client.transports import (ShmTransport, TcpTransport, Transfer, describe,
+                                        ranked_transport)
 from mooncake_native.buffers import RegisteredBuffers, as_parts, parts_size
 from mooncake_proto import mooncake_pb2 as pb
 from mooncake_proto import mooncake_pb2_grpc as pb_grpc
@@ -424,8 +425,7 @@ class Client:
                     if error is None:
                         continue
                     if attempt + 1 >= len(entry[1]):
-                        raise TransferError(f"get {keys[entry[0]]!r}: every replica failed, "
-                                            f"last: {error}", code=error.code) from error
+                        raise _every_replica_failed(keys[entry[0]], error) from error
                     retry.append(entry)
             pending, attempt = retry, attempt + 1
 
@@ -437,12 +437,9 @@ class Client:
             return [] if transport is None else [(transport, replicas[0])]
         choices = []
         for replica in replicas:
-            for rank, transport in enumerate(self._transports):
-                if transport.usable(replica):
-                    tier_rank = 0 if replica.tier == pb.TIER_DRAM else 1
-                    local_rank = 0 if transport.name == "shm" else 1
-                    choices.append(((local_rank, tier_rank, rank), transport, replica))
-                    break
+            choice = ranked_transport(self._transports, replica)
+            if choice is not None:
+                choices.append((choice[0], choice[1], replica))
         choices.sort(key=lambda c: c[0])
         return [(t, r) for _, t, r in choices]
 
@@ -677,9 +674,12 @@ def _without_stalled(key: str, candidates: list, stalled: dict[str, str]) -> lis
     left = [(t, r) for t, r in candidates if t.name != "tcp" or r.data_addr not in stalled]
     if not left:
         r = candidates[-1][1]
-        raise TransferError(f"get {key!r}: every replica failed, last: worker {r.worker_id} "
-                            f"at {r.data_addr}: {stalled[r.data_addr]}")
+        raise _every_replica_failed(key, TransferError(f"{describe(r)}: {stalled[r.data_addr]}"))
     return left
+
+
+def _every_replica_failed(key: str, last: MooncakeError) -> TransferError:
+    return TransferError(f"get {key!r}: every replica failed, last: {last}", code=last.code)
 
 
 def _check_lease(leased_at: float, ttl_ms: int, count: int) -> None:

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import errno
 
-from mooncake_client.transports import ShmTransport, TcpTransport
+from mooncake_client.transports import ShmTransport, TcpTransport, ranked_transport
 from mooncake_native.binding import ffi
 from mooncake_native.buffers import fresh_bytes_at
 from mooncake_native.read_answer import SKIPPED, ReadAnswer, Route, TooVaried
@@ -117,13 +117,13 @@ class FastReads:
         return targets, values
 
     def _routes(self, decoded: ReadAnswer, stalled: dict[str, str]):
-        """Per segment its rank (as Client._ordered ranks replicas) and route index; the
-        routes, and the connections checked out for them (by route index). Routes are made
-        only to segments some item will be read from. None when one of those is best reached
-        some other way (rdma, a file over shm) or cannot be reached now (a connection
-        attempt that timed out goes into stalled)."""
+        """Per segment its rank (transports.ranked_transport, as the general path ranks) and
+        route index; the routes, and the connections checked out for them (by route index).
+        Routes are made only to segments some item will be read from. None when one of those
+        is best reached some other way (rdma, a file over shm) or cannot be reached now (a
+        connection attempt that timed out goes into stalled)."""
         replicas = [decoded.descriptor(s) for s in range(decoded.segments)]
-        choices = [self._choose(replica) for replica in replicas]
+        choices = [ranked_transport(self._transports, replica) for replica in replicas]
         ranks = [None if choice is None else choice[0] for choice in choices]
         used = decoded.segments_used(ranks)
         route_of, routes = [], []
@@ -164,16 +164,6 @@ class FastReads:
                 conn.close()
             raise
         self._settle(routes, conns, refused=False)  # none was used
-        return None
-
-    def _choose(self, replica: pb.ReplicaDescriptor):
-        """(rank, transport) of the first transport that reaches replica, ranked as
-        Client._ordered does (local shm, then DRAM before SSD, then the caller's order)."""
-        for order, transport in enumerate(self._transports):
-            if transport.usable(replica):
-                local = 0 if transport.name == "shm" else 1
-                tier = 0 if replica.tier == pb.TIER_DRAM else 1
-                return (local * 2 + tier) * 16 + order, transport
         return None
 
 

@@ -111,10 +111,10 @@ class ShmTransport:
         pairs, started, checked = [], [], {}
         for t in transfers:
             if time.monotonic() > t.deadline:
-                t.error = TransferError(f"{_describe(t.replica)}: put timeout passed before the shm copy")
+                t.error = TransferError(f"{describe(t.replica)}: put timeout passed before the shm copy")
                 continue
             if t.replica.tier == pb.TIER_SSD:  # the master grants clients no SSD writes
-                t.error = TransferError(f"{_describe(t.replica)}: shm does not write SSD replicas")
+                t.error = TransferError(f"{describe(t.replica)}: shm does not write SSD replicas")
                 continue
             target = self._range(t, checked)
             if target is not None:
@@ -172,7 +172,7 @@ class ShmTransport:
         try:
             return self._checked(t, checked)
         except (OSError, ValueError, MooncakeError) as exc:
-            t.error = TransferError(f"{_describe(t.replica)}: shm segment {t.replica.path}: {exc}")
+            t.error = TransferError(f"{describe(t.replica)}: shm segment {t.replica.path}: {exc}")
             return None
 
     def _read_file(self, t: Transfer, checked: dict) -> None:
@@ -190,7 +190,7 @@ class ShmTransport:
             t.done = True
         except (OSError, ValueError, MooncakeError) as exc:
             t.result = None  # a half-filled bytes object is not a result
-            t.error = TransferError(f"{_describe(r)}: shm segment {r.path}: {exc}")
+            t.error = TransferError(f"{describe(r)}: shm segment {r.path}: {exc}")
 
     @staticmethod
     def _copy(pairs, transfers: list[Transfer], streaming: bool = False) -> None:
@@ -337,14 +337,14 @@ class TcpTransport:
             if request.status == 0:
                 t.done = True
             elif request.status < 0:
-                t.error = error_for_code(request.status, f"{_describe(t.replica)} refused the {verb}")
+                t.error = error_for_code(request.status, f"{describe(t.replica)} refused the {verb}")
             else:
                 t.result = None  # no answer: the bytes object (if any) is not a result
 
     @staticmethod
     def _fail(group: list[Transfer], reason: str) -> None:
         for t in group:
-            t.error = TransferError(f"{_describe(t.replica)}: {reason}")
+            t.error = TransferError(f"{describe(t.replica)}: {reason}")
 
     def checkout(self, addr: str) -> tuple[DataConnection, bool]:
         """A pooled connection to addr (and True), or a new one (False); OSError when none
@@ -366,8 +366,23 @@ class TcpTransport:
                 conn.close()
 
 
-def _describe(replica: pb.ReplicaDescriptor) -> str:
+def describe(replica: pb.ReplicaDescriptor) -> str:
+    """How errors name a replica reached over shm or tcp."""
     return f"worker {replica.worker_id} at {replica.data_addr}"
+
+
+def ranked_transport(transports: list, replica: pb.ReplicaDescriptor):
+    """(rank, transport): the first of `transports` (in the caller's order of preference)
+    that reaches replica, and the replica's rank for reads (DESIGN.md 4: local shm first,
+    then DRAM before SSD, then that order; lower first, equal ranks keep the answer's
+    order); None when none reaches it. The general read path and fast_reads.py both rank
+    with it, so that they choose the same replica."""
+    for order, transport in enumerate(transports):
+        if transport.usable(replica):
+            local = 0 if transport.name == "shm" else 1
+            tier = 0 if replica.tier == pb.TIER_DRAM else 1
+            return (local * 2 + tier) * len(transports) + order, transport
+    return None
 
 
 def _reason(exc: OSError) -> str:
