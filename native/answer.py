@@ -59,7 +59,7 @@ class ReplicasAnswer:
         self._fields: list[int] = []
         self._text: list[bytes] = []
         self._segments: list = []
-        self._index: dict[DescriptorSegment, int] = {}
+        self._index: dict[tuple[str, int], int] = {}  # (worker, segment) -> in _segments
         self.items = 0
 
     def add_results(self, keys, results, segment_for) -> None:
@@ -70,7 +70,6 @@ class ReplicasAnswer:
         runs for every key of every read."""
         fields, text, segments, index = self._fields, self._text, self._segments, self._index
         put_start = self.layout == PUT_START
-        known: dict[tuple[str, int], int] = {}  # (worker, segment) -> its index in segments
         for key, r in zip(keys, results, strict=True):
             key_bytes = key.encode()
             message = r.message.encode() if r.message else b""
@@ -84,14 +83,10 @@ class ReplicasAnswer:
             text += (key_bytes, message)
             for d in replicas:
                 where = (d.worker_id, d.segment_id)
-                i = known.get(where)
+                i = index.get(where)
                 if i is None:
-                    segment = segment_for(*where)
-                    i = index.get(segment)
-                    if i is None:
-                        i = index[segment] = len(segments)
-                        segments.append(segment._segment)
-                    known[where] = i
+                    i = index[where] = len(segments)
+                    segments.append(segment_for(*where)._segment)
                 fields += (i, d.tier, d.state, d.offset, d.length)
         self.items += len(results)
 

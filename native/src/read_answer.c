@@ -114,8 +114,8 @@ typedef struct {
     size_t max_items, n_items;
     mc_read_replica *replicas;
     size_t max_replicas, n_replicas;
-    uint32_t *segment_first;
-    size_t max_segments, n_segments;
+    uint32_t *segment_first;   /* MC_READ_MAX_SEGMENTS of them */
+    size_t n_segments;
     segment_key keys[MC_READ_MAX_SEGMENTS];
     int full;               /* an array was too small */
 } decoding;
@@ -123,11 +123,11 @@ typedef struct {
 /* the index of the replica's segment, added when new (a batch lies on a few: a linear
  * search over at most MC_READ_MAX_SEGMENTS) */
 static uint32_t segment_of(decoding *d, const uint8_t *answer, const segment_key *key) {
-    size_t known = d->n_segments < d->max_segments ? d->n_segments : d->max_segments;
+    size_t known = d->n_segments < MC_READ_MAX_SEGMENTS ? d->n_segments : MC_READ_MAX_SEGMENTS;
     for (size_t s = 0; s < known; s++)
         if (same_segment(answer, &d->keys[s], key)) return (uint32_t)s;
     size_t s = d->n_segments++;
-    if (s < d->max_segments) {
+    if (s < MC_READ_MAX_SEGMENTS) {
         d->segment_first[s] = (uint32_t)d->n_replicas;
         d->keys[s] = *key;
     } else {
@@ -178,8 +178,8 @@ int64_t mc_read_answer_decode(const uint8_t *answer, size_t len,
                               mc_read_replica *replicas, size_t max_replicas,
                               mc_read_answer_info *info) {
     if (len > UINT32_MAX) return mc_fail(-EINVAL, "an answer of %zu bytes", len);
-    decoding d = {items, max_items, 0, replicas, max_replicas, 0, info->segment_first,
-                  MC_READ_MAX_SEGMENTS, 0, {{{0, 0}, 0, 0}}, 0};
+    decoding d = {items, max_items, 0, replicas, max_replicas, 0, info->segment_first, 0,
+                  {{{0, 0}, 0, 0}}, 0};
     reader r = {answer, answer, answer + len};
     uint32_t number;
     int wire, more;
