@@ -457,6 +457,20 @@ class Client:
             out.append(st.code == ErrorCode.OK)
         return out
 
+    def batch_exists_prefix(self, keys: Sequence[str]) -> int:
+        """How many of keys, from the first, are all present: an inference server stores a
+        prompt's KV pages one key each and asks how long a prefix it can load. One master
+        round trip, which stops at the first absent key; the present ones get a read lease,
+        as with batch_exists. A fault on a key inside the batch raises, as there."""
+        keys = list(keys)
+        if not keys:
+            return 0
+        answer = self._call("ExistsPrefix", pb.KeysRequest(keys=keys))
+        stopped_by = answer.stopped_by
+        if answer.present < len(keys) and stopped_by.code not in MISS_CODES:
+            raise error_for_code(stopped_by.code, f"exists {stopped_by.key!r}: {stopped_by.message}")
+        return answer.present
+
     def remove(self, key: str, force: bool = False) -> bool:
         """Removes key; False when it did not exist. HasLeaseError while leased, unless force."""
         st = self._call("Remove", pb.RemoveRequest(keys=[key], force=force)).statuses[0]

@@ -249,6 +249,15 @@ class MasterServicer(pb_grpc.MasterServiceServicer):
         return _with_statuses(pb.ExistsResponse(), request.keys, results)
 
     @_serialized(Role.CLIENT)
+    async def ExistsPrefix(self, request, context):
+        present, stopped_by = await self._run(context, self.state.exists_prefix,
+                                              list(request.keys), self.clock())
+        response = pb.ExistsPrefixResponse(present=present)
+        if stopped_by is not None:
+            _fill_status(response.stopped_by, request.keys[present], stopped_by)
+        return response
+
+    @_serialized(Role.CLIENT)
     async def Remove(self, request, context):
         results = await self._run(context, self.state.remove, list(request.keys), request.force,
                                   self.clock())

@@ -382,13 +382,26 @@ class MasterState(Placement, Tiering, Recovery):
 
     def exists(self, keys: Sequence[str], now: float) -> list[KeyResult]:
         """OK for each COMPLETE key (and a lease, as a get tends to follow); else NOT_FOUND."""
-        def present(obj: ObjectMeta) -> KeyResult:
-            # A PENDING object is not visible yet: a get right after would not find it.
-            if obj.state != COMPLETE:
-                return _fail(ErrorCode.OBJECT_NOT_FOUND, f"key {obj.key!r} is being written")
-            self._grant_lease(obj, now)
-            return KeyResult(code=int(ErrorCode.OK), size=obj.size)
-        return self._for_each_object(keys, present)
+        return self._for_each_object(keys, lambda obj: self._present(obj, now))
+
+    def exists_prefix(self, keys: Sequence[str], now: float) -> tuple[int, KeyResult | None]:
+        """How many keys from the first are all present, leasing each of those, and the result
+        of the first that is not (NOT_FOUND or its error), None when all are. Keys past it are
+        not looked at: they get no lease and no access."""
+        self._check_batch(keys)
+        for i, key in enumerate(keys):
+            obj, error = self._lookup(key)
+            result = error if error is not None else self._present(obj, now)
+            if result.code:
+                return i, result
+        return len(keys), None
+
+    def _present(self, obj: ObjectMeta, now: float) -> KeyResult:
+        # A PENDING object is not visible yet: a get right after would not find it.
+        if obj.state != COMPLETE:
+            return _fail(ErrorCode.OBJECT_NOT_FOUND, f"key {obj.key!r} is being written")
+        self._grant_lease(obj, now)
+        return KeyResult(code=int(ErrorCode.OK), size=obj.size)
 
     def _for_each_object(self, keys: Sequence[str], handle: Callable[[ObjectMeta], KeyResult],
                          put_ids: Sequence[int] | None = None) -> list[KeyResult]:

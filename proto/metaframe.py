@@ -56,11 +56,12 @@ METHODS = {
     4: ("GetReplicas", pb.KeysRequest, pb.GetReplicasResponse),
     5: ("Exists", pb.KeysRequest, pb.ExistsResponse),
     6: ("Remove", pb.RemoveRequest, pb.KeysResponse),
+    7: ("ExistsPrefix", pb.KeysRequest, pb.ExistsPrefixResponse),
 }
 METHOD_IDS = {name: method_id for method_id, (name, _, _) in METHODS.items()}
 # safe to send again over gRPC when a framed call's answer was lost: they change no object
 # (leases aside); the others could double-allocate or revoke
-IDEMPOTENT = frozenset({"GetReplicas", "Exists"})
+IDEMPOTENT = frozenset({"GetReplicas", "Exists", "ExistsPrefix"})
 
 RECV_CHUNK_BYTES = 1 << 20
 _TIMEVAL = struct.Struct("@ll")

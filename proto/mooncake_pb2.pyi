@@ -275,6 +275,14 @@ class ExistsResponse(_message.Message):
     statuses: _containers.RepeatedCompositeFieldContainer[KeyStatus]
     def __init__(self, statuses: _Optional[_Iterable[_Union[KeyStatus, _Mapping]]] = ...) -> None: ...
 
+class ExistsPrefixResponse(_message.Message):
+    __slots__ = ("present", "stopped_by")
+    PRESENT_FIELD_NUMBER: _ClassVar[int]
+    STOPPED_BY_FIELD_NUMBER: _ClassVar[int]
+    present: int
+    stopped_by: KeyStatus
+    def __init__(self, present: _Optional[int] = ..., stopped_by: _Optional[_Union[KeyStatus, _Mapping]] = ...) -> None: ...
+
 class RemoveRequest(_message.Message):
     __slots__ = ("keys", "force")
     KEYS_FIELD_NUMBER: _ClassVar[int]

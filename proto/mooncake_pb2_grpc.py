@@ -79,6 +79,11 @@ class MasterServiceStub(object):
                 request_serializer=mooncake__proto_dot_mooncake__pb2.KeysRequest.SerializeToString,
                 response_deserializer=mooncake__proto_dot_mooncake__pb2.ExistsResponse.FromString,
                 _registered_method=True)
+        self.ExistsPrefix = channel.unary_unary(
+                '/mooncake.v1.MasterService/ExistsPrefix',
+                request_serializer=mooncake__proto_dot_mooncake__pb2.KeysRequest.SerializeToString,
+                response_deserializer=mooncake__proto_dot_mooncake__pb2.ExistsPrefixResponse.FromString,
+                _registered_method=True)
         self.Remove = channel.unary_unary(
                 '/mooncake.v1.MasterService/Remove',
                 request_serializer=mooncake__proto_dot_mooncake__pb2.RemoveRequest.SerializeToString,
@@ -158,6 +163,12 @@ class MasterServiceServicer(object):
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ExistsPrefix(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def Remove(self, request, context):
         """Missing associated documentation comment in .proto file."""
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
@@ -231,6 +242,11 @@ def add_MasterServiceServicer_to_server(servicer, server):
                     servicer.Exists,
                     request_deserializer=mooncake__proto_dot_mooncake__pb2.KeysRequest.FromString,
                     response_serializer=mooncake__proto_dot_mooncake__pb2.ExistsResponse.SerializeToString,
+            ),
+            'ExistsPrefix': grpc.unary_unary_rpc_method_handler(
+                    servicer.ExistsPrefix,
+                    request_deserializer=mooncake__proto_dot_mooncake__pb2.KeysRequest.FromString,
+                    response_serializer=mooncake__proto_dot_mooncake__pb2.ExistsPrefixResponse.SerializeToString,
             ),
             'Remove': grpc.unary_unary_rpc_method_handler(
                     servicer.Remove,
@@ -496,6 +512,33 @@ class MasterService(object):
             '/mooncake.v1.MasterService/Exists',
             mooncake__proto_dot_mooncake__pb2.KeysRequest.SerializeToString,
             mooncake__proto_dot_mooncake__pb2.ExistsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ExistsPrefix(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/mooncake.v1.MasterService/ExistsPrefix',
+            mooncake__proto_dot_mooncake__pb2.KeysRequest.SerializeToString,
+            mooncake__proto_dot_mooncake__pb2.ExistsPrefixResponse.FromString,
             options,
             channel_credentials,
             insecure,

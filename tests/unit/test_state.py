@@ -139,6 +139,37 @@ def test_exists_grants_lease_on_present_keys_only():
     assert "b" not in state.objects
 
 
+def test_exists_prefix_stops_at_the_first_absent_key_and_leases_the_prefix_only():
+    state = make_state(lease_ttl_s=4.0)
+    for key in ("p0", "p1", "p3"):
+        commit(state, key)
+    put(state, ["p2"], [100])  # PENDING: not visible yet
+    order = list(state.objects)
+    present, stopped_by = state.exists_prefix(["p0", "p1", "p2", "p3"], 3.0)
+    state.validate()
+    assert present == 2
+    assert stopped_by.code == ErrorCode.OBJECT_NOT_FOUND and "being written" in stopped_by.message
+    assert [state.objects[k].lease_until for k in ("p0", "p1", "p3")] == [7.0, 7.0, 0.0]
+    # p3 lies past the stop: not touched (its access time and place in the eviction order)
+    assert [state.objects[k].last_access for k in ("p0", "p1", "p3")] == [3.0, 3.0, 0.0]
+    assert list(state.objects) == ["p3", "p2", "p0", "p1"] and order == ["p0", "p1", "p3", "p2"]
+
+
+def test_exists_prefix_of_all_present_keys_and_of_bad_keys():
+    state = make_state()
+    commit(state, "a")
+    commit(state, "b")
+    assert state.exists_prefix(["a", "b"], 1.0) == (2, None)
+    assert state.exists_prefix(["a", "a"], 1.0) == (2, None)  # a key may repeat
+    assert state.exists_prefix([], 1.0) == (0, None)
+    present, stopped_by = state.exists_prefix(["a", "", "b"], 1.0)
+    assert (present, stopped_by.code) == (1, ErrorCode.INVALID_PARAMS)
+    present, stopped_by = state.exists_prefix(["gone", "a"], 1.0)
+    assert (present, stopped_by.code) == (0, ErrorCode.OBJECT_NOT_FOUND)
+    with pytest.raises(InvalidArgumentError):
+        state.exists_prefix(["a"] * (state.config.max_batch + 1), 1.0)
+
+
 def test_unknown_keys_are_not_found_everywhere():
     state = make_state()
     nf = ErrorCode.OBJECT_NOT_FOUND
