@@ -94,12 +94,14 @@ class KeyInfo:
 
 
 class BatchError(MooncakeError):
-    """Some keys of a batch write failed; `errors` maps each failed key to its error."""
+    """Some keys of a batch failed; `errors` maps each failed key to its error. `results`,
+    where the call sets it, holds what every key came to, in order (None where it failed)."""
 
-    def __init__(self, errors: dict[str, MooncakeError]):
+    def __init__(self, errors: dict[str, MooncakeError], results: list | None = None):
         first = next(iter(errors.values()))
         super().__init__(f"{len(errors)} key(s) failed, first: {first}", code=first.code)
         self.errors = errors
+        self.results = results
 
 
 class Client:
@@ -445,6 +447,11 @@ class Client:
 
     # ---- metadata ----
 
+    def master_id(self) -> str:
+        """The serving master's id, asked of it: a check that a master serves this client
+        (through restarts and fail-overs, as every call)."""
+        return self._call("Hello", pb.HelloRequest()).master_id
+
     def exists(self, key: str) -> bool:
         return self.batch_exists([key])[0]
 
@@ -473,26 +480,46 @@ class Client:
 
     def remove(self, key: str, force: bool = False) -> bool:
         """Removes key; False when it did not exist. HasLeaseError while leased, unless force."""
-        st = self._call("Remove", pb.RemoveRequest(keys=[key], force=force)).statuses[0]
-        if st.code == ErrorCode.OBJECT_NOT_FOUND:
-            return False
-        if st.code != ErrorCode.OK:
-            raise error_for_code(st.code, f"remove {key!r}: {st.message}")
-        return True
+        return self.batch_remove([key], force)[0]
+
+    def batch_remove(self, keys: Sequence[str], force: bool = False) -> list[bool]:
+        """remove for each key, in one master round trip: False for a key that did not exist.
+        Keys that fail (HasLeaseError while leased, unless force) are raised together in a
+        BatchError, with the others' answers in its `results` (a single key: its own error)."""
+        keys = list(keys)
+        statuses = self._call("Remove", pb.RemoveRequest(keys=keys, force=force)).statuses
+        removed, errors = [], {}
+        for st in statuses:
+            if st.code in (ErrorCode.OK, ErrorCode.OBJECT_NOT_FOUND):
+                removed.append(st.code == ErrorCode.OK)
+            else:
+                errors[st.key] = error_for_code(st.code, f"remove {st.key!r}: {st.message}")
+                removed.append(None)
+        if errors:
+            raise next(iter(errors.values())) if len(keys) == 1 else BatchError(errors, removed)
+        return removed
 
     def remove_all(self, force: bool = False) -> int:
         return self._call("RemoveAll", pb.RemoveAllRequest(force=force)).removed
 
     def get_replicas(self, key: str) -> list[ReplicaInfo]:
         """The replicas of key (empty on a miss), for tools and tests. Grants a read lease."""
-        item = self._call("GetReplicas", pb.KeysRequest(keys=[key])).items[0]
-        if item.status.code in MISS_CODES:
-            return []
-        if item.status.code != ErrorCode.OK:
-            raise error_for_code(item.status.code, f"get_replicas {key!r}: {item.status.message}")
-        return [ReplicaInfo(r.worker_id, _TIER_NAMES.get(r.tier, "?"),
-                            _STATE_NAMES.get(r.state, "?"), r.segment_id, r.offset, r.length,
-                            r.data_addr) for r in item.replicas]
+        return self.batch_get_replicas([key])[0]
+
+    def batch_get_replicas(self, keys: Sequence[str]) -> list[list[ReplicaInfo]]:
+        """get_replicas for each key, in one master round trip."""
+        keys = list(keys)
+        items = self._call("GetReplicas", pb.KeysRequest(keys=keys)).items
+        out = []
+        for key, item in zip(keys, items):
+            if item.status.code and item.status.code not in MISS_CODES:
+                raise error_for_code(item.status.code,
+                                     f"get_replicas {key!r}: {item.status.message}")
+            out.append([ReplicaInfo(r.worker_id, _TIER_NAMES.get(r.tier, "?"),
+                                    _STATE_NAMES.get(r.state, "?"), r.segment_id, r.offset,
+                                    r.length, r.data_addr)
+                        for r in item.replicas] if not item.status.code else [])
+        return out
 
     def list_keys(self, prefix: str = "", limit: int = 1000,
                   start_after: str = "") -> tuple[list[KeyInfo], bool]:
