@@ -3,6 +3,7 @@ PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
+INTEGRATIONS := $(VENV)/.integrations
 
 .PHONY: demo test proto system-deps venv clean
 
@@ -42,12 +43,18 @@ $(STAMP): pyproject.toml $(NATIVE) | system-deps
 
 venv: $(STAMP)
 
+# the packages the integration tests run against (LMCache, CPU torch): only `make test` needs them
+$(INTEGRATIONS): $(STAMP)
+	$(BIN)/pip install --quiet -e '.[test,integrations]'
+	touch $(INTEGRATIONS)
+
 demo: venv
 	$(BIN)/mooncake-bench --local --json bench-results.json
 
-# MOONCAKE_REQUIRE_ETCD: the HA tests fail, rather than skip, when etcd is missing
-test: venv
-	MOONCAKE_REQUIRE_ETCD=1 $(BIN)/python -m pytest -q
+# MOONCAKE_REQUIRE_ETCD and _INTEGRATIONS: the HA and LMCache tests fail, rather than skip,
+# when etcd or LMCache is missing
+test: venv $(INTEGRATIONS)
+	MOONCAKE_REQUIRE_ETCD=1 MOONCAKE_REQUIRE_INTEGRATIONS=1 $(BIN)/python -m pytest -q
 
 # Regenerates the checked-in gRPC stubs (grpcio-tools is pinned to the grpcio floor).
 proto: venv

@@ -63,6 +63,10 @@ class RegisteredBuffers:
         if address <= 0 or size <= 0:
             raise InvalidArgumentError(f"register_buffer needs a pointer and a positive size, "
                                        f"got {address:#x}, {size}")
+        if is_device_memory(address):
+            # our copies and sockets would dereference it on the CPU: a crash, not an error
+            raise InvalidArgumentError(f"{address:#x} is GPU memory: register host memory "
+                                       f"(this store has no device copy path yet)")
         with self._lock:
             self._ranges[address] = size
 
@@ -78,6 +82,27 @@ class RegisteredBuffers:
             raise InvalidArgumentError(f"{size} bytes at {address:#x} are not inside a "
                                        f"registered buffer (register_buffer first)")
         return memoryview(ffi.buffer(ffi.cast("char *", address), size))
+
+
+_CU_POINTER_ATTRIBUTE_MEMORY_TYPE, _CU_MEMORYTYPE_DEVICE = 2, 2  # cuda.h
+_cuda_driver_lib = None
+
+
+def is_device_memory(address: int) -> bool:
+    """Whether CUDA's driver says address is device memory; False where there is no driver
+    (no GPU: nothing could be) or it was never initialised in this process (no allocation)."""
+    global _cuda_driver_lib
+    if _cuda_driver_lib is None:
+        try:
+            _cuda_driver_lib = ctypes.CDLL("libcuda.so.1")
+        except OSError:
+            _cuda_driver_lib = False
+    if not _cuda_driver_lib:
+        return False
+    memory_type = ctypes.c_uint(0)
+    status = _cuda_driver_lib.cuPointerGetAttribute(
+        ctypes.byref(memory_type), _CU_POINTER_ATTRIBUTE_MEMORY_TYPE, ctypes.c_uint64(address))
+    return status == 0 and memory_type.value == _CU_MEMORYTYPE_DEVICE
 
 
 def as_parts(buffer, writable: bool = False, size=None,
