@@ -72,7 +72,8 @@ def test_every_master_call_needs_a_role():
     assert roles == {
         "Hello": Role.CLIENT, "RegisterWorker": Role.WORKER, "Heartbeat": Role.WORKER,
         "PutStart": Role.CLIENT, "PutEnd": Role.CLIENT, "PutRevoke": Role.CLIENT,
-        "GetReplicas": Role.CLIENT, "Exists": Role.CLIENT, "Remove": Role.CLIENT,
+        "GetReplicas": Role.CLIENT, "Exists": Role.CLIENT, "ExistsPrefix": Role.CLIENT,
+        "Remove": Role.CLIENT,
         "RemoveAll": Role.ADMIN, "ListKeys": Role.ADMIN, "DeregisterWorker": Role.WORKER,
         "DrainWorker": Role.ADMIN}
 
