@@ -25,8 +25,8 @@ from mooncake_proto import mooncake_pb2_grpc as pb_grpc
 from mooncake_proto import metaframe, rpc
 from mooncake_proto.discovery import MasterLocator
 from mooncake_proto.errors import (ErrorCode, InvalidArgumentError, LeaseExpiredError,
-                                   MooncakeError, NoSpaceError, TransferError,
-                                   UnavailableError, error_for_code)
+                                   MooncakeError, NoSpaceError, NotSupportedError,
+                                   TransferError, UnavailableError, error_for_code)
 from mooncake_proto.identity import node_id
 
 KNOWN_TRANSPORTS = ("shm", "rdma", "tcp")  # the default preference order (DESIGN.md 4)
@@ -156,6 +156,7 @@ class Client:
         self._channel: grpc.Channel | None = None
         self._stub: pb_grpc.MasterServiceStub | None = None
         self._switches = 0
+        self._master_has_exists_prefix = True  # until an older master says it does not
 
     # ---- lifecycle ----
 
@@ -472,7 +473,14 @@ class Client:
         keys = list(keys)
         if not keys:
             return 0
-        answer = self._call("ExistsPrefix", pb.KeysRequest(keys=keys))
+        if not self._master_has_exists_prefix:
+            return _present_prefix(self.batch_exists(keys))
+        try:
+            answer = self._call("ExistsPrefix", pb.KeysRequest(keys=keys))
+        except NotSupportedError:
+            # a master from before ExistsPrefix: the per-key answer serves, one call still
+            self._master_has_exists_prefix = False
+            return _present_prefix(self.batch_exists(keys))
         stopped_by = answer.stopped_by
         if answer.present < len(keys) and stopped_by.code not in MISS_CODES:
             raise error_for_code(stopped_by.code, f"exists {stopped_by.key!r}: {stopped_by.message}")
@@ -717,6 +725,10 @@ def _without_stalled(key: str, candidates: list, stalled: dict[str, str]) -> lis
         r = candidates[-1][1]
         raise _every_replica_failed(key, TransferError(f"{describe(r)}: {stalled[r.data_addr]}"))
     return left
+
+
+def _present_prefix(found: list[bool]) -> int:
+    return next((i for i, present in enumerate(found) if not present), len(found))
 
 
 def _every_replica_failed(key: str, last: MooncakeError) -> TransferError:

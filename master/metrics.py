@@ -19,6 +19,7 @@ from prometheus_client.core import (CounterMetricFamily, GaugeMetricFamily,
                                     HistogramMetricFamily)
 
 from mooncake_master.model import TIER_NAMES
+from mooncake_proto import mooncake_pb2 as pb
 from mooncake_proto.rpc import Encoded
 
 # upper bounds (seconds): a framed-port call takes tens of microseconds, a batch of
@@ -121,12 +122,22 @@ def _tally_encoded(response: Encoded, tally: dict[int, int]) -> None:
         tally[code] = tally.get(code, 0) + 1
 
 
+def _tally_prefix(response, tally: dict[int, int]) -> None:
+    """ExistsPrefix: the present keys as OK, then the one it stopped at (keys past it were not
+    looked at and count as nothing)."""
+    if response.present:
+        tally[0] = tally.get(0, 0) + response.present
+    if response.HasField("stopped_by"):
+        code = response.stopped_by.code
+        tally[code] = tally.get(code, 0) + 1
+
+
 def _tally_nothing(_response, _tally) -> None:
     pass
 
 
 # answer type -> how to tally its per-key codes
-_TALLY: dict[type, object] = {Encoded: _tally_encoded}
+_TALLY: dict[type, object] = {Encoded: _tally_encoded, pb.ExistsPrefixResponse: _tally_prefix}
 
 
 def _tally_key_codes(response, tally: dict[int, int]) -> None:

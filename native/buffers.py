@@ -84,13 +84,17 @@ class RegisteredBuffers:
         return memoryview(ffi.buffer(ffi.cast("char *", address), size))
 
 
-_CU_POINTER_ATTRIBUTE_MEMORY_TYPE, _CU_MEMORYTYPE_DEVICE = 2, 2  # cuda.h
+# cuda.h: cuPointerGetAttribute's attributes and the memory type it answers
+_CU_POINTER_ATTRIBUTE_MEMORY_TYPE, _CU_POINTER_ATTRIBUTE_IS_MANAGED = 2, 8
+_CU_MEMORYTYPE_DEVICE = 2
 _cuda_driver_lib = None
 
 
 def is_device_memory(address: int) -> bool:
-    """Whether CUDA's driver says address is device memory; False where there is no driver
-    (no GPU: nothing could be) or it was never initialised in this process (no allocation)."""
+    """Whether CUDA's driver says address is GPU memory the CPU cannot read: device memory,
+    not managed memory (which the CPU may touch). False where there is no driver (no GPU:
+    nothing could be) or the driver does not know the address (host memory, or no CUDA use
+    in this process)."""
     global _cuda_driver_lib
     if _cuda_driver_lib is None:
         try:
@@ -99,10 +103,16 @@ def is_device_memory(address: int) -> bool:
             _cuda_driver_lib = False
     if not _cuda_driver_lib:
         return False
-    memory_type = ctypes.c_uint(0)
-    status = _cuda_driver_lib.cuPointerGetAttribute(
-        ctypes.byref(memory_type), _CU_POINTER_ATTRIBUTE_MEMORY_TYPE, ctypes.c_uint64(address))
-    return status == 0 and memory_type.value == _CU_MEMORYTYPE_DEVICE
+    if _pointer_attribute(address, _CU_POINTER_ATTRIBUTE_MEMORY_TYPE) != _CU_MEMORYTYPE_DEVICE:
+        return False
+    return not _pointer_attribute(address, _CU_POINTER_ATTRIBUTE_IS_MANAGED)
+
+
+def _pointer_attribute(address: int, attribute: int) -> int | None:
+    value = ctypes.c_uint(0)
+    status = _cuda_driver_lib.cuPointerGetAttribute(ctypes.byref(value), attribute,
+                                                    ctypes.c_uint64(address))
+    return value.value if status == 0 else None
 
 
 def as_parts(buffer, writable: bool = False, size=None,

@@ -28,6 +28,7 @@ class ErrorCode(enum.IntEnum):
     TRANSFER_FAIL = -800
     RPC_FAIL = -900
     UNAVAILABLE_IN_CURRENT_STATUS = -1010
+    NOT_SUPPORTED = -1012  # the peer does not know the call (an older master)
     UNAUTHENTICATED = -1300
     PERMISSION_DENIED = -1301
     SPACE_BEING_FREED = -1400  # PutStart: eviction under way, retry (clients wait, then -200)
@@ -103,6 +104,10 @@ class InternalError(MooncakeError):
     code = ErrorCode.INTERNAL_ERROR
 
 
+class NotSupportedError(MooncakeError):
+    code = ErrorCode.NOT_SUPPORTED
+
+
 CODE_TO_ERROR: dict[int, type[MooncakeError]] = {
     ErrorCode.INTERNAL_ERROR: InternalError,
     ErrorCode.BUFFER_OVERFLOW: InvalidArgumentError,
@@ -125,6 +130,7 @@ CODE_TO_ERROR: dict[int, type[MooncakeError]] = {
     ErrorCode.UNAVAILABLE_IN_CURRENT_STATUS: UnavailableError,
     ErrorCode.UNAUTHENTICATED: UnauthenticatedError,
     ErrorCode.PERMISSION_DENIED: PermissionDeniedError,
+    ErrorCode.NOT_SUPPORTED: NotSupportedError,
 }
 
 

@@ -327,4 +327,6 @@ def error_from_rpc(exc: grpc.RpcError, target: str):
         return errors.PermissionDeniedError(detail)
     if status in (grpc.StatusCode.INVALID_ARGUMENT, grpc.StatusCode.OUT_OF_RANGE):
         return errors.InvalidArgumentError(detail)
+    if status == grpc.StatusCode.UNIMPLEMENTED:
+        return errors.NotSupportedError(detail)
     return errors.InternalError(detail)

@@ -22,7 +22,6 @@ _SIZE = re.compile(r"^\s*([0-9]+(?:\.[0-9]+)?)\s*([a-zA-Z]*)\s*$")
 _SIZE_UNITS = {"": 1, "b": 1, "k": 1 << 10, "kb": 1 << 10, "kib": 1 << 10, "m": 1 << 20,
                "mb": 1 << 20, "mib": 1 << 20, "g": 1 << 30, "gb": 1 << 30, "gib": 1 << 30,
                "t": 1 << 40, "tb": 1 << 40, "tib": 1 << 40}
-_TRUE, _FALSE = ("true", "1", "yes", "on"), ("false", "0", "no", "off", "")
 
 
 def parse_size(value) -> int:
@@ -38,15 +37,6 @@ def parse_size(value) -> int:
     if unit not in _SIZE_UNITS:
         raise InvalidArgumentError(f"not a size: {value!r} (try 4GB or 512MB)")
     return int(float(match.group(1)) * _SIZE_UNITS[unit])
-
-
-def parse_bool(value) -> bool:
-    if isinstance(value, bool):
-        return value
-    text = str(value).strip().lower()
-    if text in _TRUE or text in _FALSE:
-        return text in _TRUE
-    raise InvalidArgumentError(f"not a boolean: {value!r} (true/false, 1/0, yes/no, on/off)")
 
 
 @dataclasses.dataclass(frozen=True)

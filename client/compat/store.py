@@ -15,12 +15,15 @@ import collections
 import ctypes
 import functools
 import logging
+import operator
 import threading
 from typing import Sequence
 
 from mooncake_client.client import BatchError, Client, ReplicaConfig, ReplicaInfo
+from mooncake_client.shared_client import NotSetUpError, SharedClient
 from mooncake_client.compat.config import MooncakeConfig, master_spec, parse_size, transports_for
-from mooncake_proto.errors import ErrorCode, InvalidArgumentError, MooncakeError
+from mooncake_proto.errors import (ErrorCode, InvalidArgumentError, LeaseExpiredError,
+                                   MooncakeError, TransferError)
 
 log = logging.getLogger("mooncake_client.compat")
 
@@ -30,6 +33,8 @@ OBJECT_NOT_FOUND = int(ErrorCode.OBJECT_NOT_FOUND)
 _QUIET_CODES = (OBJECT_NOT_FOUND, int(ErrorCode.REPLICA_IS_NOT_READY))
 # health_check's answers, as Mooncake's
 HEALTHY, NOT_INITIALIZED, MASTER_UNREACHABLE = 0, 1, 2
+# what one key of a batch can cause: the batch is read again key by key to say which
+_ONE_KEY_FAULTS = (InvalidArgumentError, TransferError, LeaseExpiredError)
 
 
 class ReplicateConfig:
@@ -141,9 +146,9 @@ class MooncakeDistributedStore:
     """Mooncake's store API over a Client. Thread-safe as the Client is."""
 
     def __init__(self):
-        self._client: Client | None = None
+        self._shared = SharedClient()  # setup and close wait for the calls in flight
         self._hostname = ""
-        self._lock = threading.Lock()
+        self._counts_lock = threading.Lock()
         self.error_counts: collections.Counter[int] = collections.Counter()
 
     # ---- lifecycle ----
@@ -184,11 +189,8 @@ class MooncakeDistributedStore:
             client = self._connect(settings)
         except MooncakeError as exc:
             return self._failed("setup", exc)
-        with self._lock:
-            old, self._client = self._client, client
-            self._hostname = str(settings["local_hostname"])
-        if old is not None:
-            old.close()
+        self._hostname = str(settings["local_hostname"])
+        self._shared.replace(client)
         return OK
 
     @staticmethod
@@ -198,11 +200,18 @@ class MooncakeDistributedStore:
                 raise InvalidArgumentError(f"setup: {required} is required")
         for size in ("global_segment_size", "local_buffer_size"):
             parse_size(settings.get(size, 0))  # Mooncake refuses a malformed size too
-        unknown = set(settings) - _SETUP_KEYS
+        unknown = set(settings) - _SETUP_KEYS - set(_CLIENT_OPTIONS)
         if unknown:
             raise InvalidArgumentError(f"setup: unknown settings {sorted(unknown)}")
+        if str(settings.get("tenant_id") or "default") != "default":
+            # Mooncake keeps a key space per tenant; here one cluster is one key space, and
+            # sharing it silently would hand one tenant's KV to another
+            raise InvalidArgumentError(f"setup: tenant_id {settings['tenant_id']!r}: tenants "
+                                       f"are not supported; run a cluster per tenant")
+        options = {name: float(settings[name]) for name in _CLIENT_OPTIONS if name in settings}
         client = Client(master_spec(str(settings.get("master_server_addr") or "")),
-                        transports=transports_for(str(settings.get("protocol") or "tcp")))
+                        transports=transports_for(str(settings.get("protocol") or "tcp")),
+                        **options)
         try:
             client.master_id()  # Mooncake's setup fails when no master serves: so does ours
         except BaseException:
@@ -211,19 +220,17 @@ class MooncakeDistributedStore:
         return client
 
     def close(self) -> int:
-        with self._lock:
-            client, self._client = self._client, None
-        if client is not None:
-            client.close()
+        """Closes the store once the calls in flight are done; later calls answer -600."""
+        self._shared.replace(None)
         return OK
 
     def health_check(self) -> int:
         """0 healthy, 1 not set up (or closed), 2 the master does not answer."""
-        client = self._client
-        if client is None:
-            return NOT_INITIALIZED
         try:
-            client.master_id()
+            with self._shared.use() as client:
+                client.master_id()
+        except InvalidArgumentError:
+            return NOT_INITIALIZED
         except MooncakeError:
             return MASTER_UNREACHABLE
         return HEALTHY
@@ -235,11 +242,12 @@ class MooncakeDistributedStore:
     # ---- buffers ----
 
     def register_buffer(self, buffer_ptr: int, size: int) -> int:
-        return self._answer("register_buffer", lambda c: c.register_buffer(buffer_ptr, size))
+        pointer = _pointer(buffer_ptr)
+        return self._answer("register_buffer", lambda c: c.register_buffer(pointer, size))
 
     def unregister_buffer(self, buffer_ptr: int) -> int:
         def unregister(client: Client) -> None:
-            if not client.unregister_buffer(buffer_ptr):
+            if not client.unregister_buffer(_pointer(buffer_ptr)):
                 raise InvalidArgumentError(f"unregister_buffer: {buffer_ptr:#x} is not registered")
         return self._answer("unregister_buffer", unregister)
 
@@ -265,11 +273,11 @@ class MooncakeDistributedStore:
 
     def put_from(self, key: str, buffer_ptr: int, size: int,
                  config: ReplicateConfig | None = None) -> int:
-        return self._write_codes("put_from", [key], [buffer_ptr], [size], config)[0]
+        return self._write_codes("put_from", [key], [_pointer(buffer_ptr)], [size], config)[0]
 
     def batch_put_from(self, keys: Sequence[str], buffer_ptrs: Sequence[int],
                        sizes: Sequence[int], config: ReplicateConfig | None = None) -> list[int]:
-        return self._write_codes("batch_put_from", keys, buffer_ptrs, sizes, config)
+        return self._write_codes("batch_put_from", keys, _pointers(buffer_ptrs), sizes, config)
 
     def batch_put_from_multi_buffers(self, keys: Sequence[str],
                                      all_buffer_ptrs: Sequence[Sequence[int]],
@@ -277,7 +285,7 @@ class MooncakeDistributedStore:
                                      config: ReplicateConfig | None = None) -> list[int]:
         """Each object is its buffers' bytes in order (per-layer K/V pages)."""
         return self._write_codes("batch_put_from_multi_buffers", keys,
-                                 [list(p) for p in all_buffer_ptrs],
+                                 [_pointers(p) for p in all_buffer_ptrs],
                                  [list(s) for s in all_sizes], config)
 
     def _write_codes(self, call: str, keys, buffers, sizes, config) -> list[int]:
@@ -288,14 +296,16 @@ class MooncakeDistributedStore:
                         "no" if sizes is None else len(sizes))
             return [INVALID_PARAMS] * len(keys)
         try:
-            client = self._live()
-            client.batch_put_from(keys, list(buffers), self._placement(config),
-                                  None if sizes is None else list(sizes))
+            with self._shared.use() as client:
+                client.batch_put_from(keys, list(buffers), self._placement(config),
+                                      None if sizes is None else list(sizes))
             return [OK] * len(keys)
         except BatchError as exc:
             for error in exc.errors.values():
                 self._failed(call, error)
             return [exc.errors[k].code if k in exc.errors else OK for k in keys]
+        except NotSetUpError as exc:
+            return [self._failed(call, exc)] * len(keys)
         except InvalidArgumentError as exc:
             if len(keys) == 1:
                 return [self._failed(call, exc)]
@@ -327,20 +337,20 @@ class MooncakeDistributedStore:
         return [None if v is None or isinstance(v, int) else buffer_handle(v) for v in values]
 
     def get_into(self, key: str, buffer_ptr: int, size: int) -> int:
-        return self.batch_get_into([key], [buffer_ptr], [size])[0]
+        return self.batch_get_into([key], [_pointer(buffer_ptr)], [size])[0]
 
     def batch_get_into(self, keys: Sequence[str], buffer_ptrs: Sequence[int],
                        sizes: Sequence[int]) -> list[int]:
         """Reads each object into its registered buffer (size: the buffer's capacity);
         per key the object's size, or -704 for a miss, -600 when the buffer is too small."""
-        return self._read_into("batch_get_into", list(keys), buffer_ptrs, sizes)
+        return self._read_into("batch_get_into", list(keys), _pointers(buffer_ptrs), sizes)
 
     def batch_get_into_multi_buffers(self, keys: Sequence[str],
                                      all_buffer_ptrs: Sequence[Sequence[int]],
                                      all_sizes: Sequence[Sequence[int]],
                                      prefer_alloc_in_same_node: bool = False) -> list[int]:
         return self._read_into("batch_get_into_multi_buffers", list(keys),
-                               [list(p) for p in all_buffer_ptrs],
+                               [_pointers(p) for p in all_buffer_ptrs],
                                [list(s) for s in all_sizes])
 
     def _read_values(self, call: str, keys: list[str]) -> list:
@@ -359,24 +369,25 @@ class MooncakeDistributedStore:
         return [OBJECT_NOT_FOUND if r is None else r for r in results]
 
     def _per_key(self, call: str, items: list, batch) -> list:
-        """batch(client, items) as one call; when it raises, each item alone, so that one
-        key's failure (a buffer too small, a lost replica) is that key's code only."""
+        """batch(client, items) as one call. When it fails with what one key can cause (a
+        buffer too small, a lost replica, a lease run out), each item alone, so that it is that
+        key's code only; any other failure (no master, no permission) is every key's code."""
         try:
-            client = self._live()
+            with self._shared.use() as client:
+                try:
+                    return list(batch(client, items))
+                except _ONE_KEY_FAULTS:
+                    if len(items) <= 1:
+                        raise
+                return [self._one(call, batch, client, item) for item in items]
         except MooncakeError as exc:
             return [self._failed(call, exc)] * len(items)
+
+    def _one(self, call: str, batch, client: Client, item):
         try:
-            return list(batch(client, items))
+            return batch(client, [item])[0]
         except MooncakeError as exc:
-            if len(items) <= 1:
-                return [self._failed(call, exc)] * len(items)
-        out = []
-        for item in items:
-            try:
-                out.extend(batch(client, [item]))
-            except MooncakeError as exc:
-                out.append(self._failed(call, exc))
-        return out
+            return self._failed(call, exc)
 
     # ---- metadata ----
 
@@ -420,7 +431,8 @@ class MooncakeDistributedStore:
     def batch_remove(self, keys: Sequence[str], force: bool = False) -> list[int]:
         keys = list(keys)
         try:
-            removed = self._live().batch_remove(keys, force)
+            with self._shared.use() as client:
+                removed = client.batch_remove(keys, force)
             return [OK if r else OBJECT_NOT_FOUND for r in removed]
         except BatchError as exc:
             for error in exc.errors.values():
@@ -439,7 +451,8 @@ class MooncakeDistributedStore:
     def _answer(self, call: str, action):
         """action(client)'s result (0 for None), or the code of the MooncakeError it raised."""
         try:
-            result = action(self._live())
+            with self._shared.use() as client:
+                result = action(client)
         except _Miss:
             return OBJECT_NOT_FOUND
         except MooncakeError as exc:
@@ -448,16 +461,11 @@ class MooncakeDistributedStore:
 
     def _failed(self, call: str, error: MooncakeError) -> int:
         code = int(error.code) or int(ErrorCode.INTERNAL_ERROR)
-        self.error_counts[code] += 1
+        with self._counts_lock:
+            self.error_counts[code] += 1
         if code not in _QUIET_CODES:
-            log.warning("%s failed: code=%d %s", call, code, error)
+            log.warning("%s failed: code=%d %.300s", call, code, error)  # keys run to 4 KiB
         return code
-
-    def _live(self) -> Client:
-        client = self._client
-        if client is None:
-            raise InvalidArgumentError("the store is not set up (call setup first) or closed")
-        return client
 
     def _placement(self, config: ReplicateConfig | None) -> ReplicaConfig | None:
         if config is None:
@@ -470,10 +478,22 @@ class MooncakeDistributedStore:
                              hard_pin=bool(config.with_hard_pin))
 
 
+def _pointer(value) -> int:
+    """A raw address as an int: numpy and torch integers too, as Mooncake's binding takes them
+    (anything else is a TypeError there and here)."""
+    return operator.index(value)
+
+
+def _pointers(values) -> list[int]:
+    return [operator.index(v) for v in values]
+
+
 class _Miss(Exception):
     """get_size's miss: -704 without a log line."""
 
 
+# ours, beside Mooncake's: how long calls wait for a master, or for a transfer (Client's)
+_CLIENT_OPTIONS = ("master_retry_s", "rpc_timeout_s", "transfer_timeout_s")
 _SETUP_KEYS = frozenset({
     "local_hostname", "metadata_server", "global_segment_size", "local_buffer_size",
     "protocol", "rdma_devices", "master_server_addr",

@@ -8,7 +8,8 @@ dynamic backend factory, moving KV pages between SGLang's host pool and the pool
           "master": "10.0.0.1:50051"}'
 
 Extra-config keys of ours: `master` (a master spec, as Client takes it; else
-$MOONCAKE_CONFIG_PATH's master_server_address or $MOONCAKE_MASTER), `transports` ("shm,tcp"),
+$MOONCAKE_CONFIG_PATH's master_server_address or $MOONCAKE_MASTER), `transports` (default
+"shm,rdma,tcp"),
 `replica_num` (1), `key_prefix` (default: the model name; tells models apart in one pool),
 `rpc_timeout_s`, `transfer_timeout_s`, `master_retry_s` (Client's defaults); the token and
 TLS CA come from $MOONCAKE_TOKEN and $MOONCAKE_TLS_CA. `"interface_v1": 1` makes SGLang call the
@@ -30,11 +31,14 @@ from __future__ import annotations
 import collections
 import logging
 import os
+import threading
 from typing import Any, List, Optional
 
 from mooncake_client.client import BatchError, Client, ReplicaConfig
 from mooncake_client.compat.config import MooncakeConfig, master_spec
-from mooncake_proto.errors import InvalidArgumentError, MooncakeError
+from mooncake_client.shared_client import SharedClient
+from mooncake_proto.errors import (InvalidArgumentError, LeaseExpiredError, MooncakeError,
+                                   TransferError)
 
 try:
     from sglang.srt.mem_cache.hicache_storage import HiCacheStorage
@@ -42,6 +46,8 @@ except ImportError:  # SGLang absent: the class still answers the same calls (te
     HiCacheStorage = object
 
 log = logging.getLogger("mooncake_client.integrations.sglang")
+# what one page can cause: a batch read that meets one is read again page by page
+_ONE_PAGE_FAULTS = (TransferError, LeaseExpiredError)
 
 
 def client_from_settings(settings: dict, environ=os.environ) -> Client:
@@ -68,96 +74,112 @@ class MooncakePoolStore(HiCacheStorage):
 
     def __init__(self, storage_config, kwargs: Optional[dict] = None):
         settings = dict(getattr(storage_config, "extra_config", None) or {})
+        _refuse_unsupported(storage_config)
         self.storage_config = storage_config
-        self.client = client_from_settings(settings)
-        self.mem_pool_host = None
         self.replica_config = ReplicaConfig(replica_num=int(settings.get("replica_num", 1)))
+        self.mem_pool_host = None
         self.is_mla = bool(getattr(storage_config, "is_mla_model", False))
-        self.writes = not self.is_mla or getattr(storage_config, "tp_rank", 0) == 0
+        rank, pp_rank = getattr(storage_config, "tp_rank", 0), getattr(storage_config, "pp_rank", 0)
+        # SGLang's rule: every MHA rank writes its heads; one MLA rank writes the shared page
+        self.writes = getattr(storage_config, "is_storage_writer",
+                              not self.is_mla or rank == getattr(storage_config, "dcp_rank", 0))
         model = getattr(storage_config, "model_name", None) or ""
         prefix = settings.get("key_prefix", model.replace("/", "-"))
         self.key_prefix = f"{prefix}_" if prefix else ""
-        rank, pp_rank = getattr(storage_config, "tp_rank", 0), getattr(storage_config, "pp_rank", 0)
         pipelined = getattr(storage_config, "pp_size", 1) > 1
         # SGLang's Mooncake backend's suffixes: per rank for MHA, shared by the ranks for MLA
         self.suffix = (f"{pp_rank}" if pipelined else "") if self.is_mla else \
             (f"{rank}_{pp_rank}" if pipelined else f"{rank}")
         self.errors: collections.Counter[int] = collections.Counter()
+        self._errors_lock = threading.Lock()
+        # last: nothing above may fail with a Client left open. Calls share it with close,
+        # which waits for them (SGLang's backup and prefetch threads run beside a detach)
+        self._shared = SharedClient(client_from_settings(settings))
+
+    @property
+    def client(self) -> Client | None:
+        return self._shared.client
 
     # ---- set-up ----
 
     def register_mem_pool_host(self, mem_pool_host) -> None:
         """Registers the host pool's buffers: the pointers batch_get_v1/batch_set_v1 hand the
-        store lie inside them."""
+        store lie inside them. A pool without a buffer of its own (a logical anchor) has none."""
         self.mem_pool_host = mem_pool_host
-        buffers = [mem_pool_host.kv_buffer]
+        kv = getattr(mem_pool_host, "kv_buffer", None)
+        buffers = list(kv) if isinstance(kv, (list, tuple)) else [kv]
         if hasattr(mem_pool_host, "get_hybrid_pool_buffer"):  # side pools (Mamba, DSA)
             buffers += list(mem_pool_host.get_hybrid_pool_buffer())
-        for tensor in buffers:
-            if tensor is None or tensor.numel() == 0:
-                continue
-            self.client.register_buffer(tensor.data_ptr(), tensor.numel() * tensor.element_size())
+        with self._shared.use() as client:
+            for tensor in buffers:
+                if tensor is not None and tensor.numel():
+                    client.register_buffer(tensor.data_ptr(),
+                                           tensor.numel() * tensor.element_size())
 
     # ---- the zero-copy interface (interface_v1) ----
 
     def batch_exists(self, keys: List[str], extra_info=None) -> int:
         """How many pages from the first are stored: one master call, which stops at the
         first absent object (and leases those before it: a get follows)."""
-        per_page = len(self._object_keys("")) or 1
-        try:
-            present = self.client.batch_exists_prefix(
-                [k for key in keys for k in self._object_keys(key)])
-        except MooncakeError as exc:
-            self._fault("batch_exists", exc)
-            return 0
-        return present // per_page
+        per_page = len(self._object_keys(""))
+        names = [name for key in keys for name in self._object_keys(key)]
+        return self._run("batch_exists", 0,
+                         lambda client: client.batch_exists_prefix(names) // per_page)
 
     def batch_set_v1(self, keys: List[str], host_indices, extra_info=None) -> List[bool]:
         """Writes each page from the host pool; True where every object of the page is stored
-        (already stored counts). Ranks that do not write (MLA: rank 0 writes) report True."""
-        if not self.writes:
+        (already stored counts). A rank that does not write (MLA: one writes for all) has
+        nothing to do: True, as SGLang's controller does not even ask it."""
+        if not self.writes or not keys:
             return [True] * len(keys)
-        names, pointers, sizes = self._page_objects(keys, host_indices)
-        try:
-            self.client.batch_put_from(names, pointers, self.replica_config, sizes)
-            failed = set()
-        except BatchError as exc:
-            for error in exc.errors.values():
-                self._fault("batch_set_v1", error)
-            failed = set(exc.errors)
-        except MooncakeError as exc:
-            self._fault("batch_set_v1", exc)
-            return [False] * len(keys)
-        return self._per_page(keys, names, lambda name: name not in failed)
+
+        def write(client: Client) -> List[bool]:
+            names, pointers, sizes = self._page_objects(keys, host_indices)
+            try:
+                client.batch_put_from(names, pointers, self.replica_config, sizes)
+                failed = {}
+            except BatchError as exc:
+                failed = exc.errors
+                for error in failed.values():
+                    self._fault("batch_set_v1", error)
+            return self._per_page(keys, [name not in failed for name in names])
+        return self._run("batch_set_v1", [False] * len(keys), write)
 
     def batch_get_v1(self, keys: List[str], host_indices, extra_info=None) -> List[bool]:
         """Reads each page into the host pool; True where every object of the page was read
-        whole (SGLang loads the leading run of True)."""
-        names, pointers, sizes = self._page_objects(keys, host_indices)
-        try:
-            read = self.client.batch_get_into(names, pointers, sizes)
-        except MooncakeError as exc:
-            self._fault("batch_get_v1", exc)
-            return [False] * len(keys)
-        whole = {name: n is not None and n == sum(size)
-                 for name, n, size in zip(names, read, sizes)}
-        return self._per_page(keys, names, lambda name: whole[name])
+        whole (SGLang loads the leading run of True). A fault one page can cause (a replica
+        lost, a lease run out) fails that page only: the pages are read again one by one."""
+        if not keys:
+            return []
 
-    # ---- the per-tensor interface (without interface_v1) ----
+        def read(client: Client) -> List[bool]:
+            names, pointers, sizes = self._page_objects(keys, host_indices)
+            try:
+                return self._per_page(keys, _whole(client, names, pointers, sizes))
+            except _ONE_PAGE_FAULTS as exc:
+                if len(keys) == 1:
+                    raise
+                self._fault("batch_get_v1", exc)
+            per_page = len(names) // len(keys)
+            pages = [slice(i * per_page, (i + 1) * per_page) for i in range(len(keys))]
+            return [self._run("batch_get_v1", False, lambda c, p=p: all(
+                _whole(c, names[p], pointers[p], sizes[p]))) for p in pages]
+        return self._run("batch_get_v1", [False] * len(keys), read)
+
+    # ---- the per-tensor interface (without interface_v1): one object per page ----
 
     def get(self, key: str, target_location: Any = None, target_sizes: Any = None):
         """The page's bytes into target_location (a flat host tensor); it, or None."""
-        return self.batch_get([key], [target_location], target_sizes and [target_sizes])[0]
+        return self.batch_get([key], [target_location])[0]
 
     def batch_get(self, keys: List[str], target_locations: Any = None,
                   target_sizes: Any = None) -> List[Any]:
-        try:
-            read = self.client.batch_get_into([self.key_prefix + k for k in keys],
-                                              list(target_locations))
-        except MooncakeError as exc:
-            self._fault("batch_get", exc)
-            return [None] * len(keys)
-        return [None if n is None else target for n, target in zip(read, target_locations)]
+        targets = list(target_locations or [])
+
+        def read(client: Client) -> List[Any]:
+            read_sizes = client.batch_get_into([self._page_key(k) for k in keys], targets)
+            return [None if n is None else t for n, t in zip(read_sizes, targets)]
+        return self._run("batch_get", [None] * len(keys), read)
 
     def set(self, key: str, value: Any = None, target_location: Any = None,
             target_sizes: Any = None) -> bool:
@@ -165,35 +187,45 @@ class MooncakePoolStore(HiCacheStorage):
 
     def batch_set(self, keys: List[str], values: Any = None, target_locations: Any = None,
                   target_sizes: Any = None) -> bool:
-        """True only when every page was stored."""
-        try:
-            self.client.batch_put_from([self.key_prefix + k for k in keys], list(values),
-                                       self.replica_config)
+        """True only when every page was stored (by this rank, or MLA's writing rank)."""
+        if not self.writes:
             return True
-        except MooncakeError as exc:
-            self._fault("batch_set", exc)
-            return False
+
+        def write(client: Client) -> bool:
+            client.batch_put_from([self._page_key(k) for k in keys], list(values),
+                                  self.replica_config)
+            return True
+        return self._run("batch_set", False, write)
 
     def exists(self, key: str) -> bool:
-        try:
-            return self.client.exists(self.key_prefix + key)
-        except MooncakeError as exc:
-            self._fault("exists", exc)
-            return False
+        return self._run("exists", False, lambda client: client.exists(self._page_key(key)))
 
     def clear(self) -> None:
         """Removes every object of the pool (an admin call where the cluster has tokens)."""
-        try:
-            removed = self.client.remove_all(force=True)
+        removed = self._run("clear", None, lambda client: client.remove_all(force=True))
+        if removed is not None:
             log.info("hicache storage cleared: %d objects removed", removed)
-        except MooncakeError as exc:
-            self._fault("clear", exc)
 
     def get_stats(self):
         return None
 
     def close(self) -> None:
-        self.client.close()
+        """Closes the client once the calls in flight are done; later calls are misses."""
+        self._shared.replace(None)
+
+    # ---- the one place faults become misses ----
+
+    def _run(self, call: str, on_fault, action):
+        """action(client), or on_fault when it fails: a store fault, or host-pool metadata
+        this backend cannot map to objects (both logged and counted)."""
+        try:
+            with self._shared.use() as client:
+                return action(client)
+        except MooncakeError as exc:
+            self._fault(call, exc)
+        except ValueError as exc:
+            self._fault(call, InvalidArgumentError(str(exc)))
+        return on_fault
 
     # ---- pages and objects ----
 
@@ -221,11 +253,32 @@ class MooncakePoolStore(HiCacheStorage):
                 object_sizes.append([size for _, size in group])
         return names, object_pointers, object_sizes
 
-    def _per_page(self, keys: List[str], names: list[str], ok) -> List[bool]:
-        per_page = len(names) // max(len(keys), 1)
-        return [all(ok(name) for name in names[i * per_page:(i + 1) * per_page])
-                for i in range(len(keys))]
+    def _page_key(self, page: str) -> str:
+        """The per-tensor interface's object: the whole page, per rank as the objects above."""
+        return f"{self.key_prefix}{page}_{self.suffix}"
+
+    @staticmethod
+    def _per_page(keys: List[str], object_ok: list[bool]) -> List[bool]:
+        per_page = len(object_ok) // len(keys)
+        return [all(object_ok[i * per_page:(i + 1) * per_page]) for i in range(len(keys))]
 
     def _fault(self, call: str, error: MooncakeError) -> None:
-        self.errors[int(error.code)] += 1
-        log.warning("%s failed: code=%d %s", call, error.code, error)
+        with self._errors_lock:
+            self.errors[int(error.code)] += 1
+        log.warning("%s failed: code=%d %.300s", call, error.code, error)
+
+
+def _whole(client: Client, names, pointers, sizes) -> list[bool]:
+    """Reads the objects into their pointers: for each, whether all its bytes came."""
+    read = client.batch_get_into(names, pointers, sizes)
+    return [n is not None and n == sum(size) for n, size in zip(read, sizes)]
+
+
+def _refuse_unsupported(storage_config) -> None:
+    """Layouts this backend would store wrongly are refused at start, not met with wrong KV."""
+    if getattr(storage_config, "dcp_size", 1) > 1:
+        raise InvalidArgumentError("decode context parallelism (dcp_size > 1) is not supported "
+                                   "by the mooncake_pool backend yet")
+    if getattr(storage_config, "should_split_heads", False):
+        raise InvalidArgumentError("split heads (a storage TP size unlike the model's) is not "
+                                   "supported by the mooncake_pool backend yet")

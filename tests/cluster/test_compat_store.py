@@ -2,6 +2,8 @@
 Mooncake's return conventions, checked by code and by content."""
 import ctypes
 import json
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -201,5 +203,80 @@ def test_setup_forms_and_failures(cluster, tmp_path, monkeypatch):
 
 def test_setup_without_a_master_fails_with_rpc_fail():
     store = MooncakeDistributedStore()
-    assert store.setup("h", "P2PHANDSHAKE", 1, 1, "tcp", "", "127.0.0.1:1") == RPC_FAIL
+    # master_retry_s (ours, as a keyword or dict key): Client's 15 s of riding out a restart
+    assert store.setup("h", "P2PHANDSHAKE", 1, 1, "tcp", "", "127.0.0.1:1",
+                       master_retry_s=0) == RPC_FAIL
     assert store.health_check() == 1
+
+
+def test_tenants_are_refused_rather_than_shared(cluster):
+    store = MooncakeDistributedStore()
+    assert store.setup("h", "P2PHANDSHAKE", 1, 1, "tcp", "", cluster.master_addr,
+                       tenant_id="default") == OK
+    assert store.setup("h", "P2PHANDSHAKE", 1, 1, "tcp", "", cluster.master_addr,
+                       tenant_id="team-b") == INVALID
+    store.close()
+
+
+def test_numpy_and_torch_style_integers_are_pointers(store, pool):
+    base = np.int64(pool.ctypes.data)  # what arithmetic on array addresses often gives
+    _fill(pool, 0, 64, 9)
+    assert store.put_from("compat-np-ptr", base, 64) == OK
+    assert store.get_into("compat-np-ptr", base + np.int64(4096), 64) == 64
+    assert store.batch_get_into(["compat-np-ptr"], [np.uint64(base + 8192)], [64]) == [64]
+    assert pool[4096:4160].tobytes() == pool[8192:8256].tobytes() == pool[:64].tobytes()
+    with pytest.raises(TypeError):
+        store.put_from("compat-float-ptr", float(base), 64)
+
+
+def test_a_master_that_is_gone_is_one_failure_per_batch_not_one_per_key(fresh_cluster):
+    cluster = fresh_cluster(workers=1, dram="16MiB")
+    store = MooncakeDistributedStore()
+    assert store.setup({"local_hostname": "h", "metadata_server": "P2PHANDSHAKE",
+                        "master_server_addr": cluster.master_addr, "master_retry_s": 0,
+                        "rpc_timeout_s": 2}) == OK
+    assert store.put("gone-0", b"0") == OK
+    cluster.stop()
+    assert store.batch_is_exist(["gone-0", "gone-1", "gone-2"]) == [RPC_FAIL] * 3
+    assert store.get_batch(["gone-0", "gone-1"]) == [b"", b""]
+    assert store.error_counts[RPC_FAIL] == 2  # one master call each, not one per key
+    store.close()
+
+
+RACE = """
+import sys, threading
+import numpy as np
+from mooncake_client.compat import MooncakeDistributedStore
+master = sys.argv[1]
+store = MooncakeDistributedStore()
+setup = lambda: store.setup("h", "P2PHANDSHAKE", 1, 1, "tcp", "", master)
+assert setup() == 0
+data = bytes(range(256)) * 4096  # 1 MiB: long copies out of the shm segment
+assert store.put("race", data) == 0
+buffer = np.zeros(len(data), dtype=np.uint8)
+stop, wrong = threading.Event(), []
+def reader():
+    while not stop.is_set():
+        got = store.get("race")
+        if got not in (data, b""):
+            wrong.append(len(got))
+        store.batch_is_exist(["race", "absent"])
+threads = [threading.Thread(target=reader) for _ in range(4)]
+for t in threads:
+    t.start()
+for _ in range(6):
+    assert setup() == 0  # replaces the client under the readers' feet
+store.close()
+stop.set()
+for t in threads:
+    t.join()
+print("wrong", len(wrong), "after close", store.get("race") == b"")
+"""
+
+
+def test_setup_and_close_while_other_threads_read_never_crash(cluster):
+    # in a process of its own: a copy out of an unmapped segment would kill it (SIGSEGV)
+    result = subprocess.run([sys.executable, "-c", RACE, cluster.master_addr],
+                            capture_output=True, text=True, timeout=100)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert result.stdout.split() == ["wrong", "0", "after", "close", "True"]

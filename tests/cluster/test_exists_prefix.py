@@ -1,9 +1,12 @@
 """Client.batch_exists_prefix through a real master: the prefix length, its leases, its errors,
 over the framed metadata port and over gRPC."""
+import grpc
 import pytest
 
 from mooncake_client import Client
-from mooncake_proto.errors import HasLeaseError, InvalidArgumentError
+from mooncake_proto import mooncake_pb2 as pb
+from mooncake_proto import rpc
+from mooncake_proto.errors import HasLeaseError, InvalidArgumentError, NotSupportedError
 
 
 @pytest.mark.parametrize("framed", [True, False], ids=["framed", "grpc"])
@@ -20,6 +23,7 @@ def test_the_longest_fully_present_prefix_is_counted(cluster, framed):
         c.put(pages[3], b"3")
         assert c.batch_exists_prefix(pages) == 6
         assert c.batch_exists(pages) == [True] * 6  # agrees with the per-key answer
+        assert (c._meta is not None) == framed  # noqa: SLF001 -- the call took that path
 
 
 def test_the_present_prefix_is_leased_and_keys_past_the_stop_are_not(fresh_cluster):
@@ -42,3 +46,34 @@ def test_a_bad_key_inside_the_batch_raises_and_one_after_the_stop_does_not(clust
         assert c.batch_exists_prefix(["prefix-bad-0", "prefix-bad-absent", ""]) == 1
         with pytest.raises(InvalidArgumentError):
             c.batch_exists_prefix(["x"] * 100_000)  # over the batch limit
+
+
+def test_an_unknown_call_is_not_supported_as_an_older_master_answers_it(cluster):
+    """What a master from before ExistsPrefix answers it over gRPC: UNIMPLEMENTED, which the
+    client reads as NotSupportedError (-1012)."""
+    with rpc.client_channel(cluster.master_addr) as channel:
+        call = channel.unary_unary("/mooncake.MasterService/NoSuchCall",
+                                   request_serializer=pb.KeysRequest.SerializeToString,
+                                   response_deserializer=pb.ExistsPrefixResponse.FromString)
+        with pytest.raises(grpc.RpcError) as info:
+            call(pb.KeysRequest(keys=["k"]), timeout=10)
+    error = rpc.error_from_rpc(info.value, "master")
+    assert isinstance(error, NotSupportedError) and error.code == -1012
+
+
+def test_against_an_older_master_the_per_key_answer_serves(cluster, monkeypatch):
+    pages = [f"prefix-old-master-{i}" for i in range(4)]
+    with Client(cluster.master_addr) as c:
+        c.batch_put(pages[:2] + pages[3:], [b"0", b"1", b"3"])
+        asked = []
+        real_call = Client._call
+
+        def older_master(self, method, request, raw=False):
+            asked.append(method)
+            if method == "ExistsPrefix":  # as rpc.error_from_rpc reads its UNIMPLEMENTED
+                raise NotSupportedError("master: unimplemented: Method not found!")
+            return real_call(self, method, request, raw)
+        monkeypatch.setattr(Client, "_call", older_master)
+        assert c.batch_exists_prefix(pages) == 2
+        assert c.batch_exists_prefix(pages[:2]) == 2
+        assert asked == ["ExistsPrefix", "Exists", "Exists"]  # asked once, then remembered

@@ -72,6 +72,7 @@ def test_master_counts_each_call_its_latency_and_its_keys_answers(fresh_cluster)
             assert c.get(f"m/{i}") == b"v" * 1000
         assert c.get("m/missing") is None
         assert c.exists("m/4") and not c.exists("m/nope")
+        assert c.batch_exists_prefix(["m/0", "m/1", "m/nope", "m/2"]) == 2
     m = master_scrape(cluster)
     assert m.value("mooncake_master_rpc_calls_total", method="PutStart") == 5
     assert m.value("mooncake_master_rpc_calls_total", method="PutEnd") == 5
@@ -84,6 +85,9 @@ def test_master_counts_each_call_its_latency_and_its_keys_answers(fresh_cluster)
     assert m.value(results, method="Exists", code="0") == 1
     assert m.value(results, method="Exists", code=str(ErrorCode.OBJECT_NOT_FOUND)) == 1
     assert m.value(results, method="PutStart", code="0") == 5
+    # a prefix probe: the keys it found, then the one it stopped at; m/2 was not looked at
+    assert m.value(results, method="ExistsPrefix", code="0") == 2
+    assert m.value(results, method="ExistsPrefix", code=str(ErrorCode.OBJECT_NOT_FOUND)) == 1
     assert not m.labelled("mooncake_master_rpc_failures_total")
     for method in ("PutStart", "PutEnd", "GetReplicas", "Exists"):
         count = m.value("mooncake_master_rpc_duration_seconds_count", method=method)

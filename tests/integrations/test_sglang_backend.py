@@ -14,6 +14,7 @@ import uuid
 import pytest
 
 from mooncake_client.compat import MooncakeDistributedStore, ReplicateConfig
+from mooncake_proto.errors import InvalidArgumentError
 
 if os.environ.get("MOONCAKE_REQUIRE_INTEGRATIONS") == "1":
     import torch
@@ -186,6 +187,72 @@ def test_the_per_tensor_interface_without_interface_v1(cluster):
     assert backend.set(hashes[1], pages[1]) is True
     assert torch.equal(backend.get(hashes[1], torch.zeros(64)), pages[1])
     backend.close()
+
+
+def test_one_lost_page_fails_that_page_only(fresh_cluster):
+    cluster = fresh_cluster(workers=2, dram="16MiB")
+    # tcp only: a dead worker's shm segment outlives it, and would still be read
+    backend = _backend(cluster, extra={"transports": "tcp", "transfer_timeout_s": 2})
+    pool, target = MHAHostPool("page_first", seed=9), MHAHostPool("page_first", seed=10)
+    backend.register_mem_pool_host(pool)
+    hashes = _hashes(6)
+    # two backups: each batch lands on the freest worker of the node, so the halves differ
+    assert backend.batch_set_v1(hashes[:3], _indices(range(3))) == [True] * 3
+    assert backend.batch_set_v1(hashes[3:], _indices(range(3, 6))) == [True] * 3
+    holders = {name: backend.client.get_replicas(name)[0].worker_id
+               for key in hashes for name in backend._object_keys(key)}  # noqa: SLF001
+    lost = sorted(set(holders.values()))[0]
+    cluster.workers[lost].kill()
+    backend.register_mem_pool_host(target)
+    loaded = backend.batch_get_v1(hashes, _indices(range(8, 14)))
+    expected = [all(holders[n] != lost for n in backend._object_keys(k)) for k in hashes]  # noqa: SLF001
+    assert loaded == expected and any(expected) and not all(expected)
+    for page, ok in enumerate(expected):
+        if ok:
+            assert torch.equal(target.page((8 + page) * PAGE), pool.page(page * PAGE))
+    backend.close()
+
+
+def test_ranks_of_the_per_tensor_interface_keep_their_own_heads(cluster):
+    rank0 = _backend(cluster, tp_rank=0, tp_size=2)
+    rank1 = _backend(cluster, tp_rank=1, tp_size=2, extra={"key_prefix": rank0.key_prefix[:-1]})
+    page = _hashes(1)
+    heads0, heads1 = torch.randn(32), torch.randn(32)
+    assert rank0.set(page[0], heads0) and rank1.set(page[0], heads1)
+    assert torch.equal(rank1.get(page[0], torch.zeros(32)), heads1)
+    assert torch.equal(rank0.get(page[0], torch.zeros(32)), heads0)
+    rank0.close()
+    rank1.close()
+
+
+def test_layouts_it_would_store_wrongly_are_refused_at_start(cluster):
+    extra = {"master": cluster.master_addr}
+    for fields in ({"dcp_size": 2}, {"should_split_heads": True}):
+        config = StorageConfig(extra_config=extra, is_mla_model=True)
+        for name, value in fields.items():
+            setattr(config, name, value)
+        with pytest.raises(InvalidArgumentError):
+            MooncakePoolStore(config, {})
+
+
+def test_sglangs_writer_rule_is_followed_when_it_says(cluster):
+    config = StorageConfig(is_mla_model=True, tp_rank=1, tp_size=2,
+                           extra_config={"master": cluster.master_addr})
+    config.is_storage_writer = True  # SGLang: tp_rank == dcp_rank decides, not rank 0
+    backend = MooncakePoolStore(config, {})
+    assert backend.writes
+    backend.close()
+
+
+def test_after_close_every_call_is_a_miss(cluster):
+    backend = _backend(cluster)
+    backend.register_mem_pool_host(MHAHostPool("page_first"))
+    backend.close()
+    hashes = _hashes(2)
+    assert backend.batch_exists(hashes) == 0
+    assert backend.batch_get_v1(hashes, _indices([0, 1])) == [False, False]
+    assert backend.batch_set_v1(hashes, _indices([0, 1])) == [False, False]
+    assert backend.exists(hashes[0]) is False and backend.batch_set(hashes, [b"1", b"2"]) is False
 
 
 def test_faults_are_misses_and_failed_pages_never_exceptions(fresh_cluster):

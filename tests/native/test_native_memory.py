@@ -262,3 +262,37 @@ def test_spin_time_comes_from_the_environment(value, expected):
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                          env={**os.environ, "MOONCAKE_SPIN_US": value}, timeout=60, check=True)
     assert int(out.stdout) == expected
+
+
+class _Driver:
+    """CUDA's driver as cuPointerGetAttribute answers for a few addresses (no GPU here)."""
+    MEMORY_TYPE, IS_MANAGED = 2, 8
+
+    def __init__(self, answers):
+        self.answers = answers  # address -> {attribute: value}; absent: CUDA_ERROR_INVALID_VALUE
+
+    def cuPointerGetAttribute(self, value_ref, attribute, address):
+        known = self.answers.get(address.value)
+        if known is None:
+            return 1
+        value_ref._obj.value = known[attribute]
+        return 0
+
+
+def test_gpu_memory_is_refused_at_registration_and_managed_and_host_memory_are_not(monkeypatch):
+    host = np.zeros(64, dtype=np.uint8)
+    device, managed = 0x7F0000000000, 0x7F1000000000
+    monkeypatch.setattr(buffers, "_cuda_driver_lib", _Driver({
+        device: {_Driver.MEMORY_TYPE: 2, _Driver.IS_MANAGED: 0},
+        managed: {_Driver.MEMORY_TYPE: 2, _Driver.IS_MANAGED: 1}}))
+    registered = RegisteredBuffers()
+    with pytest.raises(InvalidArgumentError, match="GPU memory"):
+        registered.register(device, 4096)
+    registered.register(managed, 4096)
+    registered.register(host.ctypes.data, 64)
+    assert not buffers.is_device_memory(host.ctypes.data)
+
+
+def test_without_a_cuda_driver_nothing_is_gpu_memory(monkeypatch):
+    monkeypatch.setattr(buffers, "_cuda_driver_lib", False)
+    assert not buffers.is_device_memory(0x7F0000000000)

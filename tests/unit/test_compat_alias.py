@@ -63,3 +63,23 @@ def test_install_in_process_and_its_refusal_once_the_real_one_is_loaded(real_whe
     late = "import mooncake\nfrom mooncake_client.compat import alias\nalias.install()\n"
     result = _run(late, real_wheel)
     assert result.returncode != 0 and "imported before the alias" in result.stderr
+
+
+def test_two_copies_of_the_shim_on_the_path_and_a_wheel_behind_them(tmp_path, real_wheel):
+    # another install of mooncake-pool, reached through a symlink: neither is taken for the wheel
+    link = tmp_path / "shim-link"
+    link.symlink_to(alias.SHIM_DIR)
+    code = PROBE + "import mooncake\nprint(mooncake.WHEEL_VERSION, len(mooncake.__path__))\n"
+    result = _run(code, str(link), alias.SHIM_DIR, real_wheel)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert result.stdout.split() == ["mooncake_client.compat.store", "0.3.7", "2"]
+
+
+def test_the_wheels_init_runs_with_its_own_file(real_wheel):
+    init = os.path.join(real_wheel, "mooncake", "__init__.py")
+    with open(init, "a") as f:
+        f.write("import os\nHERE = os.path.dirname(__file__)\n")
+    result = _run("import mooncake\nprint(mooncake.HERE)\nprint(mooncake.__file__)\n",
+                  alias.SHIM_DIR, real_wheel)
+    here, own = result.stdout.split()
+    assert here == os.path.join(real_wheel, "mooncake") and own.startswith(alias.SHIM_DIR)

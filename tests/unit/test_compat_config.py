@@ -3,8 +3,7 @@ import json
 
 import pytest
 
-from mooncake_client.compat.config import (MooncakeConfig, master_spec, parse_bool, parse_size,
-                                           transports_for)
+from mooncake_client.compat.config import MooncakeConfig, master_spec, parse_size, transports_for
 from mooncake_proto.errors import InvalidArgumentError
 
 
@@ -19,13 +18,6 @@ def test_sizes_are_binary_whatever_they_are_called(text, size):
 def test_bad_sizes_are_refused(text):
     with pytest.raises(InvalidArgumentError):
         parse_size(text)
-
-
-def test_booleans():
-    assert [parse_bool(v) for v in ("true", "1", "YES", "on", "false", "0", "no", "off")] == \
-        [True] * 4 + [False] * 4
-    with pytest.raises(InvalidArgumentError):
-        parse_bool("maybe")
 
 
 def test_master_address_forms():

@@ -7,19 +7,39 @@ import importlib.machinery
 import os
 import sys
 
-_SHIM_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+MOONCAKE_POOL_SHIM = True  # how a copy of this file (another install, a symlink) is known
+
+
+def _is_shim(directory: str) -> bool:
+    try:
+        with open(os.path.join(directory, "__init__.py"), encoding="utf-8") as init:
+            return "\nMOONCAKE_POOL_SHIM = True" in init.read()
+    except OSError:
+        return False
 
 
 def _real_package_dirs() -> list:
-    elsewhere = [p for p in sys.path if os.path.abspath(p or os.curdir) != _SHIM_ROOT]
+    """The directory of the `mooncake` package Python would find without any shim."""
+    elsewhere = [p for p in sys.path
+                 if not _is_shim(os.path.join(os.path.abspath(p or os.curdir), "mooncake"))]
     spec = importlib.machinery.PathFinder.find_spec("mooncake", elsewhere)
     return list(spec.submodule_search_locations or []) if spec is not None else []
 
 
-for _directory in _real_package_dirs():
-    __path__.append(_directory)
-    _init = os.path.join(_directory, "__init__.py")
-    if os.path.exists(_init):
-        with open(_init, "rb") as _file:
-            exec(compile(_file.read(), _init, "exec"), globals())
-    break  # one real package at most: the one Python would have found
+def _adopt(directory: str) -> None:
+    """Puts the real package's directory on our path and runs its __init__ here, with its own
+    __file__ while it runs (code that looks beside itself finds its files)."""
+    __path__.append(directory)
+    init = os.path.join(directory, "__init__.py")
+    if os.path.exists(init):
+        ours = globals()["__file__"]
+        globals()["__file__"] = init
+        try:
+            with open(init, "rb") as source:
+                exec(compile(source.read(), init, "exec"), globals())
+        finally:
+            globals()["__file__"] = ours
+
+
+for _directory in _real_package_dirs()[:1]:  # the one package Python would have found
+    _adopt(_directory)
