@@ -165,7 +165,10 @@ class MooncakeDistributedStore:
         if isinstance(local_hostname, dict):
             if metadata_server is not None:
                 raise TypeError("setup(dict) takes no other arguments")
-            return self._setup_from(dict(local_hostname))
+            return self._setup_from(_dict_settings(local_hostname))
+        unknown = sorted(set(options) - _SETUP_KEYS - set(_CLIENT_OPTIONS))
+        if unknown:  # as Mooncake's binding answers an unknown keyword
+            raise TypeError(f"setup() got an unexpected keyword argument {unknown[0]!r}")
         return self._setup_from(dict(
             local_hostname=local_hostname, metadata_server=metadata_server,
             global_segment_size=global_segment_size, local_buffer_size=local_buffer_size,
@@ -200,9 +203,6 @@ class MooncakeDistributedStore:
                 raise InvalidArgumentError(f"setup: {required} is required")
         for size in ("global_segment_size", "local_buffer_size"):
             parse_size(settings.get(size, 0))  # Mooncake refuses a malformed size too
-        unknown = set(settings) - _SETUP_KEYS - set(_CLIENT_OPTIONS)
-        if unknown:
-            raise InvalidArgumentError(f"setup: unknown settings {sorted(unknown)}")
         if str(settings.get("tenant_id") or "default") != "default":
             # Mooncake keeps a key space per tenant; here one cluster is one key space, and
             # sharing it silently would hand one tenant's KV to another
@@ -476,6 +476,26 @@ class MooncakeDistributedStore:
         return ReplicaConfig(replica_num=max(1, int(config.replica_num)),
                              preferred_worker=preferred, soft_pin=bool(config.with_soft_pin),
                              hard_pin=bool(config.with_hard_pin))
+
+
+# setup(dict) keys under the names Mooncake's JSON config (and LMCache, which passes it on)
+# uses for what setup calls master_server_addr and rdma_devices
+_DICT_ALIASES = {"master_server_address": "master_server_addr", "device_name": "rdma_devices"}
+
+
+def _dict_settings(given: dict) -> dict:
+    """setup(dict)'s settings: Mooncake's defaults for what is missing, aliases resolved, and
+    keys it would not read ignored (with a log line), as Mooncake ignores them."""
+    settings = {"global_segment_size": 16 << 20, "local_buffer_size": 16 << 20,
+                "protocol": "tcp", "rdma_devices": "", "master_server_addr": "127.0.0.1:50051"}
+    for key, value in given.items():
+        key = _DICT_ALIASES.get(key, key)
+        if key in _SETUP_KEYS or key in _CLIENT_OPTIONS:
+            if value is not None and value != "":
+                settings[key] = value
+        else:
+            log.warning("setup: ignoring %r, a setting Mooncake's client does not read", key)
+    return settings
 
 
 def _pointer(value) -> int:

@@ -187,6 +187,15 @@ def test_setup_forms_and_failures(cluster, tmp_path, monkeypatch):
     assert store.health_check() == 0
     assert store.put("compat-dict", b"d") == OK and store.close() == OK
     assert store.health_check() == 1 and store.get("compat-dict") == b""
+    # the dict LMCache 0.5.6 passes: the JSON config's names, values as strings, its own keys
+    assert store.setup({"local_hostname": "h", "metadata_server": "P2PHANDSHAKE",
+                        "global_segment_size": "3355443200", "local_buffer_size": "1073741824",
+                        "protocol": "tcp", "device_name": "",
+                        "master_server_address": cluster.master_addr,
+                        "transfer_timeout": "1"}) == OK
+    assert store.get("compat-dict") == b"d"
+    with pytest.raises(TypeError, match="transfer_timeout"):  # as a keyword: as pybind says
+        store.setup("h", "m", 1, 1, "tcp", "", cluster.master_addr, transfer_timeout=1)
     assert store.setup("h", "", 1, 1, "tcp", "", cluster.master_addr) == INVALID
     assert store.setup("h", "m", "lots", 1, "tcp", "", cluster.master_addr) == INVALID
     assert store.setup("h", "m", 1, 1, "carrier-pigeon", "", cluster.master_addr) == INVALID
