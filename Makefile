@@ -58,9 +58,13 @@ demo: venv
 
 # MOONCAKE_REQUIRE_ETCD and _INTEGRATIONS: the HA and integration tests fail, rather than
 # skip, when etcd or LMCache and torch are missing. tests/integrations run in their own venv.
+# Both runs run, whatever the first found; the target fails if either did.
 test: venv $(INT_STAMP)
-	MOONCAKE_REQUIRE_ETCD=1 $(BIN)/python -m pytest -q --ignore=tests/integrations
-	MOONCAKE_REQUIRE_INTEGRATIONS=1 $(INT_VENV)/bin/python -m pytest -q tests/integrations
+	MOONCAKE_REQUIRE_ETCD=1 $(BIN)/python -m pytest -q --ignore=tests/integrations; \
+	suite=$$?; \
+	MOONCAKE_REQUIRE_INTEGRATIONS=1 $(INT_VENV)/bin/python -m pytest -q tests/integrations; \
+	integrations=$$?; \
+	test $$suite -eq 0 -a $$integrations -eq 0
 
 # Regenerates the checked-in gRPC stubs (grpcio-tools is pinned to the grpcio floor).
 proto: venv

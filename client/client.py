@@ -49,6 +49,10 @@ READ_CHUNK_BYTES = 256 << 20  # a long batch read checks (and renews) its lease 
 # smaller batches read as fast through the general path (fast_reads.py): against it, paired
 # runs found the C path 3-5 us slower at 2 keys, even at 4, 7-17 us faster at 8
 FAST_READ_MIN_KEYS = 4
+# what one key of a batch read can cause (a buffer too small, a lost replica, a lease run out):
+# callers that answer per key (the compat store, the integrations) read such a batch again key
+# by key, so that only that key fails; other faults (no master, no permission) are the call's
+ONE_KEY_FAULTS = (InvalidArgumentError, TransferError, LeaseExpiredError)
 _TIER_NAMES = {pb.TIER_DRAM: "DRAM", pb.TIER_SSD: "SSD"}
 _STATE_NAMES = {pb.REPLICA_PENDING: "PENDING", pb.REPLICA_COMPLETE: "COMPLETE"}
 
@@ -156,7 +160,8 @@ class Client:
         self._channel: grpc.Channel | None = None
         self._stub: pb_grpc.MasterServiceStub | None = None
         self._switches = 0
-        self._master_has_exists_prefix = True  # until an older master says it does not
+        # whether the master knows ExistsPrefix: None until asked (again after a fail-over)
+        self._master_has_exists_prefix: bool | None = None
 
     # ---- lifecycle ----
 
@@ -473,12 +478,20 @@ class Client:
         keys = list(keys)
         if not keys:
             return 0
-        if not self._master_has_exists_prefix:
+        if self._master_has_exists_prefix is False:
             return _present_prefix(self.batch_exists(keys))
+        request = pb.KeysRequest(keys=keys)
         try:
-            answer = self._call("ExistsPrefix", pb.KeysRequest(keys=keys))
+            if self._master_has_exists_prefix is None:
+                # first asked over gRPC, whose UNIMPLEMENTED tells an older master (its framed
+                # port would refuse the unknown method as a malformed frame)
+                answer = self._grpc_call("ExistsPrefix", request)
+                self._master_has_exists_prefix = True
+            else:
+                answer = self._call("ExistsPrefix", request)
         except NotSupportedError:
-            # a master from before ExistsPrefix: the per-key answer serves, one call still
+            # an older master: the per-key answer serves, in one call still (it leases the
+            # present keys past the first miss too)
             self._master_has_exists_prefix = False
             return _present_prefix(self.batch_exists(keys))
         stopped_by = answer.stopped_by
@@ -632,6 +645,7 @@ class Client:
             self._switches += 1
             self._locator.invalidate(target)
             self._stub = None
+            self._master_has_exists_prefix = None  # another master, maybe another version
         with self._meta_lock:  # the framed port is the old master's: ask the new one
             meta, self._meta = self._meta, None
             self._meta_checked_at, self._meta_failures = -float("inf"), 0
@@ -660,6 +674,7 @@ class Client:
             return self._meta
 
     def _forget_meta(self, meta: MetaChannel) -> None:
+        self._master_has_exists_prefix = None  # the master may have restarted as another version
         with self._meta_lock:
             if self._meta is meta:
                 self._meta = None

@@ -1,6 +1,7 @@
 """SharedClient: one Client that an inference server's threads call at once while one of them
-may replace or close it. A close waits for the calls in flight on that Client: closing unmaps
-shm segments, and a copy still running out of one would crash the whole process."""
+may replace or close it. The Client it replaces is closed by the last call still using it:
+closing unmaps shm segments, and a copy still running out of one would crash the process. A
+close never waits, so a signal handler or a call's own thread may close without deadlock."""
 from __future__ import annotations
 
 import contextlib
@@ -18,7 +19,8 @@ class SharedClient:
     def __init__(self, client: Client | None = None):
         self._client = client
         self._in_flight: dict[Client, int] = {}
-        self._changed = threading.Condition()
+        self._retired: set[Client] = set()  # replaced while in use: closed by their last call
+        self._lock = threading.Lock()
 
     @property
     def client(self) -> Client | None:
@@ -27,7 +29,7 @@ class SharedClient:
     @contextlib.contextmanager
     def use(self):
         """The current Client for one call; NotSetUpError when there is none."""
-        with self._changed:
+        with self._lock:
             client = self._client
             if client is None:
                 raise NotSetUpError("the store is not set up (call setup first) or closed")
@@ -35,18 +37,26 @@ class SharedClient:
         try:
             yield client
         finally:
-            with self._changed:
-                self._in_flight[client] -= 1
-                if not self._in_flight[client]:
-                    del self._in_flight[client]
-                    self._changed.notify_all()
+            self._release(client)
+
+    def _release(self, client: Client) -> None:
+        with self._lock:
+            self._in_flight[client] -= 1
+            if self._in_flight[client]:
+                return
+            del self._in_flight[client]
+            if client not in self._retired:
+                return
+            self._retired.discard(client)
+        client.close()
 
     def replace(self, client: Client | None) -> None:
-        """Puts client in (None: closes); the one it replaces is closed once no call uses it.
-        New calls get the new one at once."""
-        with self._changed:
+        """Puts client in (None: closes): new calls get it at once. The Client it replaces is
+        closed now when no call uses it, else by the last one that does."""
+        with self._lock:
             old, self._client = self._client, client
-            while old is not None and old in self._in_flight:
-                self._changed.wait()
+            if old is not None and old in self._in_flight:
+                self._retired.add(old)
+                old = None
         if old is not None:
             old.close()

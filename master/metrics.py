@@ -142,7 +142,8 @@ _TALLY: dict[type, object] = {Encoded: _tally_encoded, pb.ExistsPrefixResponse: 
 
 def _tally_key_codes(response, tally: dict[int, int]) -> None:
     """Counts the per-key codes of a batch answer: KeysResponse and ExistsResponse carry
-    `statuses`, an Encoded answer (GetReplicas, PutStart) `key_codes`; other answers none.
+    `statuses`, an Encoded answer (GetReplicas, PutStart) `key_codes`, ExistsPrefixResponse
+    a count and the code it stopped at; other answers none.
     Which, is decided once per answer type (a failed getattr on a message costs a microsecond,
     and a plain loop is half the cost of a comprehension over a one-key answer)."""
     tally_of = _TALLY.get(type(response))

@@ -91,6 +91,11 @@ class MooncakeConfig:
         }, "MOONCAKE_* variables")
 
     @classmethod
+    def load_from_env(cls) -> "MooncakeConfig":
+        """Mooncake's name (mooncake.mooncake_config.MooncakeConfig) for from_env."""
+        return cls.from_env()
+
+    @classmethod
     def _from_mapping(cls, data: dict, source: str) -> "MooncakeConfig":
         try:
             return cls(

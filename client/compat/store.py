@@ -19,11 +19,10 @@ import operator
 import threading
 from typing import Sequence
 
-from mooncake_client.client import BatchError, Client, ReplicaConfig, ReplicaInfo
+from mooncake_client.client import ONE_KEY_FAULTS, BatchError, Client, ReplicaConfig, ReplicaInfo
 from mooncake_client.shared_client import NotSetUpError, SharedClient
 from mooncake_client.compat.config import MooncakeConfig, master_spec, parse_size, transports_for
-from mooncake_proto.errors import (ErrorCode, InvalidArgumentError, LeaseExpiredError,
-                                   MooncakeError, TransferError)
+from mooncake_proto.errors import ErrorCode, InvalidArgumentError, MooncakeError
 
 log = logging.getLogger("mooncake_client.compat")
 
@@ -33,8 +32,6 @@ OBJECT_NOT_FOUND = int(ErrorCode.OBJECT_NOT_FOUND)
 _QUIET_CODES = (OBJECT_NOT_FOUND, int(ErrorCode.REPLICA_IS_NOT_READY))
 # health_check's answers, as Mooncake's
 HEALTHY, NOT_INITIALIZED, MASTER_UNREACHABLE = 0, 1, 2
-# what one key of a batch can cause: the batch is read again key by key to say which
-_ONE_KEY_FAULTS = (InvalidArgumentError, TransferError, LeaseExpiredError)
 
 
 class ReplicateConfig:
@@ -208,7 +205,14 @@ class MooncakeDistributedStore:
             # sharing it silently would hand one tenant's KV to another
             raise InvalidArgumentError(f"setup: tenant_id {settings['tenant_id']!r}: tenants "
                                        f"are not supported; run a cluster per tenant")
-        options = {name: float(settings[name]) for name in _CLIENT_OPTIONS if name in settings}
+        options = {}
+        for name in _CLIENT_OPTIONS:
+            if name in settings:
+                try:
+                    options[name] = float(settings[name])
+                except (TypeError, ValueError):
+                    raise InvalidArgumentError(f"setup: {name} must be a number of seconds, "
+                                               f"got {settings[name]!r}") from None
         client = Client(master_spec(str(settings.get("master_server_addr") or "")),
                         transports=transports_for(str(settings.get("protocol") or "tcp")),
                         **options)
@@ -220,7 +224,8 @@ class MooncakeDistributedStore:
         return client
 
     def close(self) -> int:
-        """Closes the store once the calls in flight are done; later calls answer -600."""
+        """Closes the store: later calls answer -600; its client closes now, or when the last
+        call still in flight on it ends."""
         self._shared.replace(None)
         return OK
 
@@ -229,7 +234,7 @@ class MooncakeDistributedStore:
         try:
             with self._shared.use() as client:
                 client.master_id()
-        except InvalidArgumentError:
+        except NotSetUpError:
             return NOT_INITIALIZED
         except MooncakeError:
             return MASTER_UNREACHABLE
@@ -376,7 +381,7 @@ class MooncakeDistributedStore:
             with self._shared.use() as client:
                 try:
                     return list(batch(client, items))
-                except _ONE_KEY_FAULTS:
+                except ONE_KEY_FAULTS:
                     if len(items) <= 1:
                         raise
                 return [self._one(call, batch, client, item) for item in items]

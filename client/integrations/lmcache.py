@@ -34,7 +34,10 @@ mooncake_pool.put_wait_s (10); unknown mooncake_pool.* keys are errors.
 
 Errors: a miss is None / False / a shorter prefix. A fault of the store (no master, a failed
 transfer, no space) never reaches LMCache's engine: `_safely` below is the one place that
-turns it into a miss or a skipped put, logs one line and counts it in `errors` (STYLE.md 10).
+turns it into a miss or a skipped put, logs one line and counts it in `errors` (STYLE.md 10);
+ping alone answers the fault's code, which is what LMCache asks of it. A configuration LMCache
+cannot run with (no master, an unknown key) is IrrecoverableException at construction: LMCache
+would otherwise retry it every 10 seconds, forever.
 """
 from __future__ import annotations
 
@@ -49,6 +52,7 @@ from typing import Callable, List, Optional, Sequence
 
 from lmcache.utils import CacheEngineKey
 from lmcache.v1.config import LMCacheEngineConfig
+from lmcache.v1.exceptions import IrrecoverableException
 from lmcache.v1.memory_management import MemoryObj
 from lmcache.v1.metadata import LMCacheMetadata
 from lmcache.v1.protocol import RemoteMetadata
@@ -56,7 +60,7 @@ from lmcache.v1.storage_backend.connector import (ConnectorAdapter, ConnectorCon
                                                   extract_plugin_type)
 from lmcache.v1.storage_backend.connector.base_connector import RemoteConnector
 
-from mooncake_client.client import BatchError, Client, ReplicaConfig
+from mooncake_client.client import ONE_KEY_FAULTS, BatchError, Client, ReplicaConfig
 from mooncake_client.compat.config import MooncakeConfig, master_spec, transports_for
 from mooncake_client.shared_client import SharedClient
 from mooncake_proto.errors import InvalidArgumentError, MooncakeError
@@ -168,7 +172,10 @@ class MooncakePoolConnector(RemoteConnector):
         super().__init__(config, metadata)
         self.loop = loop
         self.local_cpu_backend = local_cpu_backend
-        self.settings = settings or PoolSettings.from_extra_config(config.extra_config)
+        try:
+            self.settings = settings or PoolSettings.from_extra_config(config.extra_config)
+        except InvalidArgumentError as exc:
+            raise IrrecoverableException(f"mooncakepool connector: {exc}") from exc
         self.replica_config = ReplicaConfig(replica_num=self.settings.replica_num)
         # calls share the Client with close, which waits for them: a transfer thread that
         # outlives a cancelled coroutine may still be copying out of a mapped segment
@@ -255,7 +262,14 @@ class MooncakePoolConnector(RemoteConnector):
         # cancelled, LMCache drops its reference at once and must not free them under it
         for obj in memory_objs:
             obj.ref_count_up()
-        await self._in_thread(functools.partial(self._write, names, parts, memory_objs))
+        try:
+            await self._in_thread(functools.partial(self._write, names, parts, memory_objs))
+        except RuntimeError:
+            # the executor refused the call (shutting down): _write, which drops our
+            # references, never ran
+            for obj in memory_objs:
+                obj.ref_count_down()
+            raise
 
     def _write(self, names: list[str], parts: list, memory_objs: Sequence[MemoryObj]) -> None:
         try:
@@ -297,8 +311,16 @@ class MooncakePoolConnector(RemoteConnector):
         wanted_names, buffers = [names[i] for i in wanted], [slots[i][2] for i in wanted]
         read = functools.partial(self._safely, "get", None,
                                  lambda c: self._read(c, wanted_names, buffers))
-        sizes = await self._in_thread(
-            read, on_cancel=lambda: [slots[i][0].ref_count_down() for i in wanted])
+        def release() -> None:
+            for i in wanted:
+                slots[i][0].ref_count_down()
+        try:
+            sizes = await self._in_thread(read, on_cancel=release)
+        except asyncio.CancelledError:
+            raise  # released by on_cancel, once the thread is done with the buffers
+        except BaseException:
+            release()  # the thread never ran, or failed outside the store: nobody else will
+            raise
         for i, size in zip(wanted, sizes or [None] * len(wanted)):
             results[i] = self._loaded(names[i], slots[i][0], slots[i][1], size)
         return results
@@ -331,11 +353,12 @@ class MooncakePoolConnector(RemoteConnector):
     def _read(self, client: Client, names: list[str], buffers: list) -> list[Optional[int]]:
         try:
             return client.batch_get_into(names, buffers)
-        except InvalidArgumentError:
+        except ONE_KEY_FAULTS:
             if len(names) == 1:
                 raise
             # an entry larger than its buffer (written under another chunk size or the other
-            # save_chunk_meta) fails the whole batch: read key by key, so only it is lost
+            # save_chunk_meta), a lost replica or a lease run out fails the whole batch: read
+            # key by key, so only that key is lost
             return [self._safely("get", None, lambda c, n=name, b=buffer: c.get_into(n, b))
                     for name, buffer in zip(names, buffers)]
 
@@ -370,7 +393,9 @@ class MooncakePoolConnector(RemoteConnector):
     def _from_header(self, obj: MemoryObj, header: bytes, kv_bytes: int) -> Optional[MemoryObj]:
         """The chunk the header describes: obj itself, trimmed for a partial chunk, when it
         has this engine's layout; else a copy into a MemoryObj of the header's own shapes
-        (layer-wise chunks, several groups, another shape)."""
+        (layer-wise chunks, several groups, another dtype or format). An entry of this
+        engine's dtype and format whose size is no whole number of its tokens, or that is
+        larger than its full chunk, is a miss."""
         meta = _parse_header(header, kv_bytes)
         if meta.dtypes == self.meta_dtypes and meta.fmt == self.meta_fmt \
                 and len(meta.shapes) == 1 == len(self.meta_shapes):

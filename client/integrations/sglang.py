@@ -34,11 +34,10 @@ import os
 import threading
 from typing import Any, List, Optional
 
-from mooncake_client.client import BatchError, Client, ReplicaConfig
+from mooncake_client.client import ONE_KEY_FAULTS, BatchError, Client, ReplicaConfig
 from mooncake_client.compat.config import MooncakeConfig, master_spec
 from mooncake_client.shared_client import SharedClient
-from mooncake_proto.errors import (InvalidArgumentError, LeaseExpiredError, MooncakeError,
-                                   TransferError)
+from mooncake_proto.errors import InvalidArgumentError, MooncakeError
 
 try:
     from sglang.srt.mem_cache.hicache_storage import HiCacheStorage
@@ -46,8 +45,6 @@ except ImportError:  # SGLang absent: the class still answers the same calls (te
     HiCacheStorage = object
 
 log = logging.getLogger("mooncake_client.integrations.sglang")
-# what one page can cause: a batch read that meets one is read again page by page
-_ONE_PAGE_FAULTS = (TransferError, LeaseExpiredError)
 
 
 def client_from_settings(settings: dict, environ=os.environ) -> Client:
@@ -148,7 +145,8 @@ class MooncakePoolStore(HiCacheStorage):
     def batch_get_v1(self, keys: List[str], host_indices, extra_info=None) -> List[bool]:
         """Reads each page into the host pool; True where every object of the page was read
         whole (SGLang loads the leading run of True). A fault one page can cause (a replica
-        lost, a lease run out) fails that page only: the pages are read again one by one."""
+        lost, a lease run out, a buffer too small) fails that page only: the pages are read
+        again one by one."""
         if not keys:
             return []
 
@@ -156,10 +154,9 @@ class MooncakePoolStore(HiCacheStorage):
             names, pointers, sizes = self._page_objects(keys, host_indices)
             try:
                 return self._per_page(keys, _whole(client, names, pointers, sizes))
-            except _ONE_PAGE_FAULTS as exc:
+            except ONE_KEY_FAULTS:  # counted once, by the page's own read below
                 if len(keys) == 1:
                     raise
-                self._fault("batch_get_v1", exc)
             per_page = len(names) // len(keys)
             pages = [slice(i * per_page, (i + 1) * per_page) for i in range(len(keys))]
             return [self._run("batch_get_v1", False, lambda c, p=p: all(

@@ -194,6 +194,9 @@ def test_setup_forms_and_failures(cluster, tmp_path, monkeypatch):
                         "master_server_address": cluster.master_addr,
                         "transfer_timeout": "1"}) == OK
     assert store.get("compat-dict") == b"d"
+    assert store.setup({"local_hostname": "h", "metadata_server": "m",
+                        "master_server_addr": cluster.master_addr,
+                        "master_retry_s": "soon"}) == INVALID
     with pytest.raises(TypeError, match="transfer_timeout"):  # as a keyword: as pybind says
         store.setup("h", "m", 1, 1, "tcp", "", cluster.master_addr, transfer_timeout=1)
     assert store.setup("h", "", 1, 1, "tcp", "", cluster.master_addr) == INVALID

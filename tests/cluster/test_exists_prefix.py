@@ -66,14 +66,34 @@ def test_against_an_older_master_the_per_key_answer_serves(cluster, monkeypatch)
     with Client(cluster.master_addr) as c:
         c.batch_put(pages[:2] + pages[3:], [b"0", b"1", b"3"])
         asked = []
-        real_call = Client._call
+        real_grpc, real_call = Client._grpc_call, Client._call
 
-        def older_master(self, method, request, raw=False):
-            asked.append(method)
-            if method == "ExistsPrefix":  # as rpc.error_from_rpc reads its UNIMPLEMENTED
+        def older_grpc(self, method, request):
+            asked.append(f"grpc {method}")
+            if method == "ExistsPrefix":  # its UNIMPLEMENTED, as rpc.error_from_rpc reads it
                 raise NotSupportedError("master: unimplemented: Method not found!")
+            return real_grpc(self, method, request)
+
+        def call(self, method, request, raw=False):
+            asked.append(method)
             return real_call(self, method, request, raw)
-        monkeypatch.setattr(Client, "_call", older_master)
+        monkeypatch.setattr(Client, "_grpc_call", older_grpc)
+        monkeypatch.setattr(Client, "_call", call)
         assert c.batch_exists_prefix(pages) == 2
         assert c.batch_exists_prefix(pages[:2]) == 2
-        assert asked == ["ExistsPrefix", "Exists", "Exists"]  # asked once, then remembered
+        # asked once over gRPC (an older framed port would refuse the frame), then remembered
+        assert asked == ["grpc ExistsPrefix", "Exists", "Exists"]
+
+
+def test_a_master_that_knows_it_is_asked_once_over_grpc_then_framed(cluster, monkeypatch):
+    asked = []
+    real_grpc = Client._grpc_call
+
+    def grpc_call(self, method, request):
+        asked.append(method)
+        return real_grpc(self, method, request)
+    monkeypatch.setattr(Client, "_grpc_call", grpc_call)
+    with Client(cluster.master_addr) as c:
+        for _ in range(3):
+            assert c.batch_exists_prefix(["prefix-once-absent"]) == 0
+    assert asked.count("ExistsPrefix") == 1

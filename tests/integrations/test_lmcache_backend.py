@@ -319,11 +319,14 @@ def test_lookup_is_one_round_trip_and_counts_the_prefix(cluster, engines):
     _put(engine, conn, [keys[i] for i in (0, 1, 3)], [objs[i] for i in (0, 1, 3)])
     client = conn.getWrappedConnector().client
     calls = []
-    real_call = client._call
-    client._call = lambda method, *a, **kw: calls.append(method) or real_call(method, *a, **kw)
+    for name in ("_call", "_grpc_call"):  # the framed port, and gRPC (the first ExistsPrefix)
+        real = getattr(client, name)
+        setattr(client, name, lambda method, *a, real=real, **kw:
+                calls.append(method) or real(method, *a, **kw))
     assert engine.run(conn.batched_async_contains("lookup-1", keys)) == 2
-    assert calls == ["ExistsPrefix"]  # LMCache's own mooncakestore asks once per key
-    client._call = real_call
+    assert engine.run(conn.batched_async_contains("lookup-1b", keys)) == 2
+    assert calls == ["ExistsPrefix"] * 2  # LMCache's own mooncakestore asks once per key
+    del client._call, client._grpc_call
     assert conn.batched_contains(keys) == 2 and conn.batched_contains(keys[2:]) == 0
     assert engine.run(conn.batched_async_contains("lookup-2", [])) == 0
     prefix = engine.run(conn.batched_get_non_blocking("lookup-1", keys))
@@ -509,3 +512,13 @@ def test_entries_are_shared_with_lmcache_mooncakestore(cluster, engines, mooncak
     assert engine.run(ours.batched_async_contains("l", their_keys + _keys(1))) == 2
     _release(*ours_objs, *their_objs, *read_by_them, *read_by_us)
     assert engine.held() == []
+
+
+def test_a_configuration_it_cannot_run_with_is_irrecoverable(engines, monkeypatch):
+    """LMCache retries a connector that failed to build every 10 s, except on
+    IrrecoverableException: no master, or an unknown key, will not mend by waiting."""
+    from lmcache.v1.exceptions import IrrecoverableException
+    monkeypatch.delenv("MOONCAKE_CONFIG_PATH", raising=False)
+    engine = engines({"save_chunk_meta": False})
+    with pytest.raises(IrrecoverableException, match="no master"):
+        MooncakePoolConnector(engine.loop, engine.cpu, engine.cfg, engine.md)

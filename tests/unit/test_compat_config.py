@@ -60,6 +60,12 @@ def test_the_variables_without_a_file():
         MooncakeConfig.from_env({})
 
 
+def test_mooncakes_own_name_reads_the_process_environment(monkeypatch):
+    monkeypatch.delenv("MOONCAKE_CONFIG_PATH", raising=False)
+    monkeypatch.setenv("MOONCAKE_MASTER", "m:1")
+    assert MooncakeConfig.load_from_env().master_server_address == "m:1"
+
+
 @pytest.mark.parametrize("content, complaint", [
     ("{", "Expecting"), ("[]", "not a JSON object"),
     ('{"local_hostname": "h", "metadata_server": "m"}', "master_server_address missing"),
