@@ -1,6 +1,7 @@
 """Mooncake's configuration sources for the compat facade: a JSON file named by
 MOONCAKE_CONFIG_PATH, else MOONCAKE_* variables, read as Mooncake's own MooncakeConfig reads
-them; and the translation of Mooncake's master address forms into ours."""
+them; the translation of Mooncake's master address forms into ours; and the parsing of the
+settings the compat store and the integrations take beside them."""
 from __future__ import annotations
 
 import dataclasses
@@ -37,6 +38,21 @@ def parse_size(value) -> int:
     if unit not in _SIZE_UNITS:
         raise InvalidArgumentError(f"not a size: {value!r} (try 4GB or 512MB)")
     return int(float(match.group(1)) * _SIZE_UNITS[unit])
+
+
+def setting_number(value, kind: type, name: str):
+    """A number setting as kind (int, float): config files and dicts often carry them as
+    strings. InvalidArgumentError, naming the setting, for anything else."""
+    try:
+        return kind(value)
+    except (TypeError, ValueError):
+        raise InvalidArgumentError(f"{name}: not a number: {value!r}") from None
+
+
+def transport_names(value) -> tuple[str, ...]:
+    """A transports setting, "shm,tcp" or a list of names, as Client takes it."""
+    names = value.split(",") if isinstance(value, str) else value
+    return tuple(name.strip() for name in names if name.strip())
 
 
 @dataclasses.dataclass(frozen=True)

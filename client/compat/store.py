@@ -21,7 +21,8 @@ from typing import Sequence
 
 from mooncake_client.client import ONE_KEY_FAULTS, BatchError, Client, ReplicaConfig, ReplicaInfo
 from mooncake_client.shared_client import NotSetUpError, SharedClient
-from mooncake_client.compat.config import MooncakeConfig, master_spec, parse_size, transports_for
+from mooncake_client.compat.config import (MooncakeConfig, master_spec, parse_size,
+                                           setting_number, transports_for)
 from mooncake_proto.errors import ErrorCode, InvalidArgumentError, MooncakeError
 
 log = logging.getLogger("mooncake_client.compat")
@@ -143,7 +144,7 @@ class MooncakeDistributedStore:
     """Mooncake's store API over a Client. Thread-safe as the Client is."""
 
     def __init__(self):
-        self._shared = SharedClient()  # setup and close wait for the calls in flight
+        self._shared = SharedClient()  # a replaced client is closed by its last call
         self._hostname = ""
         self._counts_lock = threading.Lock()
         self.error_counts: collections.Counter[int] = collections.Counter()
@@ -205,14 +206,8 @@ class MooncakeDistributedStore:
             # sharing it silently would hand one tenant's KV to another
             raise InvalidArgumentError(f"setup: tenant_id {settings['tenant_id']!r}: tenants "
                                        f"are not supported; run a cluster per tenant")
-        options = {}
-        for name in _CLIENT_OPTIONS:
-            if name in settings:
-                try:
-                    options[name] = float(settings[name])
-                except (TypeError, ValueError):
-                    raise InvalidArgumentError(f"setup: {name} must be a number of seconds, "
-                                               f"got {settings[name]!r}") from None
+        options = {name: setting_number(settings[name], float, f"setup {name}")
+                   for name in _CLIENT_OPTIONS if name in settings}
         client = Client(master_spec(str(settings.get("master_server_addr") or "")),
                         transports=transports_for(str(settings.get("protocol") or "tcp")),
                         **options)

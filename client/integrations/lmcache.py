@@ -61,7 +61,8 @@ from lmcache.v1.storage_backend.connector import (ConnectorAdapter, ConnectorCon
 from lmcache.v1.storage_backend.connector.base_connector import RemoteConnector
 
 from mooncake_client.client import ONE_KEY_FAULTS, BatchError, Client, ReplicaConfig
-from mooncake_client.compat.config import MooncakeConfig, master_spec, transports_for
+from mooncake_client.compat.config import (MooncakeConfig, master_spec, setting_number,
+                                           transport_names, transports_for)
 from mooncake_client.shared_client import SharedClient
 from mooncake_proto.errors import InvalidArgumentError, MooncakeError
 
@@ -105,8 +106,8 @@ class PoolSettings:
             raise InvalidArgumentError(
                 "no master for the mooncakepool connector: set extra_config's "
                 "mooncake_pool.master (or master_server_address, or MOONCAKE_CONFIG_PATH)")
-        transports = (tuple(t.strip() for t in str(ours["transports"]).split(",") if t.strip())
-                      if "transports" in ours else transports_for(protocol))
+        transports = (transport_names(ours["transports"]) if "transports" in ours
+                      else transports_for(protocol))
         replica_num = _number(ours, "replica_num", int, 1)
         if replica_num < 1:
             raise InvalidArgumentError(f"{PREFIX}replica_num must be >= 1, got {replica_num}")
@@ -128,11 +129,7 @@ _SETTING_KEYS = frozenset({"master", "transports", "replica_num", "token", *_SEC
 def _number(ours: dict, key: str, kind: type, default):
     if key not in ours:
         return default
-    try:
-        return kind(ours[key])
-    except (TypeError, ValueError):
-        raise InvalidArgumentError(f"extra_config {PREFIX}{key}: not a number: "
-                                   f"{ours[key]!r}") from None
+    return setting_number(ours[key], kind, f"extra_config {PREFIX}{key}")
 
 
 def _mooncake_source(extra: dict, environ) -> tuple[str, str]:

@@ -35,7 +35,8 @@ import threading
 from typing import Any, List, Optional
 
 from mooncake_client.client import ONE_KEY_FAULTS, BatchError, Client, ReplicaConfig
-from mooncake_client.compat.config import MooncakeConfig, master_spec
+from mooncake_client.compat.config import (MooncakeConfig, master_spec, setting_number,
+                                           transport_names)
 from mooncake_client.shared_client import SharedClient
 from mooncake_proto.errors import InvalidArgumentError, MooncakeError
 
@@ -57,12 +58,12 @@ def client_from_settings(settings: dict, environ=os.environ) -> Client:
         except InvalidArgumentError as exc:
             raise InvalidArgumentError(f"no master: set `master` in the backend's settings, or "
                                        f"MOONCAKE_CONFIG_PATH or MOONCAKE_MASTER ({exc})") from None
-    options = {name: float(settings[name]) for name in
-               ("rpc_timeout_s", "transfer_timeout_s", "master_retry_s") if name in settings}
-    transports = settings.get("transports", "shm,rdma,tcp")
-    if isinstance(transports, str):
-        transports = [t.strip() for t in transports.split(",") if t.strip()]
-    return Client(master_spec(str(master)), transports=tuple(transports), **options)
+    options = {name: setting_number(settings[name], float, f"extra_config {name}")
+               for name in ("rpc_timeout_s", "transfer_timeout_s", "master_retry_s")
+               if name in settings}
+    return Client(master_spec(str(master)),
+                  transports=transport_names(settings.get("transports", "shm,rdma,tcp")),
+                  **options)
 
 
 class MooncakePoolStore(HiCacheStorage):
@@ -73,7 +74,8 @@ class MooncakePoolStore(HiCacheStorage):
         settings = dict(getattr(storage_config, "extra_config", None) or {})
         _refuse_unsupported(storage_config)
         self.storage_config = storage_config
-        self.replica_config = ReplicaConfig(replica_num=int(settings.get("replica_num", 1)))
+        self.replica_config = ReplicaConfig(replica_num=setting_number(
+            settings.get("replica_num", 1), int, "extra_config replica_num"))
         self.mem_pool_host = None
         self.is_mla = bool(getattr(storage_config, "is_mla_model", False))
         rank, pp_rank = getattr(storage_config, "tp_rank", 0), getattr(storage_config, "pp_rank", 0)
@@ -90,7 +92,8 @@ class MooncakePoolStore(HiCacheStorage):
         self.errors: collections.Counter[int] = collections.Counter()
         self._errors_lock = threading.Lock()
         # last: nothing above may fail with a Client left open. Calls share it with close,
-        # which waits for them (SGLang's backup and prefetch threads run beside a detach)
+        # which leaves it to the last of them (SGLang's backup and prefetch threads run
+        # beside a detach)
         self._shared = SharedClient(client_from_settings(settings))
 
     @property
@@ -227,7 +230,7 @@ class MooncakePoolStore(HiCacheStorage):
     # ---- pages and objects ----
 
     def _object_keys(self, page: str) -> list[str]:
-        name = f"{self.key_prefix}{page}_{self.suffix}"
+        name = self._page_key(page)
         return [f"{name}_k"] if self.is_mla else [f"{name}_k", f"{name}_v"]
 
     def _page_objects(self, keys: List[str], host_indices):
@@ -251,7 +254,8 @@ class MooncakePoolStore(HiCacheStorage):
         return names, object_pointers, object_sizes
 
     def _page_key(self, page: str) -> str:
-        """The per-tensor interface's object: the whole page, per rank as the objects above."""
+        """The per-tensor interface's object, the whole page, per rank as the objects above
+        (whose names start with it)."""
         return f"{self.key_prefix}{page}_{self.suffix}"
 
     @staticmethod

@@ -3,7 +3,8 @@ import json
 
 import pytest
 
-from mooncake_client.compat.config import MooncakeConfig, master_spec, parse_size, transports_for
+from mooncake_client.compat.config import (MooncakeConfig, master_spec, parse_size,
+                                           setting_number, transport_names, transports_for)
 from mooncake_proto.errors import InvalidArgumentError
 
 
@@ -18,6 +19,14 @@ def test_sizes_are_binary_whatever_they_are_called(text, size):
 def test_bad_sizes_are_refused(text):
     with pytest.raises(InvalidArgumentError):
         parse_size(text)
+
+
+def test_number_and_transport_settings_as_files_and_dicts_carry_them():
+    assert setting_number("2.5", float, "t") == 2.5 and setting_number(3, int, "n") == 3
+    with pytest.raises(InvalidArgumentError, match="extra_config rpc_timeout_s: not a number"):
+        setting_number("soon", float, "extra_config rpc_timeout_s")
+    assert transport_names(" shm, tcp ,") == ("shm", "tcp")
+    assert transport_names(["rdma", "tcp"]) == ("rdma", "tcp")
 
 
 def test_master_address_forms():
