@@ -1,7 +1,8 @@
 """Where new ranges go: the preferred (writer's own) worker first, the rest by free ratio
 among a random sample of workers, so that a freshly joined empty worker does not attract
-every write. Draining workers get nothing new. A mixin of MasterState: it reads `workers`, `config` and `rng`, and only
-allocates; deciding what to free when nothing fits is tiering.py's job."""
+every write. Draining workers, and workers whose registration is not complete, get nothing
+new. A mixin of MasterState: it reads `workers`, `registering`, `config` and `rng`, and
+only allocates; deciding what to free when nothing fits is tiering.py's job."""
 from __future__ import annotations
 
 from mooncake_master.model import PENDING, TIER_DRAM, Replica, Segment, WorkerInfo
@@ -16,6 +17,10 @@ class Placement:
     def _free_ratio(worker: WorkerInfo) -> float:
         return max((s.free_ratio for s in worker.segments.values() if s.tier == TIER_DRAM),
                    default=-1.0)
+
+    def _takes_new(self, worker: WorkerInfo) -> bool:
+        """New ranges go to it: not draining, and registered with its key in use."""
+        return not worker.draining and worker.worker_id not in self.registering
 
     @staticmethod
     def _has_dram(worker: WorkerInfo) -> bool:
@@ -40,12 +45,12 @@ class Placement:
 
     def _preferred(self, preferred_worker: str, client_node_id: str) -> WorkerInfo | None:
         worker = self.workers.get(preferred_worker)
-        if worker is not None and not worker.draining:
+        if worker is not None and self._takes_new(worker):
             return worker
         if not client_node_id:
             return None
         local = [w for w in self.workers.values()
-                 if w.node_id == client_node_id and self._has_dram(w) and not w.draining]
+                 if w.node_id == client_node_id and self._has_dram(w) and self._takes_new(w)]
         if not local:
             return None
         return min(local, key=lambda w: (-self._free_ratio(w), w.worker_id))
@@ -72,7 +77,7 @@ class Placement:
         # Sorted so that the injected rng alone decides the sample.
         rest = sorted(wid for wid, w in self.workers.items()
                       if (first is None or wid != first.worker_id) and self._has_dram(w)
-                      and not w.draining)
+                      and self._takes_new(w))
         sample_size = max(1, self.config.placement_sample)
         while len(replicas) < replica_num and rest:
             sample = self.rng.sample(rest, min(sample_size, len(rest)))

@@ -82,6 +82,8 @@ class Recovery:
         if worker is None or worker.resync:
             return HeartbeatResult(registered=False)
         worker.last_heartbeat = now
+        # it heartbeats only once it holds the key its registration's answer carried
+        self.registering.discard(worker_id)
         if acked_seq > worker.acked_seq:
             worker.acked_seq = min(acked_seq, worker.update_seq)
             # at once: a writer may wait for that room, and the tick is 100 ms away
@@ -214,7 +216,7 @@ class Recovery:
         sources = [r for r in obj.replicas if r.state == COMPLETE]
         if not sources:
             return False
-        src = min(sources, key=lambda r: (r.tier != TIER_DRAM,
+        src = min(sources, key=lambda r: (r.worker_id in self.registering, r.tier != TIER_DRAM,
                                           self.workers[r.worker_id].draining))
         dst = self._heal_target(obj)
         if dst is None:
@@ -229,7 +231,7 @@ class Recovery:
         holders = {r.worker_id for r in obj.replicas}
         for tier in (TIER_DRAM, TIER_SSD):
             segments = [seg for w in self.workers.values()
-                        if w.worker_id not in holders and not w.draining
+                        if w.worker_id not in holders and self._takes_new(w)
                         for seg in w.segments.values() if seg.tier == tier]
             segments.sort(key=lambda s: (-s.free_ratio, s.worker_id, s.segment_id))
             for seg in segments:

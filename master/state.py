@@ -62,6 +62,10 @@ class MasterState(Placement, Tiering, Recovery):
         self.config = config if config is not None else MasterConfig()
         self.rng = rng if rng is not None else random.Random()
         self.workers: dict[str, WorkerInfo] = {}
+        # workers registered (or registered again) that have not heartbeat since: they may not
+        # hold this registration's grant key yet, so a grant under it would be refused; no
+        # grant is handed out on them until their first heartbeat (which they send at once)
+        self.registering: set[str] = set()
         self.objects: dict[str, ObjectMeta] = {}
         # the PENDING objects of `objects`, oldest put first: the tick looks for stalled puts
         # here, not in every object
@@ -119,6 +123,7 @@ class MasterState(Placement, Tiering, Recovery):
             rejected = sum(1 for e in inventory
                            if (e.segment_id, e.offset, e.key, e.put_id) not in known)
             self.counters["inventory_rejected"] += rejected
+            self.registering.add(worker_id)
             return Registration(old, kept, adopted=0, rejected=rejected, restarted=True)
         if old is not None:
             self._drop_worker(worker_id, now)
@@ -145,6 +150,7 @@ class MasterState(Placement, Tiering, Recovery):
         rejected = len(inventory) - len(adopted)
         self.counters["objects_adopted"] += len(adopted)
         self.counters["inventory_rejected"] += rejected
+        self.registering.add(worker_id)
         return Registration(worker, adopted, adopted=len(adopted), rejected=rejected,
                             restarted=False)
 
@@ -192,6 +198,7 @@ class MasterState(Placement, Tiering, Recovery):
         remembered in _held_after_drop, for the case that the worker registers again with
         the same files."""
         worker = self.workers.pop(worker_id)
+        self.registering.discard(worker_id)
         held = [p for p in self.pending_frees if p.worker_id == worker_id]
         held.extend(self._forget_moves_of(worker_id, now))
         self.pending_frees = [p for p in self.pending_frees if p.worker_id != worker_id]
@@ -286,6 +293,12 @@ class MasterState(Placement, Tiering, Recovery):
         replicas = self._place(size, replica_num, config.preferred_worker, client_node_id,
                                batch_first)
         wait_s = None
+        if not replicas and self.registering:
+            joining = self._just_registered(now)
+            if joining:  # it may have room: wait for it rather than evict or fail
+                return KeyResult(code=int(ErrorCode.SPACE_BEING_FREED),
+                                 message=f"waiting for {', '.join(joining)} to complete "
+                                         f"its registration", retry_after_s=0.02)
         if not replicas:
             wait_s = self._make_room(size, config.preferred_worker, client_node_id, now, report)
             if wait_s == 0.0:
@@ -307,6 +320,13 @@ class MasterState(Placement, Tiering, Recovery):
         self._next_put_id += 1
         return KeyResult(code=int(ErrorCode.OK), size=size, replicas=_copy_replicas(replicas),
                          put_id=self.objects[key].put_id)
+
+    def _just_registered(self, now: float) -> list[str]:
+        """Registering workers that may yet send their first heartbeat (registration_wait_s:
+        one that does not is as good as dead, and must not hold up eviction)."""
+        wait_s = self.config.registration_wait_s
+        return sorted(wid for wid in self.registering
+                      if now - self.workers[wid].registered_at < wait_s)
 
     def put_end(self, keys: Sequence[str], now: float,
                 put_ids: Sequence[int] | None = None) -> list[KeyResult]:
@@ -350,6 +370,7 @@ class MasterState(Placement, Tiering, Recovery):
         self._check_batch(keys)
         results = []
         objects = self.objects
+        registering = self.registering
         lease_until = now + self.config.lease_ttl_s
         for key in keys:
             # a stored key passed _key_error when it was put (or adopted): only a miss checks
@@ -375,6 +396,12 @@ class MasterState(Placement, Tiering, Recovery):
                 self._note_read(obj, now)
             if replicas is None:
                 replicas = [r for r in obj.replicas if r.state == COMPLETE]
+            if registering:  # their grants would be refused for a moment: not handed out
+                replicas = [r for r in replicas if r.worker_id not in registering]
+                if not replicas:
+                    results.append(_fail(ErrorCode.REPLICA_IS_NOT_READY,
+                                         f"key {key!r}: its worker is completing registration"))
+                    continue
             if copies:
                 replicas = _copy_replicas(replicas)
             results.append(KeyResult(0, "", obj.size, replicas))
@@ -561,6 +588,8 @@ class MasterState(Placement, Tiering, Recovery):
     def validate(self) -> None:
         """Raise AssertionError on any broken cross-index invariant."""
         expected: dict[tuple[str, int], dict[int, int]] = {}
+        assert self.registering <= self.workers.keys(), \
+            f"unknown workers registering: {self.registering - self.workers.keys()}"
         for worker_id, worker in self.workers.items():
             assert worker.worker_id == worker_id, f"worker {worker.worker_id} under {worker_id}"
             for segment_id, seg in worker.segments.items():
@@ -653,6 +682,7 @@ class MasterState(Placement, Tiering, Recovery):
                                  "fragmentation": seg.allocator.fragmentation})
             workers.append({"worker_id": worker.worker_id, "node_id": worker.node_id,
                             "data_addr": worker.data_addr, "draining": worker.draining,
+                            "registering": worker.worker_id in self.registering,
                             "segments": segments})
         pending = 0
         replicas_per_tier = {tier: 0 for tier in TIER_NAMES}

@@ -283,7 +283,9 @@ class WorkerNode:
         """Heartbeats the master every interval, keeping the inventory in step with its
         updates; registers again when the master no longer knows us or an update is missing."""
         failing = False
-        at_once = False  # the master has more updates for us
+        # at once: the master has more updates for us, or we have just registered (the master
+        # grants nothing on this worker until a heartbeat says it holds the new grant key)
+        at_once = True
         busy_until = 0.0  # see BUSY_WINDOW_S
         while not stop.is_set():
             if not at_once:
@@ -311,7 +313,7 @@ class WorkerNode:
             failing = False
             if not await self._take_updates(master, reply):
                 await self._set_registered(False)
-                await self.register(stop)
+                at_once = await self.register(stop)
                 continue
             at_once = reply.more and len(reply.updates) > 0
             if reply.updates:

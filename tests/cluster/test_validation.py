@@ -369,6 +369,8 @@ def test_a_worker_id_of_1024_bytes_registers_and_its_grants_sign(fresh_cluster):
         code, _ = port.call("RegisterWorker", pb.RegisterWorkerRequest(
             worker_id=worker_id, data_addr="127.0.0.1:9", segments=[_segment()]))
         assert code == 0
+        code, _ = port.call("Heartbeat", pb.HeartbeatRequest(worker_id=worker_id))
+        assert code == 0  # its first: the master places nothing on a worker before that
         code, response = port.call("PutStart", pb.PutStartRequest(
             keys=["on-long-id"], sizes=[8], config=pb.ReplicaConfig(preferred_worker=worker_id)))
     assert code == 0 and response.items[0].replicas[0].worker_id == worker_id

@@ -45,8 +45,11 @@ def master_stats(http_addr: str) -> dict:
 
 
 def alive_workers(http_addr: str) -> set[str]:
+    """The workers the master serves from: registered, and heartbeating since (before its
+    first heartbeat a worker is `registering`: nothing is granted on it)."""
     try:
-        return {w["worker_id"] for w in master_stats(http_addr)["workers"]}
+        return {w["worker_id"] for w in master_stats(http_addr)["workers"]
+                if not w["registering"]}
     except OSError:
         return set()
 

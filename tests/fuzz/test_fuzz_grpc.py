@@ -89,8 +89,9 @@ def test_accepted_registrations_get_placements_and_signed_grants(
         fuzz_cluster, canary, tally, worker_id, segments, rdma, addr, size):
     """Workers the master accepts, whatever their ids, addresses and segments, get replicas
     with grants it can sign (a worker it cannot grant for must be refused at registration:
-    a 70000-byte id once broke every PutStart placed on it). They never heartbeat: the
-    master buries them after --worker-ttl."""
+    a 70000-byte id once broke every PutStart placed on it). Each heartbeats once (the master
+    places nothing on a worker before that) and never again: the master buries them after
+    --worker-ttl."""
     for i, segment in enumerate(segments):
         segment.segment_id = i
     request = pb.RegisterWorkerRequest(worker_id=worker_id, data_addr=addr, grpc_addr=addr,
@@ -104,6 +105,7 @@ def test_accepted_registrations_get_placements_and_signed_grants(
             tally.count("registrations", "refused")
             return
         stub.RegisterWorker(request, timeout=30)
+        stub.Heartbeat(pb.HeartbeatRequest(worker_id=worker_id), timeout=30)
         key = f"fuzz/junk-put/{os.urandom(8).hex()}"
         item = stub.PutStart(pb.PutStartRequest(keys=[key], sizes=[size], config=pb.ReplicaConfig(
             preferred_worker=worker_id)), timeout=30).items[0]

@@ -90,6 +90,8 @@ def _stats() -> dict:
                            SegmentSpec(1, TIER_SSD, 16 * MiB, "/ssd/w0")], b"k" * 32, 0.0)
     state.register_worker("w1", "n1", "h1:1", "h1:2", "h1:3",
                           [SegmentSpec(0, TIER_DRAM, 4 * MiB, "/dev/shm/w1")], b"k" * 32, 0.0)
+    for worker_id in ("w0", "w1"):
+        state.heartbeat(worker_id, 0.0)  # holds its key: new ranges may go there
     [r] = state.put_start(["x"], [MiB], PlacementConfig(replica_num=2), "", 0.0)
     state.put_end(["x"], 0.0, [r.put_id])
     return state.stats()

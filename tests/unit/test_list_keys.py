@@ -20,6 +20,7 @@ def _state() -> MasterState:
         state.register_worker(f"w{i}", f"n{i}", f"w{i}:1", f"w{i}:2", f"w{i}:3",
                               [SegmentSpec(0, TIER_DRAM, 4 * MiB, f"/dev/shm/w{i}")],
                               b"k" * 32, 0.0)
+        state.heartbeat(f"w{i}", 0.0)  # holds its key: new ranges may go there
     return state
 
 

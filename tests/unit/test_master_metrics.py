@@ -21,6 +21,7 @@ def _state(dram: int = 1 << 20, ssd: int = 0) -> MasterState:
     if ssd:
         segments.append(SegmentSpec(1, TIER_SSD, ssd, "/ssd"))
     state.register_worker("w", "node", "127.0.0.1:1", "", "", segments, b"k" * 32, NOW)
+    state.heartbeat("w", NOW)  # holds its key: new ranges may go there
     return state
 
 

@@ -16,6 +16,7 @@ NOW = 1000.0
 def _register(state: MasterState, key: bytes, data_addr: str, path: str) -> None:
     state.register_worker("w", "node", data_addr, "h:2", "", [SegmentSpec(0, TIER_DRAM, 1 << 20, path)],
                           key, NOW)
+    state.heartbeat("w", NOW)  # holds the new key: its replicas are handed out
 
 
 def _get(meta: MetaServer, *keys: str) -> pb.GetReplicasResponse:

@@ -38,6 +38,7 @@ def rejoin(state: MasterState, worker_id: str, inventory, now: float, **sizes):
     done = state.register_worker(worker_id, f"node-{worker_id}", f"{worker_id}:1",
                                  f"{worker_id}:2", f"{worker_id}:3", specs(worker_id, **sizes),
                                  b"k" * 32, now, inventory=inventory)
+    state.heartbeat(worker_id, now)  # its first, right after: it holds the new key
     state.validate()
     return done
 

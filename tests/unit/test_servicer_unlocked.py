@@ -34,7 +34,9 @@ def _register(servicer, inventory=()) -> pb.RegisterWorkerResponse:
         segments=[pb.SegmentInfo(segment_id=0, tier=TIER_DRAM, size_bytes=1 << 20,
                                  path="/dev/shm/mooncake-w-dram")],
         inventory=list(inventory))
-    return asyncio.run(servicer.RegisterWorker(request, FrameContext()))
+    reply = asyncio.run(servicer.RegisterWorker(request, FrameContext()))
+    servicer.state.heartbeat("w", NOW)  # its first, right after: it holds the new key
+    return reply
 
 
 def test_heartbeat_updates_and_registration_inventory_are_encoded_outside_the_lock(monkeypatch):

@@ -876,6 +876,7 @@ class TieringMachine(RuleBasedStateMachine):
             specs.append(SegmentSpec(1, TIER_SSD, ssd, f"q{files}"))
         self.state.register_worker(worker_id, f"n{worker_id}", "d", "g", "h", specs, b"key",
                                    self.now)
+        self.state.heartbeat(worker_id, self.now)
 
     @rule(key=st.sampled_from(KEYS), size=st.integers(1, 1200), replica_num=st.integers(1, 3),
           pin=PINS, preferred=st.sampled_from(["", *WORKERS]), end=st.booleans())
