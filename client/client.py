@@ -14,6 +14,7 @@ from typing import Iterable, Sequence
 
 import grpc
 
+from mooncake_client.call_gate import CallGate, gated
 from mooncake_client.fast_reads import FastReads
 from mooncake_client.meta_channel import MaybeSent, MetaChannel, NotSent
 from mooncake_client.rdma_transport import RdmaTransport
@@ -128,6 +129,7 @@ class Client:
         token: the bearer token sent on every master call (None: $MOONCAKE_TOKEN; "": none).
         tls_ca: a PEM file of the CA that signed the master's and workers' certificates: gRPC
         then uses TLS (None: $MOONCAKE_TLS_CA; "": no TLS)."""
+        self._gate = CallGate()  # close() while calls run (call_gate.py)
         self._locator = MasterLocator(master)  # InvalidArgumentError for a bad spec
         if master_retry_s < 0:
             raise InvalidArgumentError(f"master_retry_s must be >= 0, got {master_retry_s}")
@@ -166,6 +168,12 @@ class Client:
     # ---- lifecycle ----
 
     def close(self) -> None:
+        """Frees the client's connections and shm mappings: at once when no call is running,
+        else when the last running call returns. Calls made after it raise
+        ClientClosedError; a second close does nothing."""
+        self._gate.close(self._release)
+
+    def _release(self) -> None:
         for transport in self._transports:
             transport.close()
         meta, self._meta = self._meta, None
@@ -198,6 +206,7 @@ class Client:
     def batch_put(self, keys: Sequence[str], values: Sequence, config: ReplicaConfig | None = None) -> None:
         self.batch_put_from(keys, values, config)
 
+    @gated
     def batch_put_from(self, keys: Sequence[str], buffers: Sequence,
                        config: ReplicaConfig | None = None,
                        sizes: Sequence | None = None) -> list[int]:
@@ -321,9 +330,11 @@ class Client:
         """Reads the object into buffer (see batch_get_into); returns its size, or None on a miss."""
         return self.batch_get_into([key], [buffer], None if size is None else [size])[0]
 
+    @gated
     def batch_get(self, keys: Sequence[str]) -> list[bytes | None]:
         return self._read(list(keys), None)
 
+    @gated
     def batch_get_into(self, keys: Sequence[str], buffers: Sequence,
                        sizes: Sequence | None = None) -> list[int | None]:
         """Reads each object into its buffer: a writable buffer-protocol object, a registered
@@ -453,6 +464,7 @@ class Client:
 
     # ---- metadata ----
 
+    @gated
     def master_id(self) -> str:
         """The serving master's id, asked of it: a check that a master serves this client
         (through restarts and fail-overs, as every call)."""
@@ -461,6 +473,7 @@ class Client:
     def exists(self, key: str) -> bool:
         return self.batch_exists([key])[0]
 
+    @gated
     def batch_exists(self, keys: Sequence[str]) -> list[bool]:
         statuses = self._call("Exists", pb.KeysRequest(keys=list(keys))).statuses
         out = []
@@ -470,6 +483,7 @@ class Client:
             out.append(st.code == ErrorCode.OK)
         return out
 
+    @gated
     def batch_exists_prefix(self, keys: Sequence[str]) -> int:
         """How many of keys, from the first, are all present: an inference server stores a
         prompt's KV pages one key each and asks how long a prefix it can load. One master
@@ -503,6 +517,7 @@ class Client:
         """Removes key; False when it did not exist. HasLeaseError while leased, unless force."""
         return self.batch_remove([key], force)[0]
 
+    @gated
     def batch_remove(self, keys: Sequence[str], force: bool = False) -> list[bool]:
         """remove for each key, in one master round trip: False for a key that did not exist.
         Keys that fail (HasLeaseError while leased, unless force) are raised together in a
@@ -520,6 +535,7 @@ class Client:
             raise next(iter(errors.values())) if len(keys) == 1 else BatchError(errors, removed)
         return removed
 
+    @gated
     def remove_all(self, force: bool = False) -> int:
         return self._call("RemoveAll", pb.RemoveAllRequest(force=force)).removed
 
@@ -527,6 +543,7 @@ class Client:
         """The replicas of key (empty on a miss), for tools and tests. Grants a read lease."""
         return self.batch_get_replicas([key])[0]
 
+    @gated
     def batch_get_replicas(self, keys: Sequence[str]) -> list[list[ReplicaInfo]]:
         """get_replicas for each key, in one master round trip."""
         keys = list(keys)
@@ -542,6 +559,7 @@ class Client:
                         for r in item.replicas] if not item.status.code else [])
         return out
 
+    @gated
     def list_keys(self, prefix: str = "", limit: int = 1000,
                   start_after: str = "") -> tuple[list[KeyInfo], bool]:
         """The objects whose keys start with prefix, after start_after, in key order, at most
@@ -554,6 +572,7 @@ class Client:
                         tuple(_TIER_NAMES.get(t, "?") for t in k.tiers), k.soft_pin,
                         k.hard_pin, k.last_access_age_s) for k in reply.keys], reply.truncated
 
+    @gated
     def drain_worker(self, worker_id: str, cancel: bool = False) -> DrainProgress:
         """Marks a worker draining (no new placements; the master copies the objects only it
         holds to other workers), or back in service with cancel; asking again reports the

@@ -1,7 +1,9 @@
 """SharedClient: one Client that an inference server's threads call at once while one of them
-may replace or close it. The Client it replaces is closed by the last call still using it:
-closing unmaps shm segments, and a copy still running out of one would crash the process. A
-close never waits, so a signal handler or a call's own thread may close without deadlock."""
+may replace or close it. The Client it replaces is closed by the last call still using it, so
+that a call which took the old client runs to its end on it (a Client closed under a call
+lets that call finish too, call_gate.py, but refuses the caller's next one with
+ClientClosedError). A close never waits, so a signal handler or a call's own thread may close
+without deadlock."""
 from __future__ import annotations
 
 import contextlib
