@@ -6,46 +6,26 @@ transfers grouped per transport. A miss is `None`/`False`; every fault raises a 
 from __future__ import annotations
 
 import dataclasses
-import os
-import random
-import threading
 import time
 from typing import Iterable, Sequence
 
-import grpc
-
 from mooncake_client.call_gate import CallGate, gated
 from mooncake_client.fast_reads import FastReads
-from mooncake_client.meta_channel import MaybeSent, MetaChannel, NotSent
+from mooncake_client.master_link import MasterLink, security
 from mooncake_client.rdma_transport import RdmaTransport
 from mooncake_client.transports import (ShmTransport, TcpTransport, Transfer, describe,
                                         ranked_transport)
 from mooncake_native.buffers import RegisteredBuffers, as_parts, parts_size
 from mooncake_proto import mooncake_pb2 as pb
-from mooncake_proto import mooncake_pb2_grpc as pb_grpc
-from mooncake_proto import metaframe, rpc
 from mooncake_proto.discovery import MasterLocator
 from mooncake_proto.errors import (ErrorCode, InvalidArgumentError, LeaseExpiredError,
                                    MooncakeError, NoSpaceError, NotSupportedError,
-                                   TransferError, UnavailableError, error_for_code)
+                                   TransferError, error_for_code)
 from mooncake_proto.identity import node_id
 
 KNOWN_TRANSPORTS = ("shm", "rdma", "tcp")  # the default preference order (DESIGN.md 4)
 MISS_CODES = (ErrorCode.OBJECT_NOT_FOUND, ErrorCode.REPLICA_IS_NOT_READY)
-META_RETRY_S = 5.0  # a client without a framed metadata channel asks Hello again after this,
-META_RETRY_MAX_S = 60.0  # doubling after each failure up to this
-META_CONNECT_TIMEOUT_S = 0.5  # a port that drops SYNs must not stall a call for rpc_timeout_s
 PUT_RETRY_MAX_S = 0.5  # a put told to wait for eviction asks again at least this often
-MASTER_RETRY_FIRST_S = 0.05  # pause after a round of master addresses failed, doubling
-MASTER_RETRY_MAX_S = 1.0  # up to this, until master_retry_s is spent
-# Master calls that may be sent again whatever became of the first attempt: reads (leases
-# aside), commits and revokes keyed by put_id (a second PutEnd of a committed put is OK, a
-# second PutRevoke finds nothing), admin reads and drains (asking again is how progress is
-# followed). PutStart, Remove and RemoveAll are not: a PutStart sent twice meets its own
-# PENDING key and reports success for bytes never written. They are retried only when
-# they cannot have reached a master (see _may_retry).
-SAFE_TO_REPEAT = metaframe.IDEMPOTENT | {"Hello", "PutEnd", "PutRevoke", "ListKeys",
-                                         "DrainWorker"}
 READ_CHUNK_BYTES = 256 << 20  # a long batch read checks (and renews) its lease between chunks
 # smaller batches read as fast through the general path (fast_reads.py): against it, paired
 # runs found the C path 3-5 us slower at 2 keys, even at 4, 7-17 us faster at 8
@@ -130,40 +110,25 @@ class Client:
         tls_ca: a PEM file of the CA that signed the master's and workers' certificates: gRPC
         then uses TLS (None: $MOONCAKE_TLS_CA; "": no TLS)."""
         self._gate = CallGate()  # close() while calls run (call_gate.py)
-        self._locator = MasterLocator(master)  # InvalidArgumentError for a bad spec
+        locator = MasterLocator(master)  # InvalidArgumentError for a bad spec
         if master_retry_s < 0:
             raise InvalidArgumentError(f"master_retry_s must be >= 0, got {master_retry_s}")
-        self.master_retry_s = master_retry_s
         self.transport_names = tuple(transports)
         unknown = [t for t in self.transport_names if t not in KNOWN_TRANSPORTS]
         if unknown or not self.transport_names:
             raise InvalidArgumentError(
                 f"transports must be chosen from {KNOWN_TRANSPORTS}, got {self.transport_names}")
-        self.rpc_timeout_s = rpc_timeout_s
         self.put_wait_s = put_wait_s
-        self._token, self._tls = _security(token, tls_ca)
+        token, tls = security(token, tls_ca)
         self.node_id = node_id()
         tcp = TcpTransport(transfer_timeout_s)  # also rdma's fallback: one connection pool
         self._transports = [ShmTransport(self.node_id) if name == "shm"
-                            else RdmaTransport(transfer_timeout_s, fallback=tcp, tls=self._tls)
+                            else RdmaTransport(transfer_timeout_s, fallback=tcp, tls=tls)
                             if name == "rdma" else tcp for name in self.transport_names]
         self._registered = RegisteredBuffers()
         self._fast_reads = FastReads(self._transports, MISS_CODES)
-        # the framed port has no TLS: a client asked for TLS never sends its calls there
-        self.framed_metadata = framed_metadata and not self._tls.calling
-        self._meta: MetaChannel | None = None
-        self._meta_checked_at = -float("inf")
-        self._meta_failures = 0
-        self._meta_lock = threading.Lock()
-        self._switch_lock = threading.Lock()
-        # the master now: its address, a channel and stub to it (made at the first call, so
-        # an etcd spec is read then), and a count of fail-overs so far
-        self._target: str | None = None
-        self._channel: grpc.Channel | None = None
-        self._stub: pb_grpc.MasterServiceStub | None = None
-        self._switches = 0
-        # whether the master knows ExistsPrefix: None until asked (again after a fail-over)
-        self._master_has_exists_prefix: bool | None = None
+        self._link = MasterLink(locator, rpc_timeout_s, master_retry_s, framed_metadata,
+                                token, tls)
 
     # ---- lifecycle ----
 
@@ -176,12 +141,7 @@ class Client:
     def _release(self) -> None:
         for transport in self._transports:
             transport.close()
-        meta, self._meta = self._meta, None
-        self.framed_metadata = False  # calls after close() must not reopen a channel
-        if meta is not None:
-            meta.close()
-        if self._channel is not None:
-            self._channel.close()
+        self._link.close()
 
     def __enter__(self) -> "Client":
         return self
@@ -253,7 +213,7 @@ class Client:
         the positions (in keys) the master asked to try again once eviction has freed room,
         with the seconds it suggested."""
         started = time.monotonic()
-        reply = self._call("PutStart", pb.PutStartRequest(
+        reply = self._link.call("PutStart", pb.PutStartRequest(
             keys=keys, sizes=[parts_size(p) for p in parts], client_node_id=self.node_id,
             config=config))
         deadline = started + reply.put_timeout_ms / 1000
@@ -279,7 +239,7 @@ class Client:
         if committed:
             finish = pb.PutFinishRequest(keys=committed,
                                          put_ids=[started_puts[k][0] for k in committed])
-            for st in self._call("PutEnd", finish).statuses:
+            for st in self._link.call("PutEnd", finish).statuses:
                 if st.code != ErrorCode.OK:
                     errors[st.key] = error_for_code(st.code, f"put {st.key!r}: {st.message}")
         return waiting
@@ -309,7 +269,7 @@ class Client:
         """Revokes keys' PENDING puts; a failure here only delays the master's own timeout."""
         keys = list(keys)
         try:
-            self._call("PutRevoke", pb.PutFinishRequest(
+            self._link.call("PutRevoke", pb.PutFinishRequest(
                 keys=keys, put_ids=[started_puts[k][0] for k in keys]))
         except MooncakeError:
             pass
@@ -369,7 +329,7 @@ class Client:
         todo = list(range(len(keys)))
         while todo:
             leased_at = time.monotonic()
-            reply = self._call("GetReplicas", pb.KeysRequest(keys=[keys[i] for i in todo]),
+            reply = self._link.call("GetReplicas", pb.KeysRequest(keys=[keys[i] for i in todo]),
                                raw=True)
             stalled: dict[str, str] = {}  # workers the C path waited out: not asked again
             if type(reply) is bytes:
@@ -468,14 +428,14 @@ class Client:
     def master_id(self) -> str:
         """The serving master's id, asked of it: a check that a master serves this client
         (through restarts and fail-overs, as every call)."""
-        return self._call("Hello", pb.HelloRequest()).master_id
+        return self._link.call("Hello", pb.HelloRequest()).master_id
 
     def exists(self, key: str) -> bool:
         return self.batch_exists([key])[0]
 
     @gated
     def batch_exists(self, keys: Sequence[str]) -> list[bool]:
-        statuses = self._call("Exists", pb.KeysRequest(keys=list(keys))).statuses
+        statuses = self._link.call("Exists", pb.KeysRequest(keys=list(keys))).statuses
         out = []
         for st in statuses:
             if st.code not in (ErrorCode.OK, *MISS_CODES):
@@ -492,21 +452,21 @@ class Client:
         keys = list(keys)
         if not keys:
             return 0
-        if self._master_has_exists_prefix is False:
+        if self._link.knows.get("ExistsPrefix") is False:
             return _present_prefix(self.batch_exists(keys))
         request = pb.KeysRequest(keys=keys)
         try:
-            if self._master_has_exists_prefix is None:
+            if "ExistsPrefix" not in self._link.knows:
                 # first asked over gRPC, whose UNIMPLEMENTED tells an older master (its framed
                 # port would refuse the unknown method as a malformed frame)
-                answer = self._grpc_call("ExistsPrefix", request)
-                self._master_has_exists_prefix = True
+                answer = self._link.grpc_call("ExistsPrefix", request)
+                self._link.knows["ExistsPrefix"] = True
             else:
-                answer = self._call("ExistsPrefix", request)
+                answer = self._link.call("ExistsPrefix", request)
         except NotSupportedError:
             # an older master: the per-key answer serves, in one call still (it leases the
             # present keys past the first miss too)
-            self._master_has_exists_prefix = False
+            self._link.knows["ExistsPrefix"] = False
             return _present_prefix(self.batch_exists(keys))
         stopped_by = answer.stopped_by
         if answer.present < len(keys) and stopped_by.code not in MISS_CODES:
@@ -523,7 +483,7 @@ class Client:
         Keys that fail (HasLeaseError while leased, unless force) are raised together in a
         BatchError, with the others' answers in its `results` (a single key: its own error)."""
         keys = list(keys)
-        statuses = self._call("Remove", pb.RemoveRequest(keys=keys, force=force)).statuses
+        statuses = self._link.call("Remove", pb.RemoveRequest(keys=keys, force=force)).statuses
         removed, errors = [], {}
         for st in statuses:
             if st.code in (ErrorCode.OK, ErrorCode.OBJECT_NOT_FOUND):
@@ -537,7 +497,7 @@ class Client:
 
     @gated
     def remove_all(self, force: bool = False) -> int:
-        return self._call("RemoveAll", pb.RemoveAllRequest(force=force)).removed
+        return self._link.call("RemoveAll", pb.RemoveAllRequest(force=force)).removed
 
     def get_replicas(self, key: str) -> list[ReplicaInfo]:
         """The replicas of key (empty on a miss), for tools and tests. Grants a read lease."""
@@ -547,7 +507,7 @@ class Client:
     def batch_get_replicas(self, keys: Sequence[str]) -> list[list[ReplicaInfo]]:
         """get_replicas for each key, in one master round trip."""
         keys = list(keys)
-        items = self._call("GetReplicas", pb.KeysRequest(keys=keys)).items
+        items = self._link.call("GetReplicas", pb.KeysRequest(keys=keys)).items
         out = []
         for key, item in zip(keys, items):
             if item.status.code and item.status.code not in MISS_CODES:
@@ -566,7 +526,7 @@ class Client:
         limit (the master caps it at 10,000); and whether more match (ask again with the
         last key as start_after). Needs an admin token on a master with --tokens. Grants no
         lease and counts as no access."""
-        reply = self._grpc_call("ListKeys", pb.ListKeysRequest(
+        reply = self._link.grpc_call("ListKeys", pb.ListKeysRequest(
             prefix=prefix, limit=limit, start_after=start_after))
         return [KeyInfo(k.key, k.size, _STATE_NAMES.get(k.state, "?"),
                         tuple(_TIER_NAMES.get(t, "?") for t in k.tiers), k.soft_pin,
@@ -577,178 +537,9 @@ class Client:
         """Marks a worker draining (no new placements; the master copies the objects only it
         holds to other workers), or back in service with cancel; asking again reports the
         progress. Needs an admin token on a master with --tokens."""
-        reply = self._grpc_call("DrainWorker", pb.DrainRequest(worker_id=worker_id,
+        reply = self._link.grpc_call("DrainWorker", pb.DrainRequest(worker_id=worker_id,
                                                                cancel=cancel))
         return DrainProgress(worker_id, reply.draining, reply.objects_left, reply.bytes_left)
-
-    # ---- master calls ----
-
-    def _call(self, method: str, request, raw: bool = False):
-        """One master call: over the framed metadata port when there is one, else gRPC.
-        raw: the framed port's answer as bytes, unparsed (gRPC's is still a message)."""
-        meta = self._meta_channel() if method in metaframe.METHOD_IDS else None
-        if meta is not None:
-            try:
-                response = meta.call(method, request, self.rpc_timeout_s, raw)
-                self._meta_failures = 0
-                return response
-            except NotSent:
-                self._forget_meta(meta)  # unreachable, busy or a standby: gRPC, Hello later
-            except MaybeSent as exc:
-                self._forget_meta(meta)
-                if method not in SAFE_TO_REPEAT:
-                    raise UnavailableError(f"master {meta.addr} {method}: connection lost after "
-                                           f"the call was sent ({exc}); its outcome is unknown")
-        return self._grpc_call(method, request)
-
-    def _grpc_call(self, method: str, request):
-        """One master RPC, through restarts and fail-overs: when the master is unreachable
-        or refuses as a standby, the next address (under etcd: the leader, read again) is
-        tried at once, then every address again after a growing pause, for up to
-        master_retry_s; then UnavailableError. A call that may have reached a master is
-        not sent again unless that is harmless (_may_retry)."""
-        give_up_at, pause_s, tried = None, MASTER_RETRY_FIRST_S, 0
-        while True:
-            switches, target = self._switches, self._locator.describe()
-            try:
-                switches, target, stub = self._master()
-                return getattr(stub, method)(request, timeout=self.rpc_timeout_s)
-            except grpc.RpcError as exc:
-                error = rpc.error_from_rpc(exc, f"master {target} {method}")
-                if not _may_retry(method, exc):
-                    raise error from None
-            except UnavailableError as exc:  # no leader in etcd now, or etcd unreachable
-                error = exc
-            self._fail_over(switches, target)
-            now = time.monotonic()
-            give_up_at = now + self.master_retry_s if give_up_at is None else give_up_at
-            tried += 1
-            if tried < self._candidates():
-                continue  # the next address of a static list, at once
-            if now >= give_up_at:
-                if self.master_retry_s == 0:
-                    raise error from None
-                raise UnavailableError(f"master {self._locator.describe()} {method}: no master "
-                                       f"served the call within {self.master_retry_s:g}s; "
-                                       f"last: {error}")
-            time.sleep(min(pause_s * (0.5 + random.random()), give_up_at - now))
-            pause_s, tried = min(pause_s * 2, MASTER_RETRY_MAX_S), 0
-
-    def _candidates(self) -> int:
-        """How many addresses one round of tries has: a static list's length; 1 under etcd."""
-        return 1 if self._locator.is_etcd else len(self._locator.addresses())
-
-    def _master(self) -> tuple[int, str, pb_grpc.MasterServiceStub]:
-        """(fail-overs so far, address, stub) of the master to call now; connects (reading
-        etcd for an etcd spec) after a fail-over. UnavailableError when none is known."""
-        with self._switch_lock:
-            if self._stub is None:
-                target = self._locator.addresses()[0]
-                if target != self._target or self._channel is None:
-                    # the old channel is not closed here: other threads may still be in a
-                    # call on it (they fail over the same way); it closes with its last user
-                    self._channel = rpc.client_channel(target, self._tls, self._token)
-                    self._target = target
-                # the same address (a restart): the channel reconnects by itself, and a new
-                # one would share its connection's backoff anyway
-                self._stub = pb_grpc.MasterServiceStub(self._channel)
-            return self._switches, self._target, self._stub
-
-    def _fail_over(self, seen_switches: int, target: str) -> None:
-        """After `target` failed: the next call re-resolves the master (the next address of a
-        static list; the leader read again from etcd) and asks it Hello for its framed port.
-        Once per failure however many threads saw it."""
-        with self._switch_lock:
-            if self._switches != seen_switches:
-                return  # another thread already moved on
-            self._switches += 1
-            self._locator.invalidate(target)
-            self._stub = None
-            self._master_has_exists_prefix = None  # another master, maybe another version
-        with self._meta_lock:  # the framed port is the old master's: ask the new one
-            meta, self._meta = self._meta, None
-            self._meta_checked_at, self._meta_failures = -float("inf"), 0
-        if meta is not None:
-            meta.close()
-
-    def _meta_channel(self) -> MetaChannel | None:
-        """The framed metadata channel of the current master; asks Hello again after a
-        back-off when there is none (an older master, the port turned off, or it failed)."""
-        if self._meta is not None or not self.framed_metadata:
-            return self._meta
-        now = time.monotonic()
-        wait_s = min(META_RETRY_MAX_S, META_RETRY_S * 2 ** max(0, self._meta_failures - 1))
-        with self._meta_lock:
-            if self._meta is None and now - self._meta_checked_at >= wait_s:
-                self._meta_checked_at = now
-                try:
-                    _, master, stub = self._master()
-                    hello = stub.Hello(pb.HelloRequest(), timeout=self.rpc_timeout_s)
-                except (grpc.RpcError, UnavailableError):
-                    return None  # an older master without Hello, or unreachable: gRPC it is
-                if hello.meta_addr and self.framed_metadata:
-                    self._meta = MetaChannel(_reachable(hello.meta_addr, master),
-                                             min(META_CONNECT_TIMEOUT_S, self.rpc_timeout_s),
-                                             self._token)
-            return self._meta
-
-    def _forget_meta(self, meta: MetaChannel) -> None:
-        self._master_has_exists_prefix = None  # the master may have restarted as another version
-        with self._meta_lock:
-            if self._meta is meta:
-                self._meta = None
-                self._meta_checked_at = time.monotonic()
-                self._meta_failures += 1
-        meta.close()
-
-
-def _may_retry(method: str, exc: grpc.RpcError) -> bool:
-    """Whether a failed master call may be sent again (to the next master, or later).
-
-    UNAVAILABLE that the master answered itself (its Mooncake code in the trailers) is a
-    standby's refusal, made before the call touched anything: any call may go again. A call
-    gRPC failed with "failed to connect to all addresses" never left this process (gRPC
-    fails a call that way only when no connection could be made to send it on): any call
-    may go again. Any other UNAVAILABLE (a connection lost mid-call), or a deadline, leaves
-    the outcome unknown: only SAFE_TO_REPEAT calls go again. gRPC's wording is matched
-    because its Python API tells nothing more; if the wording changes, non-repeatable
-    calls just stop being retried (the safe side)."""
-    code = exc.code()
-    if code == grpc.StatusCode.UNAVAILABLE:
-        answered = any(key == rpc.CODE_METADATA_KEY for key, _ in exc.trailing_metadata() or ())
-        details = exc.details() or ""
-        if answered or "failed to connect to all addresses" in details:
-            return not _tls_refused(details)
-        return method in SAFE_TO_REPEAT
-    return code == grpc.StatusCode.DEADLINE_EXCEEDED and method in SAFE_TO_REPEAT
-
-
-def _tls_refused(details: str) -> bool:
-    """A TLS handshake that failed (a wrong CA, TLS on one side only) is a configuration
-    error, not an outage: waiting would not fix it."""
-    lowered = details.lower()
-    return "ssl" in lowered or "handshake" in lowered or "certificate" in lowered
-
-
-def _security(token: str | None, tls_ca: str | None) -> tuple[str, rpc.Tls]:
-    """The token and TLS settings a Client was given, or those of its environment."""
-    token = (os.environ.get("MOONCAKE_TOKEN", "") if token is None else token).strip()
-    tls_ca = os.environ.get("MOONCAKE_TLS_CA", "") if tls_ca is None else tls_ca
-    try:
-        if token:
-            rpc.check_token(token)
-        return token, rpc.Tls.load(ca_path=tls_ca)
-    except (OSError, ValueError) as exc:
-        raise InvalidArgumentError(f"Client: {exc}") from exc
-
-
-def _reachable(meta_addr: str, master: str) -> str:
-    """The framed port's address as this client can reach it: a master listening on every
-    interface advertises 0.0.0.0 (or ::), which means the host we reached it by."""
-    host, _, port = meta_addr.rpartition(":")
-    if host.strip("[]") in ("0.0.0.0", "::", ""):
-        host = master.rpartition(":")[0]
-    return f"{host}:{port}"
 
 
 def _without_stalled(key: str, candidates: list, stalled: dict[str, str]) -> list:

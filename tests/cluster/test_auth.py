@@ -1,6 +1,5 @@
 """Tokens and TLS against real daemons: who may call what over gRPC and the framed port,
 workers that may not register, TLS clusters, and the open cluster's warning."""
-import json
 import os
 import socket
 import subprocess
@@ -65,7 +64,7 @@ def test_a_client_token_reads_and_writes_but_may_not_remove_all(secured, framed)
     with Client(secured.master_addr, token=CLIENT, framed_metadata=framed) as c:
         c.put(key, b"v" * 1000)
         assert c.get(key) == b"v" * 1000 and c.exists(key)
-        assert (c._meta is not None) == framed  # the framed port was used when allowed
+        assert (c._link.meta is not None) == framed  # the framed port was used when allowed
         with pytest.raises(PermissionDeniedError) as info:
             c.remove_all()
         assert info.value.code == ErrorCode.PERMISSION_DENIED == -1301
@@ -322,7 +321,7 @@ def test_a_client_with_the_ca_works_and_the_framed_port_is_off(tls_cluster):
     with Client(tls_cluster.master_addr, token=CLIENT, tls_ca=tls_cluster.certs.ca) as c:
         c.put("tls/one", b"t" * 5000)
         assert c.get("tls/one") == b"t" * 5000 and c.exists("tls/one")
-        assert c._meta is None  # every call went over gRPC, under TLS
+        assert c._link.meta is None  # every call went over gRPC, under TLS
 
 
 def test_the_ca_can_come_from_the_environment(tls_cluster, monkeypatch):

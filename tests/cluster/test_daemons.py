@@ -121,7 +121,7 @@ def raw_request(addr: str, payload: bytes, reply_bytes: int | None = None) -> by
 
 
 def granted_read(client: Client, key: str) -> pb.ReplicaDescriptor:
-    return client._call("GetReplicas", pb.KeysRequest(keys=[key])).items[0].replicas[0]
+    return client._link.call("GetReplicas", pb.KeysRequest(keys=[key])).items[0].replicas[0]
 
 
 def status_of(reply: bytes) -> int:

@@ -25,7 +25,7 @@ def test_negative_size_is_invalid_argument(cluster):
     from mooncake_proto import mooncake_pb2 as pb
     from mooncake_proto.errors import error_for_code
     with Client(cluster.master_addr) as c:
-        reply = c._call("PutStart", pb.PutStartRequest(keys=["neg"], sizes=[-5]))
+        reply = c._link.call("PutStart", pb.PutStartRequest(keys=["neg"], sizes=[-5]))
         assert reply.items[0].status.code == ErrorCode.INVALID_PARAMS
         assert isinstance(error_for_code(reply.items[0].status.code), InvalidArgumentError)
         assert c.exists("neg") is False

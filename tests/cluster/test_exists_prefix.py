@@ -4,6 +4,7 @@ import grpc
 import pytest
 
 from mooncake_client import Client
+from mooncake_client.master_link import MasterLink
 from mooncake_proto import mooncake_pb2 as pb
 from mooncake_proto import rpc
 from mooncake_proto.errors import HasLeaseError, InvalidArgumentError, NotSupportedError
@@ -23,7 +24,7 @@ def test_the_longest_fully_present_prefix_is_counted(cluster, framed):
         c.put(pages[3], b"3")
         assert c.batch_exists_prefix(pages) == 6
         assert c.batch_exists(pages) == [True] * 6  # agrees with the per-key answer
-        assert (c._meta is not None) == framed  # noqa: SLF001 -- the call took that path
+        assert (c._link.meta is not None) == framed  # noqa: SLF001 -- the call took that path
 
 
 def test_the_present_prefix_is_leased_and_keys_past_the_stop_are_not(fresh_cluster):
@@ -66,7 +67,7 @@ def test_against_an_older_master_the_per_key_answer_serves(cluster, monkeypatch)
     with Client(cluster.master_addr) as c:
         c.batch_put(pages[:2] + pages[3:], [b"0", b"1", b"3"])
         asked = []
-        real_grpc, real_call = Client._grpc_call, Client._call
+        real_grpc, real_call = MasterLink.grpc_call, MasterLink.call
 
         def older_grpc(self, method, request):
             asked.append(f"grpc {method}")
@@ -77,8 +78,8 @@ def test_against_an_older_master_the_per_key_answer_serves(cluster, monkeypatch)
         def call(self, method, request, raw=False):
             asked.append(method)
             return real_call(self, method, request, raw)
-        monkeypatch.setattr(Client, "_grpc_call", older_grpc)
-        monkeypatch.setattr(Client, "_call", call)
+        monkeypatch.setattr(MasterLink, "grpc_call", older_grpc)
+        monkeypatch.setattr(MasterLink, "call", call)
         assert c.batch_exists_prefix(pages) == 2
         assert c.batch_exists_prefix(pages[:2]) == 2
         # asked once over gRPC (an older framed port would refuse the frame), then remembered
@@ -87,12 +88,12 @@ def test_against_an_older_master_the_per_key_answer_serves(cluster, monkeypatch)
 
 def test_a_master_that_knows_it_is_asked_once_over_grpc_then_framed(cluster, monkeypatch):
     asked = []
-    real_grpc = Client._grpc_call
+    real_grpc = MasterLink.grpc_call
 
     def grpc_call(self, method, request):
         asked.append(method)
         return real_grpc(self, method, request)
-    monkeypatch.setattr(Client, "_grpc_call", grpc_call)
+    monkeypatch.setattr(MasterLink, "grpc_call", grpc_call)
     with Client(cluster.master_addr) as c:
         for _ in range(3):
             assert c.batch_exists_prefix(["prefix-once-absent"]) == 0

@@ -12,7 +12,7 @@ import pytest
 
 from etcd_server import etcd, start_ha_master  # noqa: F401
 from mooncake_client import Client
-from mooncake_client.client import SAFE_TO_REPEAT, _may_retry
+from mooncake_client.master_link import SAFE_TO_REPEAT, _may_retry
 from mooncake_client.local_cluster import Daemon, LocalCluster
 from mooncake_proto import rpc
 from polling import wait_until
@@ -50,7 +50,7 @@ def test_a_client_given_etcd_follows_the_leader_through_a_kill(etcd, tmp_path):
         with Client(etcd.spec("follow"), rpc_timeout_s=3) as client:
             client.put("before", b"b" * 1000)
             assert client.get("before") == b"b" * 1000
-            assert client._meta is not None and client._meta.addr == a.info["meta"]
+            assert client._link.meta is not None and client._link.meta.addr == a.info["meta"]
             errors, done = [], threading.Event()
 
             def read_through_the_fail_over():
@@ -71,8 +71,8 @@ def test_a_client_given_etcd_follows_the_leader_through_a_kill(etcd, tmp_path):
             assert not errors, errors[:3]
             client.put("after", b"a" * 1000)  # placed by the new leader, on the workers
             assert client.get("after") == b"a" * 1000
-            assert client._target == b.info["grpc"]
-            assert client._meta is not None and client._meta.addr == b.info["meta"]
+            assert client._link.target == b.info["grpc"]
+            assert client._link.meta is not None and client._link.meta.addr == b.info["meta"]
     finally:
         b.stop()
         a.stop(signal.SIGKILL)

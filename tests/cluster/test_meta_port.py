@@ -40,9 +40,9 @@ def test_clients_use_the_framed_port_when_the_master_offers_it(cluster):
     with Client(cluster.master_addr) as c:
         c.put("meta/used", b"abc")
         assert c.get("meta/used") == b"abc" and c.exists("meta/used")
-        assert c._meta is not None and c._meta.addr == cluster.master.info["meta"]
+        assert c._link.meta is not None and c._link.meta.addr == cluster.master.info["meta"]
     with Client(cluster.master_addr, framed_metadata=False) as c:  # the same store over gRPC
-        assert c.get("meta/used") == b"abc" and c._meta is None
+        assert c.get("meta/used") == b"abc" and c._link.meta is None
 
 
 def test_whole_call_errors_keep_their_mooncake_code(cluster):
@@ -52,7 +52,7 @@ def test_whole_call_errors_keep_their_mooncake_code(cluster):
     assert status == ErrorCode.INVALID_PARAMS and b"2 keys but 1 sizes" in body
     with Client(cluster.master_addr) as c:
         with pytest.raises(InvalidArgumentError):
-            c._call("PutStart", request)
+            c._link.call("PutStart", request)
 
 
 @pytest.mark.parametrize("garbage", [
@@ -83,7 +83,7 @@ def test_port_turned_off_means_grpc(fresh_cluster):
     assert cluster.master.info["meta"] == ""
     with Client(cluster.master_addr) as c:
         c.put("meta/off", b"x")
-        assert c.get("meta/off") == b"x" and c._meta is None
+        assert c.get("meta/off") == b"x" and c._link.meta is None
 
 
 def test_a_client_follows_a_restarted_master_to_its_new_port(tmp_path):
@@ -99,15 +99,15 @@ def test_a_client_follows_a_restarted_master_to_its_new_port(tmp_path):
         cluster.start_worker("w", dram="8MiB")
         with Client(f"127.0.0.1:{port}", rpc_timeout_s=5) as c:
             c.put("meta/before", b"1")
-            old = c._meta.addr
+            old = c._link.meta.addr
             cluster.master.stop()
             cluster.master = cluster._spawn("master", "mooncake_master", args)
             cluster.master.wait_ready()
             assert c.get("meta/before") is None  # a new master knows nothing yet: a miss
-            assert c._meta is None  # the old port is forgotten ...
-            c._meta_checked_at = -1e9  # ... and asked for again (normally after META_RETRY_S)
+            assert c._link.meta is None  # the old port is forgotten ...
+            c._link.meta_checked_at = -1e9  # ... and asked for again (normally after META_RETRY_S)
             assert c.exists("meta/before") is False
-            assert c._meta is not None and c._meta.addr != old
+            assert c._link.meta is not None and c._link.meta.addr != old
     finally:
         cluster.stop()
 

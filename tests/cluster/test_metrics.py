@@ -133,7 +133,7 @@ def test_a_failed_call_is_counted_by_its_mooncake_code(cluster):
     before = master_scrape(cluster)
     with Client(cluster.master_addr) as c:
         with pytest.raises(InvalidArgumentError):
-            c._call("PutStart", pb.PutStartRequest(keys=["a", "b"], sizes=[1]))
+            c._link.call("PutStart", pb.PutStartRequest(keys=["a", "b"], sizes=[1]))
     after = master_scrape(cluster)
     labels = {"method": "PutStart", "code": str(ErrorCode.INVALID_PARAMS)}
     assert after.value("mooncake_master_rpc_failures_total", **labels) == \

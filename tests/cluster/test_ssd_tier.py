@@ -12,7 +12,6 @@ import sys
 import time
 import urllib.request
 
-import grpc
 import pytest
 
 from mooncake_client.transports import ShmTransport, TcpTransport, Transfer

@@ -24,9 +24,9 @@ def raw_write(replica: pb.ReplicaDescriptor, payload: bytes) -> int:
 def test_revoked_writer_cannot_overwrite_the_next_object(fresh_cluster):
     cluster = fresh_cluster(workers=1, dram="1MiB")
     with Client(cluster.master_addr, transports=("tcp",)) as c:
-        started = c._call("PutStart", pb.PutStartRequest(keys=["x"], sizes=[4096]))
+        started = c._link.call("PutStart", pb.PutStartRequest(keys=["x"], sizes=[4096]))
         item = started.items[0]
-        c._call("PutRevoke", pb.PutFinishRequest(keys=["x"], put_ids=[item.put_id]))
+        c._link.call("PutRevoke", pb.PutFinishRequest(keys=["x"], put_ids=[item.put_id]))
         c.put("victim", b"V" * 4096)
         victim = c.get_replicas("victim")[0]
         stale = item.replicas[0]
@@ -38,14 +38,14 @@ def test_revoked_writer_cannot_overwrite_the_next_object(fresh_cluster):
 def test_stale_put_end_cannot_commit_a_newer_put(fresh_cluster):
     cluster = fresh_cluster(workers=1, dram="1MiB")
     with Client(cluster.master_addr, transports=("tcp",)) as c:
-        first = c._call("PutStart", pb.PutStartRequest(keys=["k"], sizes=[10])).items[0]
-        c._call("PutRevoke", pb.PutFinishRequest(keys=["k"], put_ids=[first.put_id]))
-        second = c._call("PutStart", pb.PutStartRequest(keys=["k"], sizes=[10])).items[0]
-        stale = c._call("PutEnd", pb.PutFinishRequest(keys=["k"], put_ids=[first.put_id]))
+        first = c._link.call("PutStart", pb.PutStartRequest(keys=["k"], sizes=[10])).items[0]
+        c._link.call("PutRevoke", pb.PutFinishRequest(keys=["k"], put_ids=[first.put_id]))
+        second = c._link.call("PutStart", pb.PutStartRequest(keys=["k"], sizes=[10])).items[0]
+        stale = c._link.call("PutEnd", pb.PutFinishRequest(keys=["k"], put_ids=[first.put_id]))
         assert stale.statuses[0].code == ErrorCode.OBJECT_NOT_FOUND
         assert c.get("k") is None  # still PENDING: nobody wrote it
         assert raw_write(second.replicas[0], b"0123456789") == 0
-        ended = c._call("PutEnd", pb.PutFinishRequest(keys=["k"], put_ids=[second.put_id]))
+        ended = c._link.call("PutEnd", pb.PutFinishRequest(keys=["k"], put_ids=[second.put_id]))
         assert ended.statuses[0].code == ErrorCode.OK
         assert c.get("k") == b"0123456789"
 

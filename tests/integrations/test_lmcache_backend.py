@@ -319,14 +319,15 @@ def test_lookup_is_one_round_trip_and_counts_the_prefix(cluster, engines):
     _put(engine, conn, [keys[i] for i in (0, 1, 3)], [objs[i] for i in (0, 1, 3)])
     client = conn.getWrappedConnector().client
     calls = []
-    for name in ("_call", "_grpc_call"):  # the framed port, and gRPC (the first ExistsPrefix)
-        real = getattr(client, name)
-        setattr(client, name, lambda method, *a, real=real, **kw:
+    link = client._link
+    for name in ("call", "grpc_call"):  # the framed port, and gRPC (the first ExistsPrefix)
+        real = getattr(link, name)
+        setattr(link, name, lambda method, *a, real=real, **kw:
                 calls.append(method) or real(method, *a, **kw))
     assert engine.run(conn.batched_async_contains("lookup-1", keys)) == 2
     assert engine.run(conn.batched_async_contains("lookup-1b", keys)) == 2
     assert calls == ["ExistsPrefix"] * 2  # LMCache's own mooncakestore asks once per key
-    del client._call, client._grpc_call
+    del link.call, link.grpc_call
     assert conn.batched_contains(keys) == 2 and conn.batched_contains(keys[2:]) == 0
     assert engine.run(conn.batched_async_contains("lookup-2", [])) == 0
     prefix = engine.run(conn.batched_get_non_blocking("lookup-1", keys))
