@@ -24,9 +24,6 @@ class MasterConfig:
     lease_ttl_s: float = 10.0
     worker_ttl_s: float = 10.0
     put_timeout_s: float = 30.0
-    # a put that fits nowhere else waits (a short retry) this long after a worker registered
-    # for its first heartbeat, rather than evict or answer "no space": it may have room
-    registration_wait_s: float = 2.0
     # grants outlive leases and put timeouts by this much (two nodes' clocks differ); a range
     # is reused only once every grant on it has expired
     grant_margin_s: float = 2.0

@@ -196,8 +196,11 @@ class Recovery:
                 obj = self.objects.get(key)
                 if obj is None or obj.put_id != put_id or obj.state != COMPLETE:
                     continue
-                if obj.moving:
-                    busy.append((key, put_id))  # after its demotion or copy: the next pass
+                if obj.moving or (self._copyable_from(obj) is None and any(
+                        r.worker_id in self.registering for r in obj.replicas)):
+                    # after its demotion or copy, or once a holder completes its
+                    # registration: the next pass
+                    busy.append((key, put_id))
                     continue
                 if self._healthy_replicas(obj) >= obj.replica_num:
                     continue
@@ -213,17 +216,23 @@ class Recovery:
     def _start_heal(self, obj: ObjectMeta, now: float) -> bool:
         """One REPLICATE move of obj to a worker without a replica of it; False when no
         worker has room (healing does not evict)."""
-        sources = [r for r in obj.replicas if r.state == COMPLETE]
-        if not sources:
+        src = self._copyable_from(obj)
+        if src is None:
             return False
-        src = min(sources, key=lambda r: (r.worker_id in self.registering, r.tier != TIER_DRAM,
-                                          self.workers[r.worker_id].draining))
         dst = self._heal_target(obj)
         if dst is None:
             return False
         self._start_move(REPLICATE, obj, src, dst, now)
         self.counters["replications"] += 1
         return True
+
+    def _copyable_from(self, obj: ObjectMeta) -> Replica | None:
+        """The replica a copy of obj reads: complete, on a worker that holds its grant key
+        (not registering), DRAM before SSD, a draining worker last."""
+        sources = [r for r in obj.replicas
+                   if r.state == COMPLETE and r.worker_id not in self.registering]
+        return min(sources, key=lambda r: (r.tier != TIER_DRAM,
+                                           self.workers[r.worker_id].draining), default=None)
 
     def _heal_target(self, obj: ObjectMeta) -> Replica | None:
         """A range on a worker holding no replica of obj and not draining: DRAM below the

@@ -30,6 +30,8 @@ __all__ = ["COMPLETE", "DEMOTE", "PENDING", "PROMOTE", "REPLICATE", "TIER_DRAM",
            "MasterConfig", "MasterState", "Move", "MOVE_DONE", "MOVE_FAILED", "MOVE_UNKNOWN",
            "PlacementConfig", "Registration", "SegmentSpec", "TickReport"]
 
+JOIN_RETRY_S = 0.02  # a put waiting for a worker's first heartbeat (sent at once) asks again
+
 
 def _fail(code: ErrorCode, message: str) -> KeyResult:
     return KeyResult(code=int(code), message=message)
@@ -292,13 +294,17 @@ class MasterState(Placement, Tiering, Recovery):
         replica_num = max(1, config.replica_num)
         replicas = self._place(size, replica_num, config.preferred_worker, client_node_id,
                                batch_first)
-        wait_s = None
-        if not replicas and self.registering:
-            joining = self._just_registered(now)
-            if joining:  # it may have room: wait for it rather than evict or fail
+        if len(replicas) < replica_num and self.registering:
+            # a worker completing its registration may take it (or its other replicas): wait
+            # for it, rather than evict, fail, or leave the object short of replicas for good
+            joining = self._joining(size, now, {r.worker_id for r in replicas})
+            if joining:
+                for r in replicas:
+                    self.workers[r.worker_id].segments[r.segment_id].allocator.free(r.offset)
                 return KeyResult(code=int(ErrorCode.SPACE_BEING_FREED),
                                  message=f"waiting for {', '.join(joining)} to complete "
-                                         f"its registration", retry_after_s=0.02)
+                                         f"its registration", retry_after_s=JOIN_RETRY_S)
+        wait_s = None
         if not replicas:
             wait_s = self._make_room(size, config.preferred_worker, client_node_id, now, report)
             if wait_s == 0.0:
@@ -321,12 +327,16 @@ class MasterState(Placement, Tiering, Recovery):
         return KeyResult(code=int(ErrorCode.OK), size=size, replicas=_copy_replicas(replicas),
                          put_id=self.objects[key].put_id)
 
-    def _just_registered(self, now: float) -> list[str]:
-        """Registering workers that may yet send their first heartbeat (registration_wait_s:
-        one that does not is as good as dead, and must not hold up eviction)."""
-        wait_s = self.config.registration_wait_s
-        return sorted(wid for wid in self.registering
-                      if now - self.workers[wid].registered_at < wait_s)
+    def _joining(self, size: int, now: float, holders: set[str]) -> list[str]:
+        """Registering workers that could take a replica of size bytes once they heartbeat:
+        not draining, not among holders, with a DRAM segment that large, and registered less
+        than worker_ttl_s ago (one that stays silent that long is declared dead)."""
+        return sorted(
+            wid for wid in self.registering
+            if wid not in holders and not self.workers[wid].draining
+            and now - self.workers[wid].registered_at < self.config.worker_ttl_s
+            and any(s.tier == TIER_DRAM and s.size_bytes >= size
+                    for s in self.workers[wid].segments.values()))
 
     def put_end(self, keys: Sequence[str], now: float,
                 put_ids: Sequence[int] | None = None) -> list[KeyResult]:

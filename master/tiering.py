@@ -114,6 +114,8 @@ class Tiering:
         watermark frees eviction_ratio of its size."""
         leaving = None  # computed once a segment is over: it scans every pending free
         for worker in self.workers.values():
+            if worker.worker_id in self.registering:
+                continue  # its demotions would be refused until it holds its new key
             for seg in worker.segments.values():
                 limit = self.config.high_watermark * seg.size_bytes
                 if seg.allocator.used_bytes <= limit:
@@ -174,9 +176,10 @@ class Tiering:
             if not self._evictable(obj, now):
                 continue
             for replica in obj.replicas:
-                seg = self.workers[replica.worker_id].segments[replica.segment_id]
-                if seg.tier == TIER_DRAM and seg.size_bytes >= size:
-                    return seg
+                worker = self.workers[replica.worker_id]
+                seg = worker.segments[replica.segment_id]
+                if seg.tier == TIER_DRAM and seg.size_bytes >= size and self._takes_new(worker):
+                    return seg  # (room freed where nothing new goes would be lost)
         return None
 
     def _room_coming_in_s(self, size: int, now: float) -> float | None:
@@ -185,8 +188,9 @@ class Tiering:
         out on an object that may then be evicted; None when nothing but an explicit remove
         can free any (space freed where the object cannot fit is no reason to wait)."""
         def could_hold(worker_id: str, segment_id: int) -> bool:
-            seg = self.workers[worker_id].segments[segment_id]
-            return seg.tier == TIER_DRAM and seg.size_bytes >= size
+            worker = self.workers[worker_id]
+            seg = worker.segments[segment_id]
+            return seg.tier == TIER_DRAM and seg.size_bytes >= size and self._takes_new(worker)
         if any(could_hold(m.src.worker_id, m.src.segment_id) for m in self.moves.values()
                if m.kind != REPLICATE):
             return MOVE_RETRY_S
@@ -217,8 +221,8 @@ class Tiering:
         """Copies an SSD replica to its worker's DRAM when that stays under the watermark
         (promotion never evicts: it would only push another object down)."""
         for replica in obj.replicas:
-            if self.workers[replica.worker_id].draining:
-                continue  # its objects are on their way out
+            if not self._takes_new(self.workers[replica.worker_id]):
+                continue  # draining: its objects are on their way out; or not yet serving
             for seg in self.workers[replica.worker_id].segments.values():
                 limit = self.config.high_watermark * seg.size_bytes
                 needed = align_up(obj.size, seg.allocator.alignment)  # what allocate takes

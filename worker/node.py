@@ -236,6 +236,8 @@ class WorkerNode:
                 await self._next_master()
             else:
                 await self._registered(master, reply, len(request.inventory))
+                await self._confirm(stop)
+                await self._set_registered(True)
                 return True
             try:
                 await asyncio.wait_for(stop.wait(), timeout=min(
@@ -252,11 +254,21 @@ class WorkerNode:
         await asyncio.to_thread(self.inventory.replace, reply.inventory)
         self.data_server.grant_key = reply.grant_key
         self.heartbeat_interval_s = max(reply.heartbeat_interval_ms, 50) / 1000
-        await self._set_registered(True)
         log.info(kv("registered", worker_id=self.worker_id, master=master,
                     master_id=reply.master_id, data=self.data_addr, inventory_sent=sent,
                     inventory=len(reply.inventory), adopted=reply.adopted,
                     rejected=reply.rejected))
+
+    async def _confirm(self, stop: asyncio.Event) -> None:
+        """One heartbeat right after registering: the master grants nothing on this worker
+        (no new ranges, no reads of its replicas) until a heartbeat shows that it holds the
+        registration's grant key. Best effort: if this one fails, the heartbeat loop's next
+        one confirms (or finds that it must register again)."""
+        try:
+            master, reply = await unless_set(stop, self._heartbeat(self.draining, RPC_TIMEOUT_S))
+        except (Stopped, grpc.aio.AioRpcError):
+            return
+        await self._take_updates(master, reply)
 
     def _register_request(self) -> pb.RegisterWorkerRequest:
         return pb.RegisterWorkerRequest(
@@ -283,9 +295,7 @@ class WorkerNode:
         """Heartbeats the master every interval, keeping the inventory in step with its
         updates; registers again when the master no longer knows us or an update is missing."""
         failing = False
-        # at once: the master has more updates for us, or we have just registered (the master
-        # grants nothing on this worker until a heartbeat says it holds the new grant key)
-        at_once = True
+        at_once = False  # the master has more updates for us
         busy_until = 0.0  # see BUSY_WINDOW_S
         while not stop.is_set():
             if not at_once:
@@ -313,7 +323,7 @@ class WorkerNode:
             failing = False
             if not await self._take_updates(master, reply):
                 await self._set_registered(False)
-                at_once = await self.register(stop)
+                await self.register(stop)
                 continue
             at_once = reply.more and len(reply.updates) > 0
             if reply.updates:

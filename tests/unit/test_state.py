@@ -963,8 +963,8 @@ def test_a_put_waits_for_a_registering_worker_rather_than_evict_or_fail():
     [waiting] = put(state, ["k"], [1024])
     assert waiting.code == ErrorCode.SPACE_BEING_FREED and waiting.retry_after_s > 0
     assert "w0" in waiting.message and "k" not in state.objects
-    # one that never heartbeats holds up nobody for long: "no space" (nothing to evict)
-    assert put(state, ["k"], [1024], now=2.5)[0].code == ErrorCode.NO_AVAILABLE_HANDLE
+    # one that stays silent for worker_ttl_s (dead at the next tick) holds up nobody longer
+    assert put(state, ["k"], [1024], now=10.5)[0].code == ErrorCode.NO_AVAILABLE_HANDLE
     state.heartbeat("w0", 0.1)
     assert codes(put(state, ["k"], [1024], now=0.1)) == [OK]
     # full, with nothing registering: eviction or "no space" as before, not a wait
@@ -989,6 +989,44 @@ def test_healing_copies_to_a_registering_worker_only_after_its_heartbeat():
     state._queue_heal(state.objects["k"])
     state.tick(1.1)
     assert [m.dst.worker_id for m in state.moves.values()] == [spare]
+
+
+def test_a_put_with_replicas_to_spare_waits_for_a_registering_worker():
+    # else the object would keep one replica for good: nothing heals a put made short
+    state = make_state(workers=2, dram=8192)
+    _register_without_heartbeat(state, "w1", b"n" * 32, 1.0, dram=8192)
+    [waiting] = put(state, ["k"], [1024], now=1.0, replica_num=2)
+    assert waiting.code == ErrorCode.SPACE_BEING_FREED and total_used(state) == 0
+    state.heartbeat("w1", 1.1)
+    [placed] = put(state, ["k"], [1024], now=1.1, replica_num=2)
+    assert sorted(r.worker_id for r in placed.replicas) == ["w0", "w1"]
+
+
+def test_making_room_never_evicts_where_the_put_cannot_go():
+    state = make_state(workers=2, dram=4096, worker_ttl_s=5.0)
+    for worker_id in ("w0", "w1"):
+        for i in range(3):
+            commit(state, f"{worker_id}-{i}", 1024, preferred=worker_id)
+    # w0 registered again and has been silent since: no longer waited for (dead at the next
+    # tick), and no room freed on it would take the put
+    _register_without_heartbeat(state, "w0", b"n" * 32, 1.0, dram=4096)
+    result = put(state, ["k"], [2048], now=6.5)[0]
+    assert result.code == OK and [r.worker_id for r in result.replicas] == ["w1"]
+    assert {k for k in state.objects if k.startswith("w0-")} == {"w0-0", "w0-1", "w0-2"}
+
+
+def test_a_copy_whose_only_source_is_registering_waits_instead_of_failing():
+    state = make_state(workers=2, dram=8192, worker_ttl_s=5.0)
+    commit(state, "k", 1024, preferred="w0")
+    state.objects["k"].replica_num = 2
+    _register_without_heartbeat(state, "w0", b"n" * 32, 1.0, dram=8192)
+    state._queue_heal(state.objects["k"])
+    state._heal_after = 0.0
+    report = state.tick(1.0)
+    assert not state.moves and report.heals_given_up == 0  # still queued
+    state.heartbeat("w0", 1.1)
+    state.tick(1.1)
+    assert [(m.src.worker_id, m.dst.worker_id) for m in state.moves.values()] == [("w0", "w1")]
 
 
 def test_a_dead_worker_coming_back_keeps_ranges_under_lease():
