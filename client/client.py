@@ -435,6 +435,9 @@ class Client:
 
     @gated
     def batch_exists(self, keys: Sequence[str]) -> list[bool]:
+        return self._batch_exists(keys)
+
+    def _batch_exists(self, keys: Sequence[str]) -> list[bool]:
         statuses = self._link.call("Exists", pb.KeysRequest(keys=list(keys))).statuses
         out = []
         for st in statuses:
@@ -453,7 +456,7 @@ class Client:
         if not keys:
             return 0
         if self._link.knows.get("ExistsPrefix") is False:
-            return _present_prefix(self.batch_exists(keys))
+            return _present_prefix(self._batch_exists(keys))
         request = pb.KeysRequest(keys=keys)
         try:
             if "ExistsPrefix" not in self._link.knows:
@@ -467,7 +470,7 @@ class Client:
             # an older master: the per-key answer serves, in one call still (it leases the
             # present keys past the first miss too)
             self._link.knows["ExistsPrefix"] = False
-            return _present_prefix(self.batch_exists(keys))
+            return _present_prefix(self._batch_exists(keys))
         stopped_by = answer.stopped_by
         if answer.present < len(keys) and stopped_by.code not in MISS_CODES:
             raise error_for_code(stopped_by.code, f"exists {stopped_by.key!r}: {stopped_by.message}")

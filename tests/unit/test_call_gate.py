@@ -60,3 +60,24 @@ def test_a_call_that_raises_still_leaves_the_gate():
         owner.fail()
     owner._gate.close(owner.freed)
     assert owner.freed.times == 1
+
+
+@pytest.mark.timeout(10)
+def test_a_close_from_a_signal_handler_inside_enter_or_leave_does_not_deadlock():
+    # a handler runs on the thread that holds the lock, between two of its bytecodes
+    gate, freed = CallGate(), Freed()
+    gate.enter()
+    gate._lock.acquire()  # as if interrupted inside leave()
+    try:
+        gate.close(freed)
+    finally:
+        gate._lock.release()
+    gate.leave()
+    assert freed.times == 1
+
+
+def test_a_closed_client_is_no_one_keys_fault():
+    # callers that retry a failed batch key by key (compat, integrations) must not for this
+    from mooncake_client.client import ONE_KEY_FAULTS
+    error = ClientClosedError("closed")
+    assert not isinstance(error, ONE_KEY_FAULTS) and error.code == -1010
