@@ -13,14 +13,17 @@ from mooncake_proto.errors import ErrorCode, MooncakeError
 
 
 class ClientClosedError(MooncakeError):
-    """A call on a Client after its close(). Not one key's fault (callers that retry a failed
-    batch key by key must not), and not an outage that retrying fixes."""
-    code = ErrorCode.UNAVAILABLE_IN_CURRENT_STATUS
+    """A call on a Client after its close(): -600, as Mooncake answers a closed store. Not an
+    InvalidArgumentError, which callers that retry a failed batch key by key take for one
+    key's fault (ONE_KEY_FAULTS)."""
+    code = ErrorCode.INVALID_PARAMS
 
 
 class CallGate:
     def __init__(self) -> None:
-        # reentrant: a signal handler on a thread inside enter or leave may call close
+        # reentrant: a signal handler on a thread inside enter or leave may call close. (A
+        # KeyboardInterrupt landing between acquire and try, or between enter and the call's
+        # try, would still leave it held or a call counted: as with any lock in Python.)
         self._lock = threading.RLock()
         self._inside = 0
         self._closed = False

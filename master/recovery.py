@@ -83,7 +83,7 @@ class Recovery:
             return HeartbeatResult(registered=False)
         worker.last_heartbeat = now
         # it heartbeats only once it holds the key its registration's answer carried
-        self.registering.discard(worker_id)
+        self.registering.pop(worker_id, None)
         if acked_seq > worker.acked_seq:
             worker.acked_seq = min(acked_seq, worker.update_seq)
             # at once: a writer may wait for that room, and the tick is 100 ms away

@@ -30,7 +30,11 @@ __all__ = ["COMPLETE", "DEMOTE", "PENDING", "PROMOTE", "REPLICATE", "TIER_DRAM",
            "MasterConfig", "MasterState", "Move", "MOVE_DONE", "MOVE_FAILED", "MOVE_UNKNOWN",
            "PlacementConfig", "Registration", "SegmentSpec", "TickReport"]
 
-JOIN_RETRY_S = 0.02  # a put waiting for a worker's first heartbeat (sent at once) asks again
+# a put that a registering worker could take waits for its first heartbeat (sent at once,
+# after the worker rewrote its inventory) up to JOIN_WAIT_S, asking again every JOIN_RETRY_S
+# at first, a quarter of the time waited later
+JOIN_WAIT_S = 5.0
+JOIN_RETRY_S = 0.02
 
 
 def _fail(code: ErrorCode, message: str) -> KeyResult:
@@ -64,10 +68,11 @@ class MasterState(Placement, Tiering, Recovery):
         self.config = config if config is not None else MasterConfig()
         self.rng = rng if rng is not None else random.Random()
         self.workers: dict[str, WorkerInfo] = {}
-        # workers registered (or registered again) that have not heartbeat since: they may not
-        # hold this registration's grant key yet, so a grant under it would be refused; no
-        # grant is handed out on them until their first heartbeat (which they send at once)
-        self.registering: set[str] = set()
+        # workers registered (or registered again) that have not heartbeat since, with when
+        # the first of those registrations came: they may not hold the grant key yet, so a
+        # grant under it would be refused; none is handed out on them until their first
+        # heartbeat (which they send at once)
+        self.registering: dict[str, float] = {}
         self.objects: dict[str, ObjectMeta] = {}
         # the PENDING objects of `objects`, oldest put first: the tick looks for stalled puts
         # here, not in every object
@@ -125,7 +130,7 @@ class MasterState(Placement, Tiering, Recovery):
             rejected = sum(1 for e in inventory
                            if (e.segment_id, e.offset, e.key, e.put_id) not in known)
             self.counters["inventory_rejected"] += rejected
-            self.registering.add(worker_id)
+            self.registering.setdefault(worker_id, now)
             return Registration(old, kept, adopted=0, rejected=rejected, restarted=True)
         if old is not None:
             self._drop_worker(worker_id, now)
@@ -152,7 +157,7 @@ class MasterState(Placement, Tiering, Recovery):
         rejected = len(inventory) - len(adopted)
         self.counters["objects_adopted"] += len(adopted)
         self.counters["inventory_rejected"] += rejected
-        self.registering.add(worker_id)
+        self.registering.setdefault(worker_id, now)
         return Registration(worker, adopted, adopted=len(adopted), rejected=rejected,
                             restarted=False)
 
@@ -200,7 +205,7 @@ class MasterState(Placement, Tiering, Recovery):
         remembered in _held_after_drop, for the case that the worker registers again with
         the same files."""
         worker = self.workers.pop(worker_id)
-        self.registering.discard(worker_id)
+        self.registering.pop(worker_id, None)
         held = [p for p in self.pending_frees if p.worker_id == worker_id]
         held.extend(self._forget_moves_of(worker_id, now))
         self.pending_frees = [p for p in self.pending_frees if p.worker_id != worker_id]
@@ -301,9 +306,11 @@ class MasterState(Placement, Tiering, Recovery):
             if joining:
                 for r in replicas:
                     self.workers[r.worker_id].segments[r.segment_id].allocator.free(r.offset)
+                waited_s = now - min(self.registering[wid] for wid in joining)
                 return KeyResult(code=int(ErrorCode.SPACE_BEING_FREED),
                                  message=f"waiting for {', '.join(joining)} to complete "
-                                         f"its registration", retry_after_s=JOIN_RETRY_S)
+                                         f"its registration",
+                                 retry_after_s=min(max(waited_s / 4, JOIN_RETRY_S), 0.5))
         wait_s = None
         if not replicas:
             wait_s = self._make_room(size, config.preferred_worker, client_node_id, now, report)
@@ -329,14 +336,19 @@ class MasterState(Placement, Tiering, Recovery):
 
     def _joining(self, size: int, now: float, holders: set[str]) -> list[str]:
         """Registering workers that could take a replica of size bytes once they heartbeat:
-        not draining, not among holders, with a DRAM segment that large, and registered less
-        than worker_ttl_s ago (one that stays silent that long is declared dead)."""
-        return sorted(
-            wid for wid in self.registering
-            if wid not in holders and not self.workers[wid].draining
-            and now - self.workers[wid].registered_at < self.config.worker_ttl_s
-            and any(s.tier == TIER_DRAM and s.size_bytes >= size
-                    for s in self.workers[wid].segments.values()))
+        not draining, not among holders, with a DRAM range that large free now, and
+        registering for less than JOIN_WAIT_S (a worker that stays silent is waited for no
+        longer: puts go on as if it were not there, well within a client's put_wait_s)."""
+        wait_s = min(JOIN_WAIT_S, self.config.worker_ttl_s)
+        joining = []
+        for wid, since in self.registering.items():
+            worker = self.workers[wid]
+            if wid in holders or worker.draining or now - since >= wait_s:
+                continue
+            if any(s.tier == TIER_DRAM and s.allocator.largest_free_bytes
+                   >= align_up(size, s.allocator.alignment) for s in worker.segments.values()):
+                joining.append(wid)
+        return sorted(joining)
 
     def put_end(self, keys: Sequence[str], now: float,
                 put_ids: Sequence[int] | None = None) -> list[KeyResult]:
@@ -598,8 +610,8 @@ class MasterState(Placement, Tiering, Recovery):
     def validate(self) -> None:
         """Raise AssertionError on any broken cross-index invariant."""
         expected: dict[tuple[str, int], dict[int, int]] = {}
-        assert self.registering <= self.workers.keys(), \
-            f"unknown workers registering: {self.registering - self.workers.keys()}"
+        assert self.registering.keys() <= self.workers.keys(), \
+            f"unknown workers registering: {self.registering.keys() - self.workers.keys()}"
         for worker_id, worker in self.workers.items():
             assert worker.worker_id == worker_id, f"worker {worker.worker_id} under {worker_id}"
             for segment_id, seg in worker.segments.items():

@@ -236,9 +236,12 @@ class WorkerNode:
                 await self._next_master()
             else:
                 await self._registered(master, reply, len(request.inventory))
-                await self._confirm(stop)
-                await self._set_registered(True)
-                return True
+                if await self._confirm(stop, deadline):
+                    await self._set_registered(True)
+                    return True
+                # forgotten at once (another fail-over), or our inventory behind: again, with
+                # the inventory as it is now
+                request = await asyncio.to_thread(self._register_request)
             try:
                 await asyncio.wait_for(stop.wait(), timeout=min(
                     delay * (0.5 + random.random()), max(_left(deadline), 0)))
@@ -259,16 +262,21 @@ class WorkerNode:
                     inventory=len(reply.inventory), adopted=reply.adopted,
                     rejected=reply.rejected))
 
-    async def _confirm(self, stop: asyncio.Event) -> None:
+    async def _confirm(self, stop: asyncio.Event, deadline: float | None) -> bool:
         """One heartbeat right after registering: the master grants nothing on this worker
         (no new ranges, no reads of its replicas) until a heartbeat shows that it holds the
-        registration's grant key. Best effort: if this one fails, the heartbeat loop's next
-        one confirms (or finds that it must register again)."""
+        registration's grant key. False when the answer says to register again. A heartbeat
+        that fails counts as done: the heartbeat loop's next one confirms (or moves on to
+        another master), and the master stops waiting for us after worker_ttl."""
+        timeout_s = max(min(RPC_TIMEOUT_S, _left(deadline)), 0.1)
         try:
-            master, reply = await unless_set(stop, self._heartbeat(self.draining, RPC_TIMEOUT_S))
-        except (Stopped, grpc.aio.AioRpcError):
-            return
-        await self._take_updates(master, reply)
+            master, reply = await unless_set(stop, self._heartbeat(self.draining, timeout_s))
+        except (Stopped, grpc.aio.AioRpcError) as exc:
+            if isinstance(exc, grpc.aio.AioRpcError):
+                log.warning(kv("first_heartbeat_failed", master=self.master,
+                               code=exc.code().name))
+            return True
+        return await self._take_updates(master, reply)
 
     def _register_request(self) -> pb.RegisterWorkerRequest:
         return pb.RegisterWorkerRequest(

@@ -80,4 +80,4 @@ def test_a_closed_client_is_no_one_keys_fault():
     # callers that retry a failed batch key by key (compat, integrations) must not for this
     from mooncake_client.client import ONE_KEY_FAULTS
     error = ClientClosedError("closed")
-    assert not isinstance(error, ONE_KEY_FAULTS) and error.code == -1010
+    assert not isinstance(error, ONE_KEY_FAULTS) and error.code == -600

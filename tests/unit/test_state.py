@@ -963,14 +963,30 @@ def test_a_put_waits_for_a_registering_worker_rather_than_evict_or_fail():
     [waiting] = put(state, ["k"], [1024])
     assert waiting.code == ErrorCode.SPACE_BEING_FREED and waiting.retry_after_s > 0
     assert "w0" in waiting.message and "k" not in state.objects
-    # one that stays silent for worker_ttl_s (dead at the next tick) holds up nobody longer
-    assert put(state, ["k"], [1024], now=10.5)[0].code == ErrorCode.NO_AVAILABLE_HANDLE
+    # one that stays silent is waited for 5 s at most (registering again does not restart
+    # that), then the put goes on as if it were not there: here "no space"
+    _register_without_heartbeat(state, "w0", b"m" * 32, 4.0, dram=4096)
+    assert put(state, ["k"], [1024], now=4.5)[0].code == ErrorCode.SPACE_BEING_FREED
+    assert put(state, ["k"], [1024], now=5.5)[0].code == ErrorCode.NO_AVAILABLE_HANDLE
     state.heartbeat("w0", 0.1)
     assert codes(put(state, ["k"], [1024], now=0.1)) == [OK]
     # full, with nothing registering: eviction or "no space" as before, not a wait
     commit(state, "fill", 3072 - 1024, now=0.2)
     state.heartbeat("w0", 0.3)
     assert put(state, ["big"], [8192], now=0.3)[0].code == ErrorCode.NO_AVAILABLE_HANDLE
+
+
+def test_a_registering_worker_without_room_is_not_waited_for():
+    # a restarted worker full of the objects it kept: the put evicts elsewhere at once
+    state = make_state(workers=2, dram=4096)
+    for worker_id in ("w0", "w1"):
+        for i in range(4):
+            commit(state, f"{worker_id}-{i}", 1024, preferred=worker_id)
+    _register_without_heartbeat(state, "w0", b"n" * 32, 1.0, dram=4096)
+    result = put(state, ["k"], [1024], now=1.0)[0]
+    assert result.code in (OK, ErrorCode.SPACE_BEING_FREED)
+    assert "registration" not in result.message
+    assert all(r.worker_id == "w1" for r in result.replicas)
 
 
 def test_healing_copies_to_a_registering_worker_only_after_its_heartbeat():
