@@ -948,10 +948,14 @@ def test_nothing_is_granted_on_a_worker_until_it_heartbeats_with_its_new_key():
     only_w0, both = state.get_replicas(["on-w0", "on-both"], 1.0)
     assert only_w0.code == ErrorCode.REPLICA_IS_NOT_READY and "registration" in only_w0.message
     assert [r.worker_id for r in both.replicas] == ["w1"]
+    # exists agrees with get: not present while unreadable
+    assert codes(state.exists(["on-w0", "on-both"], 1.0)) == [ErrorCode.REPLICA_IS_NOT_READY, OK]
+    assert state.exists_prefix(["on-both", "on-w0"], 1.0)[0] == 1
     assert state.heartbeat("w0", 1.1).registered
     state.validate()
     assert state.stats()["workers"][0]["registering"] is False
     assert [r.worker_id for r in state.get_replicas(["on-w0"], 1.1)[0].replicas] == ["w0"]
+    assert codes(state.exists(["on-w0"], 1.1)) == [OK]
     assert len(state.get_replicas(["on-both"], 1.1)[0].replicas) == 2
     [placed] = put(state, ["newer"], [1024], now=1.1, preferred="w0")
     assert [r.worker_id for r in placed.replicas] == ["w0"]
