@@ -330,7 +330,7 @@ class Client:
         while todo:
             leased_at = time.monotonic()
             reply = self._link.call("GetReplicas", pb.KeysRequest(keys=[keys[i] for i in todo]),
-                               raw=True)
+                                    raw=True)
             stalled: dict[str, str] = {}  # workers the C path waited out: not asked again
             if type(reply) is bytes:
                 ttl_ms = self._fast_reads.read(reply, parts, results, READ_CHUNK_BYTES,
@@ -541,7 +541,7 @@ class Client:
         holds to other workers), or back in service with cancel; asking again reports the
         progress. Needs an admin token on a master with --tokens."""
         reply = self._link.grpc_call("DrainWorker", pb.DrainRequest(worker_id=worker_id,
-                                                               cancel=cancel))
+                                                                    cancel=cancel))
         return DrainProgress(worker_id, reply.draining, reply.objects_left, reply.bytes_left)
 
 

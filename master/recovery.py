@@ -196,7 +196,7 @@ class Recovery:
                 obj = self.objects.get(key)
                 if obj is None or obj.put_id != put_id or obj.state != COMPLETE:
                     continue
-                if obj.moving or (self._copyable_from(obj) is None and any(
+                if obj.moving or (self._readable_replica(obj) is None and any(
                         r.worker_id in self.registering for r in obj.replicas)):
                     # after its demotion or copy, or once a holder completes its
                     # registration: the next pass
@@ -216,7 +216,7 @@ class Recovery:
     def _start_heal(self, obj: ObjectMeta, now: float) -> bool:
         """One REPLICATE move of obj to a worker without a replica of it; False when no
         worker has room (healing does not evict)."""
-        src = self._copyable_from(obj)
+        src = self._readable_replica(obj)
         if src is None:
             return False
         dst = self._heal_target(obj)
@@ -226,9 +226,10 @@ class Recovery:
         self.counters["replications"] += 1
         return True
 
-    def _copyable_from(self, obj: ObjectMeta) -> Replica | None:
+    def _readable_replica(self, obj: ObjectMeta) -> Replica | None:
         """The replica a copy of obj reads: complete, on a worker that holds its grant key
-        (not registering), DRAM before SSD, a draining worker last."""
+        (not registering), DRAM before SSD, a draining worker last. None when no replica
+        can be read now."""
         sources = [r for r in obj.replicas
                    if r.state == COMPLETE and r.worker_id not in self.registering]
         return min(sources, key=lambda r: (r.tier != TIER_DRAM,

@@ -449,8 +449,7 @@ class MasterState(Placement, Tiering, Recovery):
         # A PENDING object is not visible yet: a get right after would not find it.
         if obj.state != COMPLETE:
             return _fail(ErrorCode.OBJECT_NOT_FOUND, f"key {obj.key!r} is being written")
-        if self.registering and all(r.worker_id in self.registering for r in obj.replicas
-                                    if r.state == COMPLETE):
+        if self.registering and self._readable_replica(obj) is None:
             # as get_replicas: not readable for these milliseconds, so not present either
             return _fail(ErrorCode.REPLICA_IS_NOT_READY,
                          f"key {obj.key!r}: its worker is completing registration")

@@ -10,15 +10,17 @@ _DURATION_UNITS = {"us": 1e-6, "ms": 1e-3, "s": 1.0, "": 1.0, "m": 60.0, "min": 
 _NUMBER_UNIT = re.compile(r"^\s*([0-9]+(?:\.[0-9]+)?)\s*([a-zA-Z]*)\s*$")
 
 
-def parse_size(text: str | int) -> int:
-    """Bytes in `text`: a plain integer or a number with a unit (KiB, MiB, GiB, KB, ...)."""
+def parse_size(text: str | int, units: dict[str, int] | None = None) -> int:
+    """Bytes in `text`: a plain integer or a number with a unit (KiB, MiB, GiB, KB, ...).
+    units: another table of lower-case unit -> bytes (Mooncake's, where "GB" is 2**30)."""
     if isinstance(text, int):
         return text
+    units = _SIZE_UNITS if units is None else units
     match = _NUMBER_UNIT.match(str(text))
     unit = match.group(2).lower() if match else None
-    if unit not in _SIZE_UNITS:
+    if unit not in units:
         raise ValueError(f"not a size: {text!r} (try 512MiB or 4GiB)")
-    return int(float(match.group(1)) * _SIZE_UNITS[unit])
+    return int(float(match.group(1)) * units[unit])
 
 
 def parse_duration(text: str | int | float) -> float:

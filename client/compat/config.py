@@ -7,8 +7,8 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
-import re
 
+from mooncake_proto import units
 from mooncake_proto.errors import InvalidArgumentError
 
 # Mooncake's defaults (mooncake-wheel/mooncake/mooncake_config.py)
@@ -18,7 +18,6 @@ DEFAULT_LOCAL_BUFFER_SIZE = 1 << 30
 # one election key per etcd, we have one per cluster id
 DEFAULT_ETCD_CLUSTER_ID = "mooncake"
 
-_SIZE = re.compile(r"^\s*([0-9]+(?:\.[0-9]+)?)\s*([a-zA-Z]*)\s*$")
 # Mooncake's units are binary whatever they are called: "4GB" is 4 GiB
 _SIZE_UNITS = {"": 1, "b": 1, "k": 1 << 10, "kb": 1 << 10, "kib": 1 << 10, "m": 1 << 20,
                "mb": 1 << 20, "mib": 1 << 20, "g": 1 << 30, "gb": 1 << 30, "gib": 1 << 30,
@@ -33,11 +32,10 @@ def parse_size(value) -> int:
         if value < 0:
             raise InvalidArgumentError(f"a size cannot be negative: {value}")
         return value
-    match = _SIZE.match(str(value))
-    unit = match.group(2).lower() if match else None
-    if unit not in _SIZE_UNITS:
-        raise InvalidArgumentError(f"not a size: {value!r} (try 4GB or 512MB)")
-    return int(float(match.group(1)) * _SIZE_UNITS[unit])
+    try:
+        return units.parse_size(str(value), _SIZE_UNITS)
+    except ValueError:
+        raise InvalidArgumentError(f"not a size: {value!r} (try 4GB or 512MB)") from None
 
 
 def setting_number(value, kind: type, name: str):
